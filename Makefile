@@ -1,0 +1,61 @@
+# Every target creates .venv (pip, Python 3.11) when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+export NO_ALBUMENTATIONS_UPDATE := 1
+export WANDB_MODE := disabled
+export WANDB_SILENT := true
+export PYTHONDONTWRITEBYTECODE := 1
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+DATA_DIR ?= ./data
+YEAR ?= 2019
+FILTER ?= basic
+RUNNER ?= DirectRunner
+BEAM_ARGS ?=
+PROTOCOL ?= sequential
+VARIANT ?= basic
+RUN_DIR ?= ./runs/$(PROTOCOL)-$(VARIANT)
+RUN ?= $(RUN_DIR)
+RUNS ?=
+Q ?= select year, count(*) as n from samples group by 1 order by 1
+PYTEST_ARGS ?=
+
+.PHONY: help build-tic-datacomp sql test test-slow bench train eval compare clean clean-data
+
+help: ## list every target
+	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip==25.3
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lock
+
+build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --runner $(RUNNER) $(BEAM_ARGS)
+
+sql: $(VENV)/.installed ## run SQL on index.duckdb: make sql Q="select year, count(*) from samples group by 1"
+	$(PY) -m benchmark_builder sql --data-dir $(DATA_DIR) "$(Q)"
+
+test: $(VENV)/.installed ## run the test suite (fast; slow end-to-end runs: make test-slow)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed ## run the slow end-to-end tests as well
+	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed ## throughput benchmarks against peers (img2dataset, open_clip_train)
+	$(PY) -m bench
+
+clean-data: ## remove DATA_DIR
+	rm -rf $(DATA_DIR)
+
+clean: ## remove .venv and caches
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,146 @@
+"""Model loading, in one place for the pipelines (CLIP scoring), training and evaluation.
+
+A model spec is one string:
+
+- ``NAME`` : an open_clip architecture (``ViT-B-32``, or a project preset such as
+  ``tic-tiny-32``), randomly initialised;
+- ``NAME:TAG`` : open_clip ``pretrained`` tag (``ViT-L-14:openai``), read from the local
+  open_clip / Hugging Face cache; nothing is downloaded when ``HF_HUB_OFFLINE=1``;
+- ``NAME:/path/to/weights.pt`` or ``.safetensors`` : a local open_clip checkpoint (also this
+  project's training checkpoints, which carry their architecture name);
+- ``hf-hub:org/name`` or a local folder holding ``open_clip_config.json`` + weights.
+
+Missing weights fail with a message naming the file and the option to change.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import open_clip
+import torch
+
+_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "model_configs")
+open_clip.add_model_config(_CONFIG_DIR)
+
+PRESETS = sorted(f[:-5] for f in os.listdir(_CONFIG_DIR) if f.endswith(".json"))
+
+
+class ModelLoadError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    name: str  # architecture name
+    spec: str  # the spec it was loaded from
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def parse_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME[:TAG_OR_PATH]`` -> (name, pretrained). ``hf-hub:`` and folders stay whole."""
+    if spec.startswith("hf-hub:") or os.path.isdir(spec):
+        return spec, None
+    if ":" in spec:
+        name, pretrained = spec.split(":", 1)
+        return name, pretrained or None
+    return spec, None
+
+
+def _read_state_dict(path: str) -> tuple[dict, dict]:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path), {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    meta: dict[str, Any] = {}
+    if isinstance(ckpt, dict) and "state_dict" in ckpt:
+        meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        ckpt = ckpt["state_dict"]
+    sd = {k[len("module.") :] if k.startswith("module.") else k: v for k, v in ckpt.items()}
+    return sd, meta
+
+
+def load_model(spec: str, device: str | torch.device = "cpu", precision: str = "fp32", **kwargs) -> LoadedModel:
+    name, pretrained = parse_spec(spec)
+    if os.path.isdir(name):
+        cfg = os.path.join(name, "open_clip_config.json")
+        if not os.path.exists(cfg):
+            raise ModelLoadError(f"{name}: a model folder needs open_clip_config.json (Hugging Face open_clip layout)")
+        return _load_folder(spec, name, device, precision)
+    if name.startswith("hf-hub:"):
+        try:
+            model, pt, pv = open_clip.create_model_and_transforms(name, device=device, precision=precision, **kwargs)
+        except Exception as e:  # offline hub miss, missing files
+            raise ModelLoadError(
+                f"could not load {name!r} from the local Hugging Face cache ({e}); pass a local folder or "
+                "a NAME:/path/to/weights.pt spec instead"
+            ) from e
+        return LoadedModel(model, pt, pv, open_clip.get_tokenizer(name), name, spec)
+    if name not in open_clip.list_models():
+        raise ModelLoadError(f"unknown model architecture {name!r}; known: project presets {PRESETS} and open_clip.list_models()")
+    if pretrained and (os.path.sep in pretrained or os.path.splitext(pretrained)[1] in (".pt", ".pth", ".bin", ".safetensors")):
+        if not os.path.exists(pretrained):
+            raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (model spec {spec!r})")
+        model, pt, pv = open_clip.create_model_and_transforms(name, device="cpu", precision="fp32", **kwargs)
+        sd, _ = _read_state_dict(pretrained)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if missing or unexpected:
+            raise ModelLoadError(f"{pretrained}: weights do not fit {name} (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        model = model.to(device)
+    else:
+        try:
+            model, pt, pv = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained, device=device, precision=precision, **kwargs
+            )
+        except Exception as e:
+            tags = [t for n, t in open_clip.list_pretrained() if n == name]
+            raise ModelLoadError(
+                f"could not load pretrained weights {pretrained!r} for {name} ({type(e).__name__}: {e}). Nothing can be "
+                f"downloaded here: put the weights in the open_clip/Hugging Face cache, or pass {name}:/path/to/weights.pt. "
+                f"Known tags for {name}: {tags}"
+            ) from e
+    return LoadedModel(model, pt, pv, open_clip.get_tokenizer(name), name, spec)
+
+
+def _load_folder(spec: str, folder: str, device, precision) -> LoadedModel:
+    with open(os.path.join(folder, "open_clip_config.json")) as f:
+        cfg = json.load(f)
+    model_cfg = cfg["model_cfg"] if "model_cfg" in cfg else cfg
+    name = cfg.get("model_name") or f"local-{os.path.basename(os.path.normpath(folder))}"
+    if name not in open_clip.list_models():
+        open_clip.factory._MODEL_CONFIGS[name] = model_cfg
+    weights = [w for w in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
+               if os.path.exists(os.path.join(folder, w))]
+    if not weights:
+        raise ModelLoadError(f"{folder}: no weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin)")
+    model, pt, pv = open_clip.create_model_and_transforms(name, device="cpu")
+    sd, _ = _read_state_dict(os.path.join(folder, weights[0]))
+    model.load_state_dict(sd)
+    return LoadedModel(model.to(device), pt, pv, open_clip.get_tokenizer(name), name, spec)
+
+
+def save_folder(loaded: LoadedModel, folder: str) -> None:
+    """Write ``folder`` in the open_clip Hugging Face layout (config + safetensors)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    cfg = open_clip.get_model_config(loaded.name)
+    with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
+        json.dump({"model_name": loaded.name, "model_cfg": cfg}, f, indent=2)
+    sd = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
+    save_file(sd, os.path.join(folder, "open_clip_model.safetensors"))
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

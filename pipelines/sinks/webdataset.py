@@ -1,0 +1,81 @@
+"""WebDataset shards in the img2dataset / DataComp layout.
+
+``NNNNNNNN.tar`` holding ``<key>.jpg``, ``<key>.txt``, ``<key>.json`` (and ``<key>.cls`` for
+classification sets), ``NNNNNNNN_stats.json`` beside each tar, and ``sizes.json`` for the
+directory. Tars are reproducible: members in the given order, fixed mtime/owner/mode, so the
+same samples always give the same bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from typing import Iterable
+
+from pipelines import io as pio
+
+TAR_MTIME = 946684800  # 2000-01-01T00:00:00Z, fixed so shards are byte-reproducible
+SHARD_DIGITS = 8
+
+
+def shard_name(shard_id: int, digits: int = SHARD_DIGITS) -> str:
+    return f"{shard_id:0{digits}d}"
+
+
+def sample_key(shard_id: int, index: int, samples_per_shard: int = 10_000, shard_digits: int = 5) -> str:
+    """img2dataset's key: shard id then index within the shard, zero-padded."""
+    oom = max(1, len(str(samples_per_shard - 1)))
+    return f"{shard_id * 10**oom + index:0{oom + shard_digits}d}"
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = TAR_MTIME
+    info.mode = 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
+
+
+def tar_bytes(samples: Iterable[dict]) -> bytes:
+    """Samples -> tar bytes. Each sample: ``key`` plus extension -> bytes/str/dict entries."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for s in samples:
+            key = s["key"]
+            for ext in sorted(k for k in s if k != "key"):
+                v = s[ext]
+                if v is None:
+                    continue
+                if isinstance(v, dict):
+                    v = json.dumps(v, sort_keys=True, default=str).encode()
+                elif isinstance(v, str):
+                    v = v.encode("utf-8")
+                elif isinstance(v, int):
+                    v = str(v).encode()
+                _add(tar, f"{key}.{ext}", v)
+    return buf.getvalue()
+
+
+def write_shard(out_dir: str, shard_id: int, samples: list[dict], stats: dict) -> str:
+    """Write one shard and its stats atomically; returns the tar path."""
+    name = shard_name(shard_id)
+    tar_path = pio.join(out_dir, f"{name}.tar")
+    pio.write_bytes(tar_path, tar_bytes(samples))
+    pio.write_json(pio.join(out_dir, f"{name}_stats.json"), stats)
+    return tar_path
+
+
+def read_shard(path: str) -> list[dict]:
+    """Tar -> samples (key -> {ext: bytes}), in file order. For resume and tests."""
+    import fsspec
+
+    out: dict[str, dict] = {}
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            out.setdefault(key, {"key": key})[ext] = tar.extractfile(m).read()
+    return list(out.values())
