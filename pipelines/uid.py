@@ -47,7 +47,7 @@ def encode(uids: Iterable[str], sort: bool = True) -> np.ndarray:
 def decode(arr: np.ndarray) -> list[str]:
     """``u8,u8`` array -> hex uids, in array order."""
     if arr.dtype != UID_DTYPE:
-        raise ValueError(f"expected dtype {UID_DTYPE}, got {arr.dtype}")
+        raise ValueError(f"expected dtype u8,u8, got {arr.dtype}")
     return [f"{int(hi):016x}{int(lo):016x}" for hi, lo in arr.tolist()]
 
 
@@ -68,7 +68,8 @@ def load(path: str) -> np.ndarray:
     with fsspec.open(path, "rb") as f:
         arr = np.load(f)
     if arr.dtype != UID_DTYPE:
-        raise ValueError(f"{path}: expected a DataComp uid array of dtype {UID_DTYPE}, got {arr.dtype}")
-    if len(arr) > 1 and not np.all(arr[:-1] <= arr[1:]):
-        arr = np.sort(arr)
+        raise ValueError(f"{path}: expected a DataComp uid array of dtype u8,u8, got {arr.dtype}")
+    ordered = np.sort(arr)
+    if not np.array_equal(ordered, arr):
+        arr = ordered
     return arr

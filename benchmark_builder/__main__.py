@@ -1,0 +1,81 @@
+"""``python -m benchmark_builder``: build a benchmark, query its index.
+
+    python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data \
+        [--input 'crawl/*.warc.gz' ...] [--runner DirectRunner|PortableRunner|DataflowRunner|SparkRunner|FlinkRunner] [beam options]
+    python -m benchmark_builder sql --data-dir ./data "select year, count(*) from samples group by 1"
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from pipelines.options import RunnerConfig, add_runner_arguments
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmark_builder", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build one year (and the earlier years it depends on)")
+    b.add_argument("benchmark", choices=["tic-datacomp"])
+    b.add_argument("--year", type=int, required=True)
+    b.add_argument("--data-dir", default="./data")
+    b.add_argument("--input", action="append", default=[],
+                   help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
+    b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
+    b.add_argument("--pairs-per-year", type=int, default=2000, help="synthetic web size")
+    b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated (basic, none)")
+    b.add_argument("--pool-shard-size", type=int, default=500)
+    b.add_argument("--samples-per-shard", type=int, default=10_000)
+    b.add_argument("--image-size", type=int, default=256)
+    b.add_argument("--resize-mode", default="keep_ratio_largest")
+    b.add_argument("--timeout", type=float, default=2.0, help="seconds per HTTP request")
+    b.add_argument("--retries", type=int, default=1)
+    b.add_argument("--thread-count", type=int, default=32)
+    b.add_argument("--allow-loopback", action="store_true",
+                   help="allow downloads from 127.0.0.0/8 (set automatically for the embedded synthetic web)")
+    add_runner_arguments(b)
+
+    q = sub.add_parser("sql", help="run SQL on index.duckdb")
+    q.add_argument("query")
+    q.add_argument("--data-dir", default="./data")
+    q.add_argument("--benchmark", default="tic-datacomp")
+    q.add_argument("--json", action="store_true", help="one JSON object per row")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser = _build_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    if args.command == "build":
+        from benchmark_builder.build import BuildConfig, build
+
+        variants = tuple(v.strip() for v in args.filter.split(",") if v.strip())
+        cfg = BuildConfig(
+            year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
+            pairs_per_year=args.pairs_per_year, write_variants=variants,
+            variants=tuple(dict.fromkeys(("none", "basic") + variants)),
+            pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
+            image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
+            thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
+            runner=RunnerConfig(args.runner, beam_args),
+        )
+        build(cfg)
+        return 0
+    if beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "sql":
+        from benchmark_builder.index import format_table, query, to_json_rows
+        from benchmark_builder.layout import Layout
+
+        cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
+        print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,319 @@
+"""Build one year of a time-stamped benchmark (and every earlier year it depends on).
+
+The crawl runs once over all inputs and partitions candidates by crawl year. Each year is
+then one Beam pipeline: timestamp -> download -> annotate -> dedup -> filter -> write, whose
+inputs are that year's candidates plus what earlier years left behind (their URLs and image
+hashes), so years are built in order, as make would, and a finished year is never redone.
+
+Resumption: every output is written atomically; the download stage reuses pool shards a
+killed run already finished; a year is finished when ``years/YYYY.json`` exists with the same
+config hash, so re-running a finished build does no work and re-running a killed one gives
+the same bytes as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import apache_beam as beam
+import pyarrow as pa
+
+from benchmark_builder.index import build_index
+from benchmark_builder.layout import Layout
+from benchmark_builder.specs import get_spec
+from pipelines import io as pio
+from pipelines import schema
+from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.stats import StageSummary
+from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, timestamp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildConfig:
+    year: int
+    data_dir: str = "./data"
+    benchmark: str = "tic-datacomp"
+    inputs: list[str] = field(default_factory=list)  # WARC/WAT globs; empty: the embedded synthetic web
+    seed: int = 0
+    pairs_per_year: int = 2000
+    variants: tuple[str, ...] = ("none", "basic")  # variants computed for every sample
+    write_variants: tuple[str, ...] = ("basic",)  # variants written as shards
+    pool_shard_size: int = 500
+    samples_per_shard: int = 10_000
+    image_size: int = 256
+    resize_mode: str = "keep_ratio_largest"
+    timeout: float = 2.0
+    retries: int = 1
+    thread_count: int = 32
+    allow_loopback: bool = False
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+
+    @property
+    def synthetic(self) -> bool:
+        return not self.inputs
+
+    @property
+    def default_variant(self) -> str:
+        return self.write_variants[0]
+
+    def output_config(self) -> dict:
+        """What determines the output bytes (the runner does not)."""
+        d = dataclasses.asdict(self)
+        for k in ("runner", "data_dir", "year", "thread_count"):
+            d.pop(k)
+        return d
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.output_config(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def download_config(self) -> download.DownloadConfig:
+        return download.DownloadConfig(
+            fetch=download.FetchConfig(timeout=self.timeout, retries=self.retries, allow_loopback=self.allow_loopback),
+            resize=download.ResizeConfig(image_size=self.image_size, resize_mode=self.resize_mode),
+            thread_count=self.thread_count,
+            shard_size=self.pool_shard_size,
+        )
+
+
+def code_version() -> str:
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
+            cwd=os.path.dirname(os.path.abspath(__file__)),
+        ).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- inputs
+
+@contextlib.contextmanager
+def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
+    """The archives to crawl; for the synthetic web, generate it and serve its images meanwhile."""
+    if not cfg.synthetic:
+        files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
+        if not files:
+            raise FileNotFoundError(f"--input matched no files: {cfg.inputs}")
+        yield files
+        return
+    from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
+
+    t = time.time()
+    web = generate_web(layout.web, WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year))
+    files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
+    print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
+    with SyntheticWebServer(layout.web) as server:
+        print(f"synthetic web server: {server.base_url}")
+        yield files
+
+
+# ---------------------------------------------------------------- crawl
+
+def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
+    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    key = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
+        print("crawl: candidates up to date, skipped")
+        return
+    t = time.time()
+    with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
+        with beam.Pipeline(options=opts) as p:
+            crawl.CrawlToParquet(files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status")).expand_in(p)
+    counts = crawl.summarize(pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"), time.time() - t)
+    pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
+
+
+# ---------------------------------------------------------------- one year
+
+def _files(layout: Layout, table: str, years) -> list[str]:
+    out = []
+    for y in years:
+        out += pio.glob(pio.join(layout.root, table, f"year={y}", "*.parquet"))
+    return out
+
+
+def _read(p, label: str, files: list[str], columns: list[str] | None = None):
+    if not files:
+        return p | f"No{label}" >> beam.Create([])
+    return p | f"List{label}" >> beam.Create(files) | f"Read{label}" >> beam.io.ReadAllFromParquet(columns=columns)
+
+
+def final_status(row: dict, default_variant: str) -> dict:
+    """The single status row of a downloaded sample after dedup and filtering."""
+    if row.get("dedup_reason"):
+        return timestamp.drop(row, row["dedup_reason"], stage=dedup.STAGE)
+    reason = row["filter_reasons"].get(default_variant)
+    if reason:
+        return timestamp.drop(row, reason, stage=filt.STAGE)
+    return timestamp.keep(row, reshard.STAGE)
+
+
+def _write_table(rows, path: str, table_schema: pa.Schema, sort_key=("uid",)) -> int:
+    rows = sorted((schema.project(r, table_schema) for r in rows), key=lambda r: tuple(r[k] or "" for k in sort_key))
+    pio.write_parquet(path, schema.to_table(rows, table_schema))
+    return len(rows)
+
+
+def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
+    earlier_years = [y for y in get_spec(cfg.benchmark).years if y < year]
+    candidates_files = _files(layout, "candidates", [year])
+    dl_cfg = cfg.download_config()
+    variant_dir = layout.train_shards(cfg.default_variant, year)
+    t0 = time.time()
+    with pipeline_options(cfg.runner, job_name=f"tic-year-{year}") as opts:
+        with beam.Pipeline(options=opts) as p:
+            cands = _read(p, "Candidates", candidates_files)
+            earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years), ["url", "year"]) | (
+                "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
+            )
+            stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen(year)
+
+            downloaded = stamped.kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
+            annotated = downloaded.samples | "Annotate" >> annotate.Annotate()
+
+            earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years), ["sha256", "first_seen", "uid"]) | (
+                "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"])))
+            )
+            deduped = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
+            filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants)
+
+            meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
+            placed = filtered | "Write" >> reshard.WriteVariant(
+                cfg.default_variant, variant_dir, meta, reshard.ReshardConfig(cfg.samples_per_shard)
+            )
+            for extra in cfg.write_variants[1:]:
+                _ = filtered | f"Write_{extra}" >> reshard.WriteVariant(
+                    extra, layout.train_shards(extra, year), {**meta, "variant": extra},
+                    reshard.ReshardConfig(cfg.samples_per_shard),
+                )
+
+            metadata_dir = layout.metadata(year)
+            _ = (
+                placed
+                | "ByPoolShard" >> beam.Map(lambda r: (r["pool_shard"], r))
+                | "GroupPoolShard" >> beam.GroupByKey()
+                | "WriteMetadata" >> beam.MapTuple(
+                    lambda shard, rows: _write_table(rows, pio.join(metadata_dir, f"{shard}.parquet"), schema.SAMPLE)
+                )
+            )
+            statuses = (
+                (
+                    stamped.status,
+                    downloaded.status,
+                    placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
+                )
+                | "AllStatus" >> beam.Flatten()
+                | "StatusList" >> beam.combiners.ToList()
+                | "WriteStatus" >> beam.Map(
+                    lambda rows: _write_table(rows, pio.join(layout.status(year), "part-00000.parquet"), schema.STATUS)
+                )
+            )
+    seconds = time.time() - t0
+    return _finish_year(cfg, layout, year, seconds)
+
+
+def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float) -> dict:
+    """Check the accounting, print the stage summaries and write the year's manifest (last)."""
+    n_candidates = sum(pio.read_parquet(f, ["uid"]).num_rows for f in _files(layout, "candidates", [year]))
+    status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
+    if status.num_rows != n_candidates:
+        raise RuntimeError(f"year {year}: {n_candidates} candidates but {status.num_rows} status rows: rows were lost")
+    dupes = status.num_rows - len(set(status.column("uid").to_pylist()))
+    if dupes:
+        raise RuntimeError(f"year {year}: {dupes} candidates have more than one status row")
+    summaries = StageSummary.from_status_table(status, order=[timestamp.STAGE, "download", dedup.STAGE, filt.STAGE, reshard.STAGE])
+    print(f"\n=== year {year}: {n_candidates} candidates, {seconds:.1f} s, {n_candidates / max(seconds, 1e-9):.0f} rows/s")
+    print(StageSummary.render_all(summaries, seconds=seconds))
+    variant_dir = layout.train_shards(cfg.default_variant, year)
+    sizes = pio.read_json(pio.join(variant_dir, "sizes.json"))
+    files = sorted(
+        _files(layout, "metadata", [year]) + _files(layout, "status", [year])
+        + [pio.join(variant_dir, s) for s in sizes]
+    )
+    manifest = {
+        "year": year,
+        "config_hash": cfg.config_hash(),
+        "code_version": code_version(),
+        "seconds": round(seconds, 2),
+        "counts": {
+            "candidates": n_candidates,
+            "kept": int(sum(1 for s in status.column("status").to_pylist() if s == "kept")),
+            "dropped_by_reason": _reason_counts(status),
+            "shards": len(sizes),
+            "samples": int(sum(sizes.values())),
+        },
+        "content_sha256": {os.path.relpath(f, pio.local_path(layout.root)): _sha256_file(f) for f in files},
+    }
+    pio.write_json(layout.year_manifest(year), manifest)
+    return manifest
+
+
+def _reason_counts(status: pa.Table) -> dict:
+    out: dict[str, int] = {}
+    for st, reason in zip(status.column("status").to_pylist(), status.column("reason").to_pylist()):
+        if st == "dropped":
+            k = reason.split(":", 1)[0] if reason.startswith(("duplicate_of:", "duplicate_url_of:")) else reason
+            out[k] = out.get(k, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(pio.local_path(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def year_done(cfg: BuildConfig, layout: Layout, year: int) -> bool:
+    path = layout.year_manifest(year)
+    return pio.exists(path) and pio.read_json(path).get("config_hash") == cfg.config_hash()
+
+
+# ---------------------------------------------------------------- whole build
+
+def build(cfg: BuildConfig) -> dict:
+    spec = get_spec(cfg.benchmark)
+    if cfg.year not in spec.years:
+        raise ValueError(f"{cfg.benchmark} covers years {spec.years[0]}..{spec.years[-1]}; got --year {cfg.year}")
+    layout = Layout(cfg.data_dir, cfg.benchmark)
+    years = [y for y in spec.years if y <= cfg.year]
+    t0 = time.time()
+    todo = [y for y in years if not year_done(cfg, layout, y)]
+    if todo:
+        with input_files(cfg, layout) as files:
+            crawl_stage(cfg, layout, files)
+            for y in years:
+                if y in todo:
+                    build_year(cfg, layout, y)
+                else:
+                    print(f"year {y}: up to date, skipped")
+    else:
+        print(f"years {years[0]}..{years[-1]}: up to date, nothing to do")
+    index = build_index(layout)
+    manifest = {
+        "benchmark": cfg.benchmark,
+        "config": cfg.output_config(),
+        "config_hash": cfg.config_hash(),
+        "code_version": code_version(),
+        "years": {str(y): pio.read_json(layout.year_manifest(y)) for y in years},
+    }
+    if todo or not pio.exists(layout.manifest):
+        pio.write_json(layout.manifest, manifest)
+    seconds = time.time() - t0
+    print(f"\nbuilt {cfg.benchmark} up to {cfg.year} in {seconds:.1f} s")
+    print(f"  shards:   {os.path.abspath(pio.local_path(layout.train_shards(cfg.default_variant, cfg.year)))}")
+    print(f"  metadata: {os.path.abspath(pio.local_path(layout.metadata(cfg.year)))}")
+    print(f"  index:    {os.path.abspath(index)}")
+    print('  query:    make sql Q="select year, count(*) from samples group by 1"')
+    return manifest

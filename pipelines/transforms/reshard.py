@@ -1,0 +1,117 @@
+"""Reshard stage: write one filter variant's samples as WebDataset shards.
+
+Samples are ordered by uid (DataComp's subset order), cut into shards of at most
+``samples_per_shard`` (10,000 by default, as DataComp's resharder), and written in the
+img2dataset layout with reproducible tars, a ``_stats.json`` per shard, ``sizes.json`` and
+``meta.json`` for the directory. Every sample's ``shard`` and ``key`` go back into its
+metadata row.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+from pipelines import io as pio
+from pipelines.sinks import webdataset as wds
+
+STAGE = "write"
+
+# What a shard's <key>.json carries (img2dataset's fields plus the time stamp).
+SHARD_JSON_FIELDS = (
+    "uid", "url", "text", "caption_generated", "page_url", "crawl_id", "first_seen", "year", "month",
+    "width", "height", "original_width", "original_height", "sha256", "phash", "language", "clip_score",
+    "clip_model", "split", "label", "key",
+)
+
+
+@dataclass(frozen=True)
+class ReshardConfig:
+    samples_per_shard: int = 10_000
+    shard_digits: int = 5  # digits of the shard id inside a sample key, as img2dataset
+
+
+def locate(sorted_uids: list[str], uid: str, cfg: ReshardConfig) -> tuple[str, str]:
+    """(shard name, sample key) of ``uid`` in the variant's uid-sorted order."""
+    i = bisect.bisect_left(sorted_uids, uid)
+    if i == len(sorted_uids) or sorted_uids[i] != uid:
+        raise KeyError(uid)
+    shard, idx = divmod(i, cfg.samples_per_shard)
+    return wds.shard_name(shard), wds.sample_key(shard, idx, cfg.samples_per_shard, cfg.shard_digits)
+
+
+def shard_sample(row: dict) -> dict:
+    meta = {k: row.get(k) for k in SHARD_JSON_FIELDS}
+    meta["status"] = "success"
+    sample = {"key": row["key"], "jpg": row["jpg"], "txt": row.get("text") or "", "json": meta}
+    if row.get("label") is not None:
+        sample["cls"] = int(row["label"])
+    return sample
+
+
+def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str) -> tuple[str, int]:
+    rows = sorted(rows, key=lambda r: r["key"])
+    stats = {
+        "count": len(rows),
+        "successes": len(rows),
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "variant": variant,
+        "years": sorted({r.get("year") for r in rows if r.get("year") is not None}),
+    }
+    wds.write_shard(out_dir, int(shard), [shard_sample(r) for r in rows], stats)
+    return f"{shard}.tar", len(rows)
+
+
+def write_directory_files(out_dir: str, sizes: list[tuple[str, int]], meta: dict) -> None:
+    sizes = dict(sorted(sizes))
+    pio.write_json(pio.join(out_dir, "sizes.json"), sizes)
+    pio.write_json(pio.join(out_dir, "meta.json"), {**meta, "count": sum(sizes.values()), "shards": len(sizes)})
+
+
+class WriteVariant(beam.PTransform):
+    """Filtered samples (with ``jpg``) -> shards under ``out_dir``; returns samples with shard/key.
+
+    The output carries every input row (kept by ``variant`` or not) with ``shard``/``key`` set
+    for the kept ones, so the caller can write the metadata from it.
+    """
+
+    def __init__(self, variant: str, out_dir: str, meta: dict, cfg: ReshardConfig = ReshardConfig()):
+        super().__init__()
+        self.variant, self.out_dir, self.meta, self.cfg = variant, out_dir, meta, cfg
+
+    def expand(self, samples):
+        variant, out_dir, cfg, meta = self.variant, self.out_dir, self.cfg, self.meta
+        kept = samples | "Kept" >> beam.Filter(lambda r: variant in r["filters"])
+        order = (
+            kept
+            | "Uids" >> beam.Map(lambda r: r["uid"])
+            | "AllUids" >> beam.combiners.ToList()
+            | "Sort" >> beam.Map(sorted)
+        )
+
+        def place(row, sorted_uids):
+            out = dict(row)
+            if variant in row["filters"]:
+                out["shard"], out["key"] = locate(sorted_uids, row["uid"], cfg)
+            else:
+                out["shard"], out["key"] = None, None
+            return out
+
+        placed = samples | "Place" >> beam.Map(place, beam.pvalue.AsSingleton(order))
+        sizes = (
+            placed
+            | "InVariant" >> beam.Filter(lambda r: r["shard"] is not None)
+            | "ByShard" >> beam.Map(lambda r: (r["shard"], r))
+            | "GroupShard" >> beam.GroupByKey()
+            | "WriteShard" >> beam.MapTuple(lambda shard, rows: write_shard_group(out_dir, shard, list(rows), variant))
+            | "AllSizes" >> beam.combiners.ToList()
+        )
+        _ = sizes | "DirFiles" >> beam.Map(write_directory_files_if_any, out_dir, meta)
+        return placed
+
+
+def write_directory_files_if_any(sizes, out_dir, meta):
+    pio.makedirs(out_dir)
+    write_directory_files(out_dir, sizes, meta)

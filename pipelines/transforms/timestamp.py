@@ -1,0 +1,81 @@
+"""Timestamp stage: a URL's time is the crawl where it was first seen.
+
+Candidates of the year being built are grouped by normalised URL together with the URLs of
+every earlier crawl year (a join, so it scales past memory). A URL seen in an earlier year is
+not a sample of this year (``seen_before:<year>``); within the year the earliest crawl of a
+URL wins (ties by uid) and later ones are ``duplicate_url_of:<uid>``. The survivor's
+``first_seen`` is its crawl time.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import apache_beam as beam
+
+STAGE = "timestamp"
+
+
+def _order(row: dict):
+    return (row["crawl_time"], row["uid"])
+
+
+def resolve_url_group(url: str, current: Iterable[dict], earlier_years: Iterable[int]) -> tuple[dict | None, list[dict]]:
+    """One URL's candidates of this year + the years it appeared before -> (kept, status rows)."""
+    current = sorted(current, key=_order)
+    earlier = list(earlier_years)
+    drops: list[dict] = []
+    if not current:
+        return None, drops
+    if earlier:
+        first = min(earlier)
+        return None, [drop(c, f"seen_before:{first}") for c in current]
+    winner, *rest = current
+    drops = [drop(c, f"duplicate_url_of:{winner['uid']}") for c in rest]
+    kept = dict(winner)
+    kept["first_seen"] = winner["crawl_time"]
+    kept["year"] = winner["crawl_time"].year
+    kept["month"] = winner["crawl_time"].month
+    return kept, drops
+
+
+def drop(row: dict, reason: str, stage: str = STAGE, **extra) -> dict:
+    """A ``status`` row for a dropped candidate (shared by every stage that drops)."""
+    out = {"uid": row["uid"], "url": row.get("url"), "year": row.get("year"), "status": "dropped",
+           "reason": reason, "stage": stage, "http_status": None, "error_message": None}
+    out.update(extra)
+    return out
+
+
+def keep(row: dict, stage: str) -> dict:
+    return {"uid": row["uid"], "url": row.get("url"), "year": row.get("year"), "status": "kept",
+            "reason": None, "stage": stage, "http_status": None, "error_message": None}
+
+
+class AssignFirstSeen(beam.PTransform):
+    """(candidates of year Y, urls of years < Y as (url, year)) -> tagged ``kept`` / ``status``."""
+
+    def __init__(self, year: int):
+        super().__init__()
+        self.year = year
+
+    def expand(self, pcolls):
+        candidates, earlier = pcolls
+        year = self.year
+
+        def emit(element):
+            url, grouped = element
+            kept, drops = resolve_url_group(url, grouped["current"], grouped["earlier"])
+            for d in drops:
+                d["year"] = year
+                yield beam.pvalue.TaggedOutput("status", d)
+            if kept is not None:
+                yield kept
+
+        return (
+            {
+                "current": candidates | "KeyByUrl" >> beam.Map(lambda r: (r["url"], r)),
+                "earlier": earlier | "DistinctEarlier" >> beam.Distinct(),
+            }
+            | "JoinOnUrl" >> beam.CoGroupByKey()
+            | "Resolve" >> beam.FlatMap(emit).with_outputs("status", main="kept")
+        )

@@ -1,0 +1,88 @@
+"""Unit tests of the stage logic at its seams (no Beam)."""
+import datetime as dt
+
+import pytest
+
+from pipelines import schema
+from pipelines.transforms import dedup, filter as filt, reshard, timestamp
+
+
+def ts(y, m=1, d=1):
+    return dt.datetime(y, m, d, tzinfo=dt.timezone.utc)
+
+
+def cand(uid, url, t):
+    return {"uid": uid, "url": url, "text": "a red star", "crawl_time": t, "year": t.year}
+
+
+def test_timestamp_earlier_year_wins():
+    kept, drops = timestamp.resolve_url_group("u", [cand("a" * 32, "u", ts(2019))], [2017, 2015])
+    assert kept is None
+    assert [d["reason"] for d in drops] == ["seen_before:2015"]
+
+
+def test_timestamp_earliest_crawl_in_year_wins():
+    rows = [cand("b" * 32, "u", ts(2019, 5)), cand("a" * 32, "u", ts(2019, 3)), cand("c" * 32, "u", ts(2019, 3))]
+    kept, drops = timestamp.resolve_url_group("u", rows, [])
+    assert kept["uid"] == "a" * 32 and kept["first_seen"] == ts(2019, 3) and kept["month"] == 3
+    assert sorted(d["reason"] for d in drops) == [f"duplicate_url_of:{'a' * 32}"] * 2
+
+
+def sample(uid, sha, t):
+    return {"uid": uid, "sha256": sha, "first_seen": t}
+
+
+def test_dedup_earlier_year_hash_drops_all_current():
+    out = dedup.resolve_hash_group([sample("b" * 32, "h", ts(2019))], [(ts(2016), "a" * 32)])
+    assert out[0]["dedup_reason"] == f"duplicate_of:{'a' * 32}"
+
+
+def test_dedup_within_year_earliest_first_seen_and_records_duplicates():
+    rows = [sample("c" * 32, "h", ts(2019, 6)), sample("d" * 32, "h", ts(2019, 2)), sample("a" * 32, "h", ts(2019, 9))]
+    out = {r["uid"]: r for r in dedup.resolve_hash_group(rows, [])}
+    assert out["d" * 32]["dedup_reason"] is None
+    assert out["d" * 32]["duplicates"] == ["a" * 32, "c" * 32]
+    assert out["a" * 32]["dedup_reason"] == out["c" * 32]["dedup_reason"] == f"duplicate_of:{'d' * 32}"
+
+
+@pytest.mark.parametrize(
+    "row,reason",
+    [
+        ({"text": "a red star on the sea", "language": "en", "original_width": 300, "original_height": 250}, None),
+        ({"text": "ein roter Stern am Meer", "language": "de", "original_width": 300, "original_height": 250}, "caption_not_english:de"),
+        ({"text": "red star", "language": "en", "original_width": 300, "original_height": 250}, "caption_too_few_words"),
+        ({"text": "a b c", "language": "en", "original_width": 300, "original_height": 250}, "caption_too_short"),
+        ({"text": "a red star on the sea", "language": "en", "original_width": 300, "original_height": 199}, "image_too_small:200"),
+        ({"text": "a red star on the sea", "language": "en", "original_width": 901, "original_height": 300}, "aspect_ratio_above:3"),
+        ({"text": "a red star on the sea", "language": "en", "original_width": 900, "original_height": 300}, None),
+    ],
+)
+def test_basic_filter_rules(row, reason):
+    assert filt.basic_reason(row) == reason
+
+
+def test_filters_tag_variants_and_dedup_losers_get_none():
+    row = {"text": "red star", "language": "en", "original_width": 300, "original_height": 300, "dedup_reason": None}
+    out = filt.apply_filters(row, ("none", "basic"))
+    assert out["filters"] == ["none"] and out["filter_reasons"]["basic"] == "caption_too_few_words"
+    out = filt.apply_filters({**row, "dedup_reason": "duplicate_of:x"}, ("none", "basic"))
+    assert out["filters"] == []
+    with pytest.raises(KeyError):
+        filt.apply_filters(row, ("nope",))
+
+
+def test_reshard_locate_follows_uid_order_and_shard_size():
+    uids = sorted(f"{i:032x}" for i in range(25))
+    cfg = reshard.ReshardConfig(samples_per_shard=10)
+    assert reshard.locate(uids, uids[0], cfg) == ("00000000", "000000")
+    assert reshard.locate(uids, uids[13], cfg) == ("00000001", "000013")
+    assert reshard.locate(uids, uids[13], reshard.ReshardConfig())[1] == "000000013"
+    with pytest.raises(KeyError):
+        reshard.locate(uids, "f" * 32, cfg)
+
+
+def test_schema_to_table_rejects_unknown_fields_and_fills_nulls():
+    t = schema.to_table([{"uid": "a" * 32, "status": "kept"}], schema.STATUS)
+    assert t.schema == schema.STATUS and t.column("reason").to_pylist() == [None]
+    with pytest.raises(KeyError):
+        schema.to_table([{"uid": "a", "bogus": 1}], schema.STATUS)
