@@ -26,6 +26,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
     b.add_argument("--pairs-per-year", type=int, default=2000, help="synthetic web size")
+    b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
     b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated (basic, none)")
     b.add_argument("--pool-shard-size", type=int, default=500)
     b.add_argument("--samples-per-shard", type=int, default=10_000)
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         variants = tuple(v.strip() for v in args.filter.split(",") if v.strip())
         cfg = BuildConfig(
             year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
-            pairs_per_year=args.pairs_per_year, write_variants=variants,
+            pairs_per_year=args.pairs_per_year, web_port=args.web_port, write_variants=variants,
             variants=tuple(dict.fromkeys(("none", "basic") + variants)),
             pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
             image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,

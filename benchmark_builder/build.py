@@ -46,6 +46,7 @@ class BuildConfig:
     inputs: list[str] = field(default_factory=list)  # WARC/WAT globs; empty: the embedded synthetic web
     seed: int = 0
     pairs_per_year: int = 2000
+    web_port: int = 18919  # baked into the synthetic web's URLs, so uids do not depend on a random port
     variants: tuple[str, ...] = ("none", "basic")  # variants computed for every sample
     write_variants: tuple[str, ...] = ("basic",)  # variants written as shards
     pool_shard_size: int = 500
@@ -109,10 +110,10 @@ def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
     from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
 
     t = time.time()
-    web = generate_web(layout.web, WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year))
+    web = generate_web(layout.web, WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port))
     files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
     print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
-    with SyntheticWebServer(layout.web) as server:
+    with SyntheticWebServer(layout.web, subprocess=True) as server:
         print(f"synthetic web server: {server.base_url}")
         yield files
 
@@ -128,7 +129,7 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     t = time.time()
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
-            crawl.CrawlToParquet(files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status")).expand_in(p)
+            crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
     counts = crawl.summarize(pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"), time.time() - t)
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
 

@@ -5,6 +5,8 @@ Tables (all Parquet, hive-partitioned by ``year=YYYY``):
 - ``candidates``: one row per (image URL, alt text) pair found by the crawl stage.
 - ``crawl_status``: one row per archive record the crawl stage could not read (and one per
   file with its record count), so a malformed record is visible instead of silently skipped.
+- ``pool/status``: one row per candidate sent to the download stage, with the download's
+  outcome (img2dataset's per-shard status parquet); the pool shard's tar holds the images.
 - ``status``: one row per candidate of the year, its final outcome: ``kept`` or ``dropped``
   with a machine-readable ``reason`` (``seen_before:2017``, ``http_404``, ``decode_error``,
   ``duplicate_of:<uid>``, ``caption_too_short`` ...) and the ``stage`` that decided it.
@@ -60,6 +62,24 @@ STATUS = pa.schema(
         ("stage", pa.string()),  # stage that decided: timestamp, download, dedup, filter, write
         ("http_status", pa.int32()),
         ("error_message", pa.string()),
+    ]
+)
+
+POOL_STATUS = pa.schema(
+    list(CANDIDATE)
+    + [
+        ("first_seen", TS),
+        ("pool_shard", pa.string()),
+        ("status", pa.string()),  # success | error  (img2dataset's status column)
+        ("reason", pa.string()),
+        ("http_status", pa.int32()),
+        ("error_message", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("original_width", pa.int32()),
+        ("original_height", pa.int32()),
+        ("sha256", pa.string()),
+        ("phash", pa.string()),
     ]
 )
 

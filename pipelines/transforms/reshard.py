@@ -93,6 +93,7 @@ class WriteVariant(beam.PTransform):
 
         def place(row, sorted_uids):
             out = dict(row)
+            out.setdefault("split", "train")
             if variant in row["filters"]:
                 out["shard"], out["key"] = locate(sorted_uids, row["uid"], cfg)
             else:

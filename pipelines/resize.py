@@ -1,0 +1,126 @@
+"""Decode, resize and re-encode downloaded images; hash them on the way.
+
+Semantics follow img2dataset's ``Resizer`` (modes ``no``, ``keep_ratio``, ``keep_ratio_largest``,
+``center_crop``, ``border``; alpha composited on white; ``min_image_size``, ``max_image_area``,
+``max_aspect_ratio`` guards), the implementation is Pillow with JPEG draft mode: libjpeg decodes
+at 1/2, 1/4 or 1/8 scale whenever the result is still at least the target size, which is most
+of the cost of a large photo. Pillow releases the GIL while decoding, resizing and encoding, so
+a thread pool uses every core.
+
+``phash`` is the 64-bit DCT perceptual hash of imagehash.phash (32x32 grey, DCT, top-left 8x8,
+median threshold), as 16 hex characters; ``sha256`` is of the downloaded bytes.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+from scipy.fft import dct
+
+Image.MAX_IMAGE_PIXELS = None  # the area guard below decides, with a reason instead of an exception
+
+MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    image_size: int = 256
+    resize_mode: str = "keep_ratio_largest"
+    resize_only_if_bigger: bool = False
+    encode_quality: int = 95
+    min_image_size: int = 0
+    max_image_area: float = 40e6  # pixels; larger images are refused before decoding
+    max_aspect_ratio: float = float("inf")
+
+    def __post_init__(self):
+        if self.resize_mode not in MODES:
+            raise ValueError(f"resize_mode must be one of {MODES}, got {self.resize_mode!r}")
+
+
+@dataclass
+class Resized:
+    jpg: bytes | None
+    width: int | None = None
+    height: int | None = None
+    original_width: int | None = None
+    original_height: int | None = None
+    sha256: str | None = None
+    phash: str | None = None
+    reason: str | None = None
+    error_message: str | None = None
+
+
+def phash(img: Image.Image) -> str:
+    """imagehash.phash(img) as 16 hex characters (hash_size 8, highfreq_factor 4)."""
+    small = np.asarray(img.convert("L").resize((32, 32), Image.LANCZOS), dtype=np.float64)
+    coeffs = dct(dct(small, axis=0, norm=None), axis=1, norm=None)[:8, :8]
+    bits = (coeffs > np.median(coeffs)).flatten()
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+
+
+def _target(ow: int, oh: int, cfg: ResizeConfig) -> tuple[int, int] | None:
+    """Size to resize to before cropping/padding, or None to keep the original size."""
+    s = cfg.image_size
+    if cfg.resize_mode == "no":
+        return None
+    if cfg.resize_mode in ("keep_ratio", "center_crop"):
+        short = min(ow, oh)
+        if cfg.resize_only_if_bigger and short <= s:
+            return None
+        f = s / short
+    else:  # keep_ratio_largest, border
+        long = max(ow, oh)
+        if cfg.resize_only_if_bigger and long <= s:
+            return None
+        f = s / long
+    return max(1, round(ow * f)), max(1, round(oh * f))
+
+
+def _flatten(img: Image.Image) -> Image.Image:
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        bg = Image.new("RGB", img.size, (255, 255, 255))
+        bg.paste(img, mask=img.getchannel("A"))
+        return bg
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def resize_image(body: bytes, cfg: ResizeConfig = ResizeConfig()) -> Resized:
+    sha = hashlib.sha256(body).hexdigest()
+    try:
+        img = Image.open(io.BytesIO(body))
+        ow, oh = img.size
+        if ow * oh > cfg.max_image_area:
+            return Resized(None, original_width=ow, original_height=oh, sha256=sha, reason="image_too_large",
+                           error_message=f"{ow}x{oh} pixels")
+        if min(ow, oh) < cfg.min_image_size:
+            return Resized(None, original_width=ow, original_height=oh, sha256=sha, reason="image_too_small")
+        if max(ow, oh) / max(1, min(ow, oh)) > cfg.max_aspect_ratio:
+            return Resized(None, original_width=ow, original_height=oh, sha256=sha, reason="aspect_ratio_too_large")
+        target = _target(ow, oh, cfg)
+        if target is not None and img.format == "JPEG":
+            img.draft("RGB", target)  # libjpeg DCT scaling: never below the target size
+        img = ImageOps.exif_transpose(img) if img.format == "JPEG" and img.getexif() else img
+        img = _flatten(img)
+        if target is not None and img.size != target:
+            img = img.resize(target, Image.BICUBIC, reducing_gap=2.0 if target[0] < img.width else None)
+        s = cfg.image_size
+        if cfg.resize_mode == "center_crop" and target is not None:
+            left, top = (img.width - s) // 2, (img.height - s) // 2
+            img = img.crop((left, top, left + s, top + s))
+        elif cfg.resize_mode == "border" and target is not None:
+            canvas = Image.new("RGB", (max(s, img.width), max(s, img.height)), (255, 255, 255))
+            canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
+            img = canvas
+        h = phash(img)
+        out = io.BytesIO()
+        img.save(out, "JPEG", quality=cfg.encode_quality)
+        return Resized(out.getvalue(), img.width, img.height, ow, oh, sha, h)
+    except Image.DecompressionBombError as e:
+        return Resized(None, sha256=sha, reason="image_too_large", error_message=str(e)[:200])
+    except Exception as e:  # truncated, corrupt, unsupported: the image is unusable, the job goes on
+        return Resized(None, sha256=sha, reason="decode_error", error_message=f"{type(e).__name__}: {e}"[:300])
