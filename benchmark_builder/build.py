@@ -122,25 +122,26 @@ def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
 
 def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
-    key = hashlib.sha256("\n".join(files).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
     t = time.time()
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
-            crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
+            crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+                                 source_root=layout.web if cfg.synthetic else None)
     counts = crawl.summarize(pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"), time.time() - t)
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
 
 
 # ---------------------------------------------------------------- one year
 
-def _files(layout: Layout, table: str, years) -> list[str]:
-    out = []
-    for y in years:
-        out += pio.glob(pio.join(layout.root, table, f"year={y}", "*.parquet"))
-    return out
+def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[str]:
+    """Parquet files of ``table`` for ``years``; with ``patterns``, the globs unexpanded (a dry
+    run builds the job graph without touching storage)."""
+    globs = [pio.join(layout.root, table, f"year={y}", "*.parquet") for y in years]
+    return globs if patterns else [f for g in globs for f in pio.glob(g)]
 
 
 def _read(p, label: str, files: list[str], columns: list[str] | None = None):
@@ -165,16 +166,35 @@ def _write_table(rows, path: str, table_schema: pa.Schema, sort_key=("uid",)) ->
     return len(rows)
 
 
+def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
+    """Build and submit every job graph with ``--dry_run`` (validates the Dataflow jobs offline)."""
+    files = cfg.inputs or [pio.join(layout.web, "crawl", "*.warc.gz")]
+    with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
+        p = beam.Pipeline(options=opts)
+        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
+        p.run()
+    for y in years:
+        year_pipeline_run(cfg, layout, y)
+    print(f"dry run: {1 + len(years)} job graphs built and validated for {cfg.runner.runner}; nothing ran")
+    return {"dry_run": True, "jobs": 1 + len(years)}
+
+
 def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
+    t0 = time.time()
+    year_pipeline_run(cfg, layout, year)
+    return _finish_year(cfg, layout, year, time.time() - t0)
+
+
+def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int) -> None:
     earlier_years = [y for y in get_spec(cfg.benchmark).years if y < year]
-    candidates_files = _files(layout, "candidates", [year])
+    lazy = cfg.runner.dry_run
+    candidates_files = _files(layout, "candidates", [year], lazy)
     dl_cfg = cfg.download_config()
     variant_dir = layout.train_shards(cfg.default_variant, year)
-    t0 = time.time()
     with pipeline_options(cfg.runner, job_name=f"tic-year-{year}") as opts:
         with beam.Pipeline(options=opts) as p:
             cands = _read(p, "Candidates", candidates_files)
-            earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years), ["url", "year"]) | (
+            earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
                 "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
             )
             stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen(year)
@@ -182,7 +202,7 @@ def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
             downloaded = stamped.kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
             annotated = downloaded.samples | "Annotate" >> annotate.Annotate()
 
-            earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years), ["sha256", "first_seen", "uid"]) | (
+            earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy), ["sha256", "first_seen", "uid"]) | (
                 "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"])))
             )
             deduped = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
@@ -219,8 +239,6 @@ def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
                     lambda rows: _write_table(rows, pio.join(layout.status(year), "part-00000.parquet"), schema.STATUS)
                 )
             )
-    seconds = time.time() - t0
-    return _finish_year(cfg, layout, year, seconds)
 
 
 def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float) -> dict:
@@ -290,6 +308,8 @@ def build(cfg: BuildConfig) -> dict:
     layout = Layout(cfg.data_dir, cfg.benchmark)
     years = [y for y in spec.years if y <= cfg.year]
     t0 = time.time()
+    if cfg.runner.dry_run:
+        return dry_run(cfg, layout, years)
     todo = [y for y in years if not year_done(cfg, layout, y)]
     if todo:
         with input_files(cfg, layout) as files:

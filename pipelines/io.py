@@ -1,9 +1,10 @@
 """File I/O shared by every stage: atomic writes on local disks and object stores.
 
 Local paths are written to a temporary name in the same directory and renamed into place,
-so a killed job never leaves a half-written file under the final name. Object stores
-(``gs://``, ``s3://`` through fsspec) publish an object only when its upload completes, which
-gives the same guarantee.
+so a killed job never leaves a half-written file under the final name. Other paths go
+through Beam's ``FileSystems`` (``gs://`` with the gcp extra, ``s3://``, ``hdfs://``), which
+publish an object only when its upload completes: the same guarantee on Dataflow, Spark or
+Flink workers.
 """
 from __future__ import annotations
 
@@ -35,8 +36,21 @@ def join(*parts: str) -> str:
 def exists(path: str) -> bool:
     if is_local(path):
         return os.path.exists(local_path(path))
-    fs, p = fsspec.core.url_to_fs(path)
-    return fs.exists(p)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
+
+
+def open_read(path: str):
+    """A binary file object for reading a local path or any Beam/fsspec URL."""
+    if is_local(path):
+        return open(local_path(path), "rb")
+    try:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.open(path, compression_type="uncompressed")
+    except ValueError:  # a scheme Beam does not know: try fsspec
+        return fsspec.open(path, "rb").open()
 
 
 def makedirs(path: str) -> None:
@@ -45,12 +59,13 @@ def makedirs(path: str) -> None:
 
 
 def glob(pattern: str) -> list[str]:
-    fs, p = fsspec.core.url_to_fs(pattern)
-    found = sorted(fs.glob(p))
     if is_local(pattern):
-        return found
-    proto = pattern.split("://", 1)[0]
-    return [f"{proto}://{f}" for f in found]
+        import glob as _glob
+
+        return sorted(_glob.glob(local_path(pattern)))
+    from apache_beam.io.filesystems import FileSystems
+
+    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
 
 
 @contextlib.contextmanager
@@ -71,8 +86,13 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        with fsspec.open(path, mode) as f:
+        from apache_beam.io.filesystems import FileSystems
+
+        f = FileSystems.create(path, compression_type="uncompressed")
+        try:
             yield f
+        finally:
+            f.close()
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -85,7 +105,7 @@ def write_json(path: str, obj) -> None:
 
 
 def read_json(path: str):
-    with fsspec.open(path, "rb") as f:
+    with open_read(path) as f:
         return json.load(f)
 
 
@@ -101,7 +121,7 @@ def read_parquet(paths: list[str] | str, columns: list[str] | None = None) -> pa
         paths = glob(paths) if any(c in paths for c in "*?[") else [paths]
     tables = []
     for p in paths:
-        with fsspec.open(p, "rb") as f:
+        with open_read(p) as f:
             tables.append(pq.read_table(f, columns=columns))
     if not tables:
         return None

@@ -40,6 +40,11 @@ class RunnerConfig:
         return any(a == flag or a.startswith(flag + "=") for a in self.beam_args)
 
     @property
+    def dry_run(self) -> bool:
+        """Dataflow's ``--dry_run=True``: build and validate the job, run nothing."""
+        return any(a in ("--dry_run", "--dry_run=True", "--dry_run=true") for a in self.beam_args)
+
+    @property
     def is_local(self) -> bool:
         return self.runner in ("DirectRunner", "PortableRunner")
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from scipy.fft import dct
 
 Image.MAX_IMAGE_PIXELS = None  # the area guard below decides, with a reason instead of an exception
 
+_ADDRESS = re.compile(r" (object )?at 0x[0-9a-fA-F]+")
 MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
 
@@ -123,4 +125,5 @@ def resize_image(body: bytes, cfg: ResizeConfig = ResizeConfig()) -> Resized:
     except Image.DecompressionBombError as e:
         return Resized(None, sha256=sha, reason="image_too_large", error_message=str(e)[:200])
     except Exception as e:  # truncated, corrupt, unsupported: the image is unusable, the job goes on
-        return Resized(None, sha256=sha, reason="decode_error", error_message=f"{type(e).__name__}: {e}"[:300])
+        message = _ADDRESS.sub("", f"{type(e).__name__}: {e}")  # no memory addresses: status rows must be reproducible
+        return Resized(None, sha256=sha, reason="decode_error", error_message=message[:300])

@@ -63,10 +63,12 @@ def contains(sorted_arr: np.ndarray, uids: Iterable[str]) -> np.ndarray:
 
 def load(path: str) -> np.ndarray:
     """Load a DataComp subset file (``.npy`` of ``u8,u8``), sorting it if needed."""
-    import fsspec
+    import io
 
-    with fsspec.open(path, "rb") as f:
-        arr = np.load(f)
+    from pipelines.io import open_read
+
+    with open_read(path) as f:
+        arr = np.load(io.BytesIO(f.read()))
     if arr.dtype != UID_DTYPE:
         raise ValueError(f"{path}: expected a DataComp uid array of dtype u8,u8, got {arr.dtype}")
     ordered = np.sort(arr)

@@ -69,10 +69,8 @@ def write_shard(out_dir: str, shard_id: int, samples: list[dict], stats: dict) -
 
 def read_shard(path: str) -> list[dict]:
     """Tar -> samples (key -> {ext: bytes}), in file order. For resume and tests."""
-    import fsspec
-
     out: dict[str, dict] = {}
-    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r") as tar:
+    with pio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for m in tar:
             if not m.isfile():
                 continue

@@ -15,8 +15,9 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
-import fsspec
 from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from pipelines import io as pio
 
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
@@ -102,7 +103,7 @@ def _convert(rec, base: int, parse_payload: bool) -> Record:
 def iter_records(path: str, types: tuple[str, ...] = ("response", "metadata", "warcinfo")) -> Iterator[Record | RecordError]:
     """Records of ``path`` (local or fsspec URL), with a ``RecordError`` for anything unreadable."""
     try:
-        with fsspec.open(path, "rb") as f:
+        with pio.open_read(path) as f:
             data = f.read()
     except Exception as e:  # missing file, permission, network
         yield RecordError(0, "unreadable_file", f"{type(e).__name__}: {e}")

@@ -132,10 +132,20 @@ def _warcinfo_fields(payload: bytes) -> dict:
     return out
 
 
-def crawl_file(path: str) -> Iterator[tuple[str, dict]]:
+def source_name(path: str, root: str | None) -> str:
+    """``path`` relative to ``root`` when inside it (so outputs do not depend on where data lives)."""
+    if root and pio.is_local(path) and pio.is_local(root):
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+        if not rel.startswith(".."):
+            return rel
+    return path
+
+
+def crawl_file(path: str, source_root: str | None = None) -> Iterator[tuple[str, dict]]:
     """("candidate", row) and ("status", row) for one WARC/WAT file; never raises on bad input."""
     from pipelines.sources.warc import parse_warc_date
 
+    source = source_name(path, source_root)
     crawl_id = crawl_id_of(path)
     n_total, years = 0, set()
 
@@ -144,7 +154,7 @@ def crawl_file(path: str) -> Iterator[tuple[str, dict]]:
         return min(years) if years else (int(m.group(1)) if m else None)
 
     def _status(path, offset, record_id, status, reason, n):
-        return {"source": path, "record_offset": offset, "record_id": record_id, "status": status, "reason": reason,
+        return {"source": source, "record_offset": offset, "record_id": record_id, "status": status, "reason": reason,
                 "n_candidates": n, "year": file_year()}
 
     for rec in iter_records(path):
@@ -187,14 +197,17 @@ def crawl_file(path: str) -> Iterator[tuple[str, dict]]:
             years.add(when.year)
             yield "candidate", {
                 "uid": make_uid(url, text), "url": url, "text": text, "page_url": page_norm, "crawl_id": crawl_id,
-                "crawl_time": when, "source": path, "record_offset": rec.offset, "year": when.year, "month": when.month,
+                "crawl_time": when, "source": source, "record_offset": rec.offset, "year": when.year, "month": when.month,
             }
     yield "status", _status(path, None, None, "ok", None, n_total)
 
 
 class _CrawlFile(beam.DoFn):
+    def __init__(self, source_root: str | None = None):
+        self.source_root = source_root
+
     def process(self, path):
-        for kind, row in crawl_file(path):
+        for kind, row in crawl_file(path, self.source_root):
             if kind == "candidate":
                 yield row
             else:
@@ -204,16 +217,17 @@ class _CrawlFile(beam.DoFn):
 class ReadCandidates(beam.PTransform):
     """File paths -> tagged outputs ``candidates`` (main) and ``status`` (crawl_status rows)."""
 
-    def __init__(self, files: list[str]):
+    def __init__(self, files: list[str], source_root: str | None = None):
         super().__init__()
         self.files = list(files)
+        self.source_root = source_root
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Files" >> beam.Create(self.files)
             | "Spread" >> beam.Reshuffle()
-            | "Crawl" >> beam.ParDo(_CrawlFile()).with_outputs("status", main="candidates")
+            | "Crawl" >> beam.ParDo(_CrawlFile(self.source_root)).with_outputs("status", main="candidates")
         )
 
 
@@ -248,9 +262,10 @@ def status_order(row):
     return (row["source"], row["record_offset"] if row["record_offset"] is not None else -1, row["status"], row["reason"] or "")
 
 
-def crawl_pipeline(p, files: list[str], candidates_dir: str, status_dir: str) -> None:
-    """Wire the crawl stage into pipeline ``p``: read files, write candidates and crawl status."""
-    read = p | "ReadCandidates" >> ReadCandidates(files)
+def crawl_pipeline(p, files: list[str], candidates_dir: str, status_dir: str, source_root: str | None = None) -> None:
+    """Wire the crawl stage into pipeline ``p``: read files, write candidates and crawl status.
+    ``source_root``: record sources relative to it (the synthetic web's directory)."""
+    read = p | "ReadCandidates" >> ReadCandidates(files, source_root)
     _ = read.candidates | "WriteCandidates" >> WriteByYear(candidates_dir, schema.CANDIDATE, candidate_order)
     _ = read.status | "WriteCrawlStatus" >> WriteByYear(status_dir, schema.CRAWL_STATUS, status_order)
 
