@@ -147,7 +147,11 @@ def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[st
 def _read(p, label: str, files: list[str], columns: list[str] | None = None):
     if not files:
         return p | f"No{label}" >> beam.Create([])
-    return p | f"List{label}" >> beam.Create(files) | f"Read{label}" >> beam.io.ReadAllFromParquet(columns=columns)
+    return (
+        p
+        | f"List{label}" >> beam.Create(files)
+        | f"Read{label}" >> beam.FlatMap(lambda path: pio.read_parquet([path], columns).to_pylist())
+    )
 
 
 def final_status(row: dict, default_variant: str) -> dict:

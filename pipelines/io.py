@@ -121,8 +121,13 @@ def read_parquet(paths: list[str] | str, columns: list[str] | None = None) -> pa
         paths = glob(paths) if any(c in paths for c in "*?[") else [paths]
     tables = []
     for p in paths:
-        with open_read(p) as f:
-            tables.append(pq.read_table(f, columns=columns))
+        # use_threads=False: pyarrow's threaded reader over a Python file object can abort the
+        # interpreter at exit ("terminate called without an active exception")
+        if is_local(p):
+            tables.append(pq.read_table(local_path(p), columns=columns, use_threads=False))
+        else:
+            with open_read(p) as f:
+                tables.append(pq.read_table(pa.BufferReader(f.read()), columns=columns, use_threads=False))
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
