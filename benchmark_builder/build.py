@@ -309,6 +309,7 @@ def build(cfg: BuildConfig) -> dict:
     spec = get_spec(cfg.benchmark)
     if cfg.year not in spec.years:
         raise ValueError(f"{cfg.benchmark} covers years {spec.years[0]}..{spec.years[-1]}; got --year {cfg.year}")
+    cfg.runner.validate()  # a bad runner config fails before any work
     layout = Layout(cfg.data_dir, cfg.benchmark)
     years = [y for y in spec.years if y <= cfg.year]
     t0 = time.time()

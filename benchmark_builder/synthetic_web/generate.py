@@ -198,17 +198,19 @@ class _Year:
                 params = image_params(cfg.seed, image_id, y)
                 row.update(image_id=image_id, concept=params.object_name)
             elif t_private <= u < t_rehost and earlier_ok:
-                image_id, img_year, size_kind = earlier_ok[int(r.integers(len(earlier_ok)))]
+                image_id, img_year, size_kind, fmt, mode = earlier_ok[int(r.integers(len(earlier_ok)))]
                 kind = ("identical", "reencoded", "resized")[int(r.integers(3))]
+                if kind != "identical":
+                    fmt, mode = "jpeg", ""
                 quality, scale = (90, 1.0) if kind == "identical" else ((60, 1.0) if kind == "reencoded" else (90, float(r.uniform(0.6, 0.9))))
                 path += ".jpg"
-                self._serve(path, image_id, img_year, size_kind, quality=quality, scale=scale, rehost_of=image_id, rehost_kind=kind)
+                self._serve(path, image_id, img_year, size_kind, fmt, quality=quality, scale=scale, mode=mode, rehost_of=image_id, rehost_kind=kind)
                 params = image_params(cfg.seed, image_id, img_year, size_kind)
                 row.update(url=self.base + path, image_id=image_id, concept=params.object_name, rehost_of=image_id, rehost_kind=kind)
             elif t_rehost <= u < t_copy and this_year_ok:
-                image_id, img_year, size_kind = this_year_ok[int(r.integers(len(this_year_ok)))]
+                image_id, img_year, size_kind, fmt, mode = this_year_ok[int(r.integers(len(this_year_ok)))]
                 path += ".jpg"
-                self._serve(path, image_id, img_year, size_kind, rehost_of=image_id, rehost_kind="identical")
+                self._serve(path, image_id, img_year, size_kind, fmt, mode=mode, rehost_of=image_id, rehost_kind="identical")
                 params = image_params(cfg.seed, image_id, img_year, size_kind)
                 row.update(url=self.base + path, image_id=image_id, concept=params.object_name, rehost_of=image_id, rehost_kind="identical")
             else:
@@ -243,7 +245,7 @@ class _Year:
                 self._serve(path, image_id, y, size_kind, fmt, mode=mode, fault=fault, target=target)
                 row.update(url=self.base + path, image_id=image_id, concept=params.object_name, fault=fault, format=fmt)
                 if not fault or fault in ("redirect", "redirect_chain", "noai_other_agent"):
-                    this_year_ok.append((image_id, y, size_kind))
+                    this_year_ok.append((image_id, y, size_kind, fmt, mode))
             text, lang = caption(params, y, r, text_kind) if params else ("a picture", "en")
             row.update(text=text, lang=lang)
             slots.append(row)

@@ -1,0 +1,133 @@
+"""The embedded synthetic web: deterministic, real WARC, real faults, real drift."""
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import socket
+import urllib.error
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+from fastwarc.warc import ArchiveIterator
+from warcio.archiveiterator import ArchiveIterator as WarcioIterator
+
+from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("web") / "w")
+    cfg = WebConfig(pairs_per_year=300, port=free_port(), slow_seconds=1.5)
+    return d, cfg, generate_web(d, cfg)
+
+
+def _digest(d):
+    h = {}
+    for root, _, files in os.walk(d):
+        for f in files:
+            p = os.path.join(root, f)
+            h[os.path.relpath(p, d)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    return h
+
+
+def test_generation_is_deterministic_and_idempotent(web, tmp_path):
+    d, cfg, manifest = web
+    again = str(tmp_path / "again")
+    generate_web(again, cfg)
+    assert _digest(d) == _digest(again)
+    assert generate_web(d, cfg) == manifest  # reused, not regenerated
+
+
+def test_warc_files_are_real_and_dated_in_their_year(web):
+    d, cfg, manifest = web
+    for year, files in manifest["warc_files"].items():
+        assert files and all("CC-MAIN-" + year in f for f in files)
+        intact = [f for f in files if not any(m["file"] == f for m in manifest["malformed"])]
+        for f in intact[:1]:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                recs = [(r.headers.get("WARC-Type"), r.headers.get("WARC-Date")) for r in ArchiveIterator(fh)]
+            with open(path, "rb") as fh:
+                types = [r.rec_type for r in WarcioIterator(fh)]
+            assert recs[0][0] == "warcinfo" and types[0] == "warcinfo"
+            assert {"request", "response", "metadata"} <= set(types)
+            assert all(date.startswith(year) for _, date in recs)
+    kinds = collections.Counter(m["kind"] for m in manifest["malformed"])
+    assert kinds["not_http"] == kinds["bad_content_length"] == len(cfg.years) and kinds["truncated_archive"] >= 2
+
+
+def test_ground_truth_plants_every_fault_and_drift(web):
+    d, cfg, _ = web
+    gt = pq.read_table(os.path.join(d, "ground_truth.parquet")).to_pandas()
+    assert len(gt) == cfg.pairs_per_year * len(cfg.years)
+    assert set(cfg.faults) | {"private_address"} <= set(gt.fault) | {"redirect_private", "too_large", "slow"}
+    assert {"identical", "reencoded", "resized"} <= set(gt.rehost_kind)
+    assert gt.repeated_url_from.notna().sum() > 0
+    assert {"one_word", "non_english"} <= set(gt.text_kind)
+    early = gt[gt.year <= 2015].concept.value_counts(normalize=True)
+    late = gt[gt.year >= 2021].concept.value_counts(normalize=True)
+    assert "drone" not in early.index and late.get("drone", 0) > 0.05
+    assert early.get("circle", 0) > 2 * late.get("circle", 0)
+
+
+def _get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_server_serves_planted_faults(web):
+    d, cfg, _ = web
+    cat = pq.read_table(os.path.join(d, "catalogue.parquet")).to_pandas()
+    first = {f: cat[cat.fault == f].iloc[0] for f in ("", "http_404", "http_503", "noai", "noimageai", "redirect", "redirect_private",
+                                                      "not_image", "truncated", "corrupt")}
+    with SyntheticWebServer(d) as srv:
+        base = srv.base_url
+        code, h, body = _get(base + first[""].path)
+        assert code == 200 and body[:2] in (b"\xff\xd8", b"\x89P", b"RI", b"GI")
+        assert _get(base + first[""].path)[2] == body  # same bytes every time
+        assert _get(base + first["http_404"].path)[0] == 404
+        assert _get(base + first["http_503"].path)[0] == 503
+        assert _get(base + first["noai"].path)[1]["X-Robots-Tag"] == "noai"
+        assert "noimageai" in _get(base + first["noimageai"].path)[1]["X-Robots-Tag"]
+        assert _get(base + first["not_image"].path)[1]["Content-Type"].startswith("text/html")
+        from PIL import Image
+        import io as _io
+
+        for broken in ("truncated", "corrupt"):
+            with pytest.raises(Exception):
+                Image.open(_io.BytesIO(_get(base + first[broken].path)[2])).load()
+        req = urllib.request.Request(base + first["redirect_private"].path)
+        opener = urllib.request.build_opener(type("NoRedirect", (urllib.request.HTTPRedirectHandler,), {"redirect_request": lambda *a, **k: None}))
+        try:
+            opener.open(req, timeout=5)
+        except urllib.error.HTTPError as e:
+            assert e.code == 302 and e.headers["Location"].startswith("http://10.")
+        rehosts = cat[cat.rehost_kind == "identical"].iloc[0]
+        orig = cat[(cat.image_id == rehosts.image_id) & (cat.rehost_kind == "") & (cat.fault == "")]
+        if len(orig):
+            assert _get(base + rehosts.path)[2] == _get(base + orig.iloc[0].path)[2]
+        reenc = cat[cat.rehost_kind == "reencoded"].iloc[0]
+        orig = cat[(cat.image_id == reenc.image_id) & (cat.rehost_kind == "")]
+        if len(orig):
+            assert _get(base + reenc.path)[2] != _get(base + orig.iloc[0].path)[2]
+
+
+def test_busy_port_gives_a_clear_error(web):
+    d, cfg, _ = web
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", cfg.port))
+        s.listen()
+        with pytest.raises(RuntimeError, match=str(cfg.port)):
+            SyntheticWebServer(d, subprocess=True).start()

@@ -1,0 +1,197 @@
+"""Download machinery against a real local HTTP server: every failure has its reason."""
+from __future__ import annotations
+
+import email.message
+import io
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import imagehash
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.fetch import FetchConfig, Fetcher, address_kind, is_disallowed
+from pipelines.resize import ResizeConfig, phash, resize_image
+from pipelines.transforms.download import DownloadConfig, download_rows
+
+
+def _img(fmt="JPEG", size=(640, 480), mode="RGB"):
+    rng = np.random.default_rng(0)
+    arr = (rng.random((size[1] // 8, size[0] // 8, 3)) * 255).astype(np.uint8)
+    im = Image.fromarray(arr).resize(size, Image.BICUBIC)
+    if mode == "RGBA":
+        im = im.convert("RGBA")
+    buf = io.BytesIO()
+    im.save(buf, fmt)
+    return buf.getvalue()
+
+
+JPEG = _img()
+ROUTES = {
+    "/ok.jpg": (200, [("Content-Type", "image/jpeg")], JPEG),
+    "/rgba.png": (200, [("Content-Type", "image/png")], _img("PNG", (300, 200), "RGBA")),
+    "/a.webp": (200, [("Content-Type", "image/webp")], _img("WEBP", (300, 300))),
+    "/a.gif": (200, [("Content-Type", "image/gif")], _img("GIF", (300, 300))),
+    "/missing.jpg": (404, [("Content-Type", "text/plain")], b"no"),
+    "/page.jpg": (200, [("Content-Type", "text/html")], b"<html></html>"),
+    "/trunc.jpg": (200, [("Content-Type", "image/jpeg")], JPEG[: len(JPEG) // 3]),
+    "/corrupt.jpg": (200, [("Content-Type", "image/jpeg")], JPEG[:20] + b"\x00" * 500),
+    "/noai.jpg": (200, [("Content-Type", "image/jpeg"), ("X-Robots-Tag", "noai")], JPEG),
+    "/noimageai.jpg": (200, [("Content-Type", "image/jpeg"), ("X-Robots-Tag", "otherbot: noindex"), ("X-Robots-Tag", "noimageai")], JPEG),
+    "/otherbot.jpg": (200, [("Content-Type", "image/jpeg"), ("X-Robots-Tag", "otherbot: noai")], JPEG),
+    "/r1": (302, [("Location", "/r2")], b""),
+    "/r2": (301, [("Location", "/ok.jpg")], b""),
+    "/loop": (302, [("Location", "/loop")], b""),
+    "/private": (302, [("Location", "http://10.0.0.7/x.jpg")], b""),
+    "/metadata": (302, [("Location", "http://169.254.169.254/latest/meta-data")], b""),
+    "/huge.png": (200, [("Content-Type", "image/png")], None),
+}
+hits: dict[str, int] = {}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        hits[self.path] = hits.get(self.path, 0) + 1
+        if self.path == "/slow.jpg":
+            time.sleep(1.5)
+        if self.path == "/flaky.jpg" and hits[self.path] == 1:
+            code, headers, body = 503, [("Content-Type", "text/plain")], b"busy"
+        elif self.path in ("/slow.jpg", "/flaky.jpg"):
+            code, headers, body = 200, [("Content-Type", "image/jpeg")], JPEG
+        else:
+            code, headers, body = ROUTES.get(self.path, (404, [], b""))
+            if self.path == "/huge.png":
+                buf = io.BytesIO()
+                Image.new("L", (9000, 7000)).save(buf, "PNG", compress_level=1)
+                body = buf.getvalue()
+        try:
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture()
+def fetcher():
+    return Fetcher(FetchConfig(timeout=0.5, retries=1, backoff=0.01, allow_loopback=True))
+
+
+@pytest.mark.parametrize("path,reason", [
+    ("/ok.jpg", None), ("/missing.jpg", "http_404"), ("/page.jpg", "not_an_image:text/html"),
+    ("/noai.jpg", "opt_out:noai"), ("/noimageai.jpg", "opt_out:noimageai"), ("/otherbot.jpg", None),
+    ("/r1", None), ("/loop", "too_many_redirects"), ("/private", "blocked_address:private"),
+    ("/metadata", "blocked_address:link_local"), ("/slow.jpg", "timeout"), ("/flaky.jpg", None),
+])
+def test_fetch_reasons(server, fetcher, path, reason):
+    res = fetcher.fetch(server + path)
+    assert res.reason == reason, res.error_message
+    if reason is None:
+        assert res.body == JPEG
+
+
+def test_retry_after_503_and_timeouts_are_retried(server, fetcher):
+    assert hits.get("/flaky.jpg") == 2  # one 503, then the retry succeeded
+    assert hits.get("/slow.jpg") == 2  # timed out twice (retries=1)
+
+
+def test_loopback_is_blocked_unless_allowed(server):
+    strict = Fetcher(FetchConfig(timeout=0.5))
+    before = hits.get("/ok.jpg", 0)
+    assert strict.fetch(server + "/ok.jpg").reason == "blocked_address:loopback"
+    assert strict.fetch(server.replace("127.0.0.1", "localhost") + "/ok.jpg").reason == "blocked_address:loopback"
+    assert hits.get("/ok.jpg", 0) == before  # refused before connecting
+    assert Fetcher(FetchConfig(timeout=0.5, allow_loopback=True)).fetch(server.replace("127.0.0.1", "localhost") + "/ok.jpg").ok
+
+
+def test_allow_loopback_lifts_nothing_else():
+    for ip, kind in [("10.1.2.3", "private"), ("192.168.0.1", "private"), ("172.16.5.4", "private"), ("169.254.169.254", "link_local"),
+                     ("::ffff:10.0.0.1", "private"), ("fe80::1", "link_local"), ("0.0.0.0", "unspecified"), ("224.0.0.1", "multicast"),
+                     ("127.0.0.1", "loopback"), ("::1", "loopback")]:
+        assert address_kind(ip) == kind, ip
+    assert address_kind("93.184.216.34") is None
+    f = Fetcher(FetchConfig(timeout=0.5, allow_loopback=True))
+    assert f.fetch("http://10.0.0.7/x.jpg").reason == "blocked_address:private"
+    assert f.fetch("ftp://example.com/x.jpg").reason == "unsupported_scheme"
+
+
+def test_opt_out_rule_matches_img2dataset():
+    from img2dataset.downloader import is_disallowed as reference
+
+    cases = [["noai"], ["otherbot: noai"], ["tic-bot: noimageai"], ["noindex, nofollow"], ["all"], ["otherbot: noai", "none"]]
+    directives = ("noai", "noimageai", "noindex", "noimageindex")
+    for values in cases:
+        h = email.message.Message()
+        for v in values:
+            h["X-Robots-Tag"] = v
+        assert bool(is_disallowed(h, "tic-bot", directives)) == reference(h, "tic-bot", set(directives)), values
+
+
+@pytest.mark.parametrize("mode,expected", [
+    ("keep_ratio_largest", (256, 192)), ("keep_ratio", (341, 256)), ("center_crop", (256, 256)), ("border", (256, 256)), ("no", (640, 480)),
+])
+def test_resize_modes(mode, expected):
+    r = resize_image(JPEG, ResizeConfig(image_size=256, resize_mode=mode))
+    assert (r.width, r.height) == expected and (r.original_width, r.original_height) == (640, 480)
+    assert Image.open(io.BytesIO(r.jpg)).size == expected
+
+
+def test_resize_matches_img2dataset_resizer():
+    from img2dataset.resizer import Resizer
+
+    ref, w, h, *_ = Resizer(256, "keep_ratio_largest", False)(io.BytesIO(JPEG))
+    ours = resize_image(JPEG, ResizeConfig(image_size=256))
+    a = np.asarray(Image.open(io.BytesIO(ref)).convert("RGB"), dtype=np.float64)
+    b = np.asarray(Image.open(io.BytesIO(ours.jpg)).convert("RGB"), dtype=np.float64)
+    assert a.shape == b.shape
+    psnr = 10 * np.log10(255**2 / np.mean((a - b) ** 2))
+    assert psnr > 30, psnr
+
+
+def test_phash_is_imagehash_phash():
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        im = Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).resize((320, 240), Image.BICUBIC)
+        assert phash(im) == str(imagehash.phash(im))
+
+
+def test_decode_failures_have_reasons():
+    assert resize_image(JPEG[: len(JPEG) // 3]).reason == "decode_error"
+    assert resize_image(b"GIF89a" + b"\x00" * 50).reason == "decode_error"
+    big = io.BytesIO()
+    Image.new("L", (9000, 7000)).save(big, "PNG", compress_level=1)
+    assert resize_image(big.getvalue()).reason == "image_too_large"
+
+
+def test_download_rows_every_row_has_one_outcome_in_order(server):
+    paths = ["/ok.jpg", "/rgba.png", "/a.webp", "/a.gif", "/missing.jpg", "/trunc.jpg", "/corrupt.jpg", "/huge.png", "/r1", "/private"]
+    rows = [{"uid": f"{i:032x}", "url": server + p, "text": "t"} for i, p in enumerate(paths)]
+    cfg = DownloadConfig(fetch=FetchConfig(timeout=1.0, allow_loopback=True), thread_count=4)
+    out = download_rows(rows, cfg)
+    assert [r["uid"] for r, _ in out] == [r["uid"] for r in rows]
+    reasons = [r["reason"] for r, _ in out]
+    assert reasons == [None, None, None, None, "http_404", "decode_error", "decode_error", "image_too_large", None, "blocked_address:private"]
+    for (r, jpg) in out:
+        assert (jpg is not None) == (r["status"] == "success")
+        if jpg is not None:
+            assert max(Image.open(io.BytesIO(jpg)).size) == 256 and len(r["phash"]) == 16 and len(r["sha256"]) == 64
