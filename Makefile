@@ -16,15 +16,12 @@ YEAR ?= 2019
 FILTER ?= basic
 RUNNER ?= DirectRunner
 BEAM_ARGS ?=
-PROTOCOL ?= sequential
-VARIANT ?= basic
-RUN_DIR ?= ./runs/$(PROTOCOL)-$(VARIANT)
-RUN ?= $(RUN_DIR)
-RUNS ?=
+INPUT ?=
+OUTPUT ?= ./candidates
 Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
 
-.PHONY: help build-tic-datacomp sql test test-slow bench train eval compare clean clean-data
+.PHONY: help venv build-tic-datacomp crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -40,7 +37,10 @@ $(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lock
 
 build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
-	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
+
+crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
+	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)
 
 sql: $(VENV)/.installed ## run SQL on index.duckdb: make sql Q="select year, count(*) from samples group by 1"
 	$(PY) -m benchmark_builder sql --data-dir $(DATA_DIR) "$(Q)"
@@ -51,7 +51,7 @@ test: $(VENV)/.installed ## run the test suite (fast; slow end-to-end runs: make
 test-slow: $(VENV)/.installed ## run the slow end-to-end tests as well
 	$(PY) -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed ## throughput benchmarks against peers (img2dataset, open_clip_train)
+bench: $(VENV)/.installed ## benchmarks: download vs img2dataset, end-to-end build time
 	$(PY) -m bench
 
 clean-data: ## remove DATA_DIR

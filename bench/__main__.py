@@ -1,0 +1,64 @@
+"""``python -m bench [name ...]``: run the benchmarks and print their figures.
+
+    download   download+resize+write throughput against img2dataset on the same URL list
+    build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_build(argv=None) -> dict:
+    data = tempfile.mkdtemp(prefix="bench-build-")
+    try:
+        t = time.time()
+        subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2019", "--data-dir", data],
+                       cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+        seconds = time.time() - t
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    print(f"end-to-end build of 2014..2019 (12,000 candidates) on a fresh data dir: {seconds:.1f} s (target < 180 s)")
+    result = {"benchmark": "build_2019", "seconds": seconds}
+    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
+    with open(os.path.join(REPO, "bench", "out", "build.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+def _download(argv=None):
+    from bench.download_vs_img2dataset import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"download": _download, "build": bench_build}
+
+
+def main(argv=None) -> int:
+    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    results = {}
+    for name in names:
+        print(f"\n### {name}")
+        results[name] = BENCHMARKS[name]()
+    print("\n### summary")
+    if "download" in results:
+        print(f"download+resize+write vs img2dataset: {results['download']['ratio']:.2f}x")
+    if "build" in results:
+        print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
