@@ -32,7 +32,7 @@ from benchmark_builder.specs import get_spec
 from pipelines import io as pio
 from pipelines import schema
 from pipelines.options import RunnerConfig, pipeline_options
-from pipelines.stats import StageSummary
+from pipelines.stats import StageSummary, mark, stage_seconds
 from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, timestamp
 
 log = logging.getLogger(__name__)
@@ -185,67 +185,77 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
 
 def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
     t0 = time.time()
-    year_pipeline_run(cfg, layout, year)
-    return _finish_year(cfg, layout, year, time.time() - t0)
+    timings = year_pipeline_run(cfg, layout, year)
+    return _finish_year(cfg, layout, year, time.time() - t0, timings)
 
 
-def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int) -> None:
+def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int) -> dict[str, float]:
+    """Run year ``year``'s pipeline; returns the busy seconds of each stage."""
     earlier_years = [y for y in get_spec(cfg.benchmark).years if y < year]
     lazy = cfg.runner.dry_run
     candidates_files = _files(layout, "candidates", [year], lazy)
     dl_cfg = cfg.download_config()
     variant_dir = layout.train_shards(cfg.default_variant, year)
     with pipeline_options(cfg.runner, job_name=f"tic-year-{year}") as opts:
-        with beam.Pipeline(options=opts) as p:
-            cands = _read(p, "Candidates", candidates_files)
-            earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
-                "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
-            )
-            stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen(year)
+        p = beam.Pipeline(options=opts)
+        cands = _read(p, "Candidates", candidates_files)
+        earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
+            "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
+        )
+        stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen(year)
+        kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
 
-            downloaded = stamped.kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
-            annotated = downloaded.samples | "Annotate" >> annotate.Annotate()
+        downloaded = kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
+        annotated = (
+            downloaded.samples
+            | "Annotate" >> annotate.Annotate()
+            | "MarkAnnotate" >> beam.Map(mark, "annotate")
+        )
 
-            earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy), ["sha256", "first_seen", "uid"]) | (
-                "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"])))
-            )
-            deduped = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
-            filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants)
+        earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy), ["sha256", "first_seen", "uid"]) | (
+            "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"])))
+        )
+        deduped = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup() | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
+        filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
 
-            meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
-            placed = filtered | "Write" >> reshard.WriteVariant(
-                cfg.default_variant, variant_dir, meta, reshard.ReshardConfig(cfg.samples_per_shard)
-            )
-            for extra in cfg.write_variants[1:]:
-                _ = filtered | f"Write_{extra}" >> reshard.WriteVariant(
-                    extra, layout.train_shards(extra, year), {**meta, "variant": extra},
-                    reshard.ReshardConfig(cfg.samples_per_shard),
-                )
-
-            metadata_dir = layout.metadata(year)
-            _ = (
-                placed
-                | "ByPoolShard" >> beam.Map(lambda r: (r["pool_shard"], r))
-                | "GroupPoolShard" >> beam.GroupByKey()
-                | "WriteMetadata" >> beam.MapTuple(
-                    lambda shard, rows: _write_table(rows, pio.join(metadata_dir, f"{shard}.parquet"), schema.SAMPLE)
-                )
-            )
-            statuses = (
-                (
-                    stamped.status,
-                    downloaded.status,
-                    placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
-                )
-                | "AllStatus" >> beam.Flatten()
-                | "StatusList" >> beam.combiners.ToList()
-                | "WriteStatus" >> beam.Map(
-                    lambda rows: _write_table(rows, pio.join(layout.status(year), "part-00000.parquet"), schema.STATUS)
-                )
+        meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
+        placed = filtered | "Write" >> reshard.WriteVariant(
+            cfg.default_variant, variant_dir, meta, reshard.ReshardConfig(cfg.samples_per_shard)
+        )
+        for extra in cfg.write_variants[1:]:
+            _ = filtered | f"Write_{extra}" >> reshard.WriteVariant(
+                extra, layout.train_shards(extra, year), {**meta, "variant": extra},
+                reshard.ReshardConfig(cfg.samples_per_shard),
             )
 
+        metadata_dir = layout.metadata(year)
+        _ = (
+            placed
+            | "ByPoolShard" >> beam.Map(lambda r: (r["pool_shard"], r))
+            | "GroupPoolShard" >> beam.GroupByKey()
+            | "WriteMetadata" >> beam.MapTuple(
+                lambda shard, rows: _write_table(rows, pio.join(metadata_dir, f"{shard}.parquet"), schema.SAMPLE)
+            )
+        )
+        statuses = (
+            (
+                stamped.status,
+                downloaded.status,
+                placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
+            )
+            | "AllStatus" >> beam.Flatten()
+            | "StatusList" >> beam.combiners.ToList()
+            | "WriteStatus" >> beam.Map(
+                lambda rows: _write_table(rows, pio.join(layout.status(year), "part-00000.parquet"), schema.STATUS)
+            )
+        )
+        _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
+        result = p.run()
+        result.wait_until_finish()
+    return stage_seconds(result)
 
-def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float) -> dict:
+
+def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, timings: dict | None = None) -> dict:
     """Check the accounting, print the stage summaries and write the year's manifest (last)."""
     n_candidates = sum(pio.read_parquet(f, ["uid"]).num_rows for f in _files(layout, "candidates", [year]))
     status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
@@ -255,6 +265,8 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float) ->
     if dupes:
         raise RuntimeError(f"year {year}: {dupes} candidates have more than one status row")
     summaries = StageSummary.from_status_table(status, order=[timestamp.STAGE, "download", dedup.STAGE, filt.STAGE, reshard.STAGE])
+    for s in summaries:
+        s.seconds = (timings or {}).get(s.stage)
     print(f"\n=== year {year}: {n_candidates} candidates, {seconds:.1f} s, {n_candidates / max(seconds, 1e-9):.0f} rows/s")
     print(StageSummary.render_all(summaries, seconds=seconds))
     variant_dir = layout.train_shards(cfg.default_variant, year)

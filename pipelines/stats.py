@@ -6,6 +6,7 @@ stage wrote, so what is printed is what is on disk.
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -64,13 +65,41 @@ class StageSummary:
         lines = [head, "-" * len(head)]
         for s in summaries:
             secs = s.seconds
-            rate = f"{s.n_in / secs:>9.0f}" if secs else f"{'':>9}"
+            rate = f"{s.n_in / secs:>9.0f}" if secs and secs >= 0.1 else f"{'':>9}"
             reasons = ", ".join(f"{r} {n}" for r, n in s.dropped.most_common(6))
             more = len(s.dropped) - 6
             if more > 0:
                 reasons += f", +{more} more"
-            lines.append(f"{s.stage:<11}{s.n_in:>8}{s.kept:>8}{s.n_dropped:>9}{(f'{secs:.1f}' if secs else ''):>9}{rate}  {reasons}")
+            lines.append(f"{s.stage:<11}{s.n_in:>8}{s.kept:>8}{s.n_dropped:>9}{(f'{secs:.1f}' if secs is not None else ''):>9}{rate}  {reasons}")
         if seconds is not None and summaries:
             total = summaries[0].n_in
             lines.append(f"{'total':<11}{total:>8}{summaries[-1].kept:>8}{total - summaries[-1].kept:>9}{seconds:>9.1f}{total / max(seconds, 1e-9):>9.0f}")
         return "\n".join(lines)
+
+
+TIMING_NAMESPACE = "stage_time"
+
+
+def mark(element, stage: str):
+    """Pass-through that records when ``element`` left ``stage`` (a Beam distribution metric), so a
+    fused pipeline still reports how long each stage was busy."""
+    from apache_beam.metrics import Metrics
+
+    Metrics.distribution(TIMING_NAMESPACE, stage).update(int(time.time() * 1000))
+    return element
+
+
+def stage_seconds(result) -> dict[str, float]:
+    """Busy span (first to last element out) of every marked stage of a finished pipeline."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    try:
+        dists = result.metrics().query(MetricsFilter().with_namespace(TIMING_NAMESPACE))["distributions"]
+    except Exception:  # runners without metrics support
+        return {}
+    out = {}
+    for d in dists:
+        r = d.committed if d.committed is not None else d.attempted
+        if r is not None and r.count:
+            out[d.key.metric.name] = max(out.get(d.key.metric.name, 0.0), (r.max - r.min) / 1000.0)
+    return out

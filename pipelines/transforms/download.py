@@ -20,6 +20,7 @@ from pipelines import schema
 from pipelines.fetch import Fetcher, FetchConfig
 from pipelines.resize import ResizeConfig, resize_image
 from pipelines.sinks import webdataset as wds
+from pipelines.stats import mark
 
 STAGE = "download"
 SHARD_DIGITS = 5
@@ -123,14 +124,19 @@ class _DownloadShard(beam.DoFn):
 
     def process(self, element):
         shard, rows = element
+        mark(None, STAGE)  # busy from the first shard submitted ...
         self.pending.append(self.shards.submit(process_shard, self.out_dir, shard, list(rows), self.cfg, self.fetcher))
 
     def finish_bundle(self):
+        from concurrent.futures import as_completed
+
         from apache_beam.transforms.window import GlobalWindows
+        from tqdm import tqdm
 
         pending, self.pending = self.pending, []
-        for future in pending:
+        for future in tqdm(as_completed(pending), total=len(pending), desc="download shards", unit="shard", leave=False, disable=None):
             rows, images = future.result()
+            mark(None, STAGE)  # ... to the last one done
             for out in _emit(rows, images):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
