@@ -12,6 +12,7 @@ the same bytes as an uninterrupted run.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -32,7 +33,7 @@ from benchmark_builder.specs import get_spec
 from pipelines import io as pio
 from pipelines import schema
 from pipelines.options import RunnerConfig, pipeline_options
-from pipelines.stats import StageSummary, mark, stage_seconds
+from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
 from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, timestamp
 
 log = logging.getLogger(__name__)
@@ -294,12 +295,10 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ti
 
 
 def _reason_counts(status: pa.Table) -> dict:
-    out: dict[str, int] = {}
-    for st, reason in zip(status.column("status").to_pylist(), status.column("reason").to_pylist()):
-        if st == "dropped":
-            k = reason.split(":", 1)[0] if reason.startswith(("duplicate_of:", "duplicate_url_of:")) else reason
-            out[k] = out.get(k, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    counts = collections.Counter(
+        reason_family(r) for st, r in zip(status.column("status").to_pylist(), status.column("reason").to_pylist()) if st == "dropped"
+    )
+    return dict(counts.most_common())
 
 
 def _sha256_file(path: str) -> str:

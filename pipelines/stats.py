@@ -56,7 +56,7 @@ class StageSummary:
             stages[stage].add(st, reason, n)
         return [stages[s] for s in order]
 
-    def render(self, width: int = 100) -> str:
+    def render(self) -> str:
         return StageSummary.render_all([self])
 
     @staticmethod

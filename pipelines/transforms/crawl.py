@@ -15,7 +15,7 @@ import json
 import os
 import re
 import time
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import apache_beam as beam
 from selectolax.lexbor import LexborHTMLParser
@@ -270,7 +270,7 @@ def crawl_pipeline(p, files: list[str], candidates_dir: str, status_dir: str, so
     _ = read.status | "WriteCrawlStatus" >> WriteByYear(status_dir, schema.CRAWL_STATUS, status_order)
 
 
-def summarize(candidates_dir: str, status_dir: str, seconds: float, files: Iterable[str] = ()) -> dict:
+def summarize(candidates_dir: str, status_dir: str, seconds: float) -> dict:
     """Print the crawl summary from what was written; return its counts."""
     cands = pio.read_parquet(pio.join(candidates_dir, "*", "*.parquet"), ["year"])
     status = pio.read_parquet(pio.join(status_dir, "*", "*.parquet"))
