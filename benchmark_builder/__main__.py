@@ -25,7 +25,7 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input", action="append", default=[],
                    help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
-    b.add_argument("--pairs-per-year", type=int, default=2000, help="synthetic web size")
+    b.add_argument("--pairs-per-year", type=int, default=4000, help="synthetic web size")
     b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
     b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated (basic, none)")
     b.add_argument("--pool-shard-size", type=int, default=500)
@@ -37,6 +37,12 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--thread-count", type=int, default=32)
     b.add_argument("--allow-loopback", action="store_true",
                    help="allow downloads from 127.0.0.0/8 (set automatically for the embedded synthetic web)")
+    b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
+    b.add_argument("--eval-classification-size", type=int, default=500, help="held-out classification images per year")
+    b.add_argument("--classes", default="", help="class list: synthetic-web, imagenet or a file (default by input)")
+    b.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
+                   help="evaluation set (WebDataset dir/glob or image folder) no training sample may near-duplicate")
+    b.add_argument("--near-dup-threshold", type=int, default=20, help="Hamming distance on the 256-bit pHash")
     add_runner_arguments(b)
 
     q = sub.add_parser("sql", help="run SQL on index.duckdb")
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
             image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
             thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
+            eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
+            classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
             runner=RunnerConfig(args.runner, beam_args),
         )
         build(cfg)

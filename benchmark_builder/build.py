@@ -27,14 +27,17 @@ from typing import Iterator
 import apache_beam as beam
 import pyarrow as pa
 
+from benchmark_builder.classes import class_list
+from benchmark_builder.decontaminate import load_eval_sets
 from benchmark_builder.index import build_index
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import get_spec
 from pipelines import io as pio
-from pipelines import schema
+from pipelines import neardup, schema
+from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
-from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, timestamp
+from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, split, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class BuildConfig:
     benchmark: str = "tic-datacomp"
     inputs: list[str] = field(default_factory=list)  # WARC/WAT globs; empty: the embedded synthetic web
     seed: int = 0
-    pairs_per_year: int = 2000
+    pairs_per_year: int = 4000
     web_port: int = 18919  # baked into the synthetic web's URLs, so uids do not depend on a random port
     variants: tuple[str, ...] = ("none", "basic")  # variants computed for every sample
     write_variants: tuple[str, ...] = ("basic",)  # variants written as shards
@@ -58,6 +61,12 @@ class BuildConfig:
     retries: int = 1
     thread_count: int = 32
     allow_loopback: bool = False
+    eval_retrieval_size: int = 1000  # held-out image-text pairs per year
+    eval_classification_size: int = 500  # held-out labelled images per year
+    classes: str = ""  # class list of the classification sets; "" = synthetic-web or imagenet
+    eval_sets: tuple[str, ...] = ()  # NAME=PATH of user evaluation sets to decontaminate against
+    near_dup_threshold: int = 20  # Hamming distance on the 256-bit pHash
+    near_dup_caption_threshold: int = 32  # looser distance accepted when captions match (MinHash)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     @property
@@ -77,6 +86,16 @@ class BuildConfig:
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.output_config(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def neardup_config(self) -> neardup.NearDupConfig:
+        return neardup.NearDupConfig(threshold=self.near_dup_threshold, caption_threshold=self.near_dup_caption_threshold)
+
+    def class_list(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return class_list(self.classes or ("synthetic-web" if self.synthetic else "imagenet"))
+
+    def split_config(self) -> split.SplitConfig:
+        return split.SplitConfig(self.eval_retrieval_size, self.eval_classification_size, self.class_list()[0],
+                                 eligible_variant="basic" if "basic" in self.variants else self.default_variant, seed=self.seed)
 
     def download_config(self) -> download.DownloadConfig:
         return download.DownloadConfig(
@@ -184,13 +203,31 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
     return {"dry_run": True, "jobs": 1 + len(years)}
 
 
-def build_year(cfg: BuildConfig, layout: Layout, year: int) -> dict:
+def build_year(cfg: BuildConfig, layout: Layout, year: int, eval_refs: list | None = None) -> dict:
     t0 = time.time()
-    timings = year_pipeline_run(cfg, layout, year)
+    timings = year_pipeline_run(cfg, layout, year, eval_refs)
     return _finish_year(cfg, layout, year, time.time() - t0, timings)
 
 
-def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int) -> dict[str, float]:
+NEARDUP_COLUMNS = ["uid", "phash", "first_seen", "text", "split", "year", "dedup_reason"]
+
+
+def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames, templates) -> int:
+    """One year's held-out set of ``kind`` in clip_benchmark's layout, in uid order."""
+    samples = []
+    for r in sorted(rows, key=lambda r: r["uid"]):
+        sample = {"key": r["uid"], "jpg": r["jpg"], "json": {k: r.get(k) for k in reshard.SHARD_JSON_FIELDS if k != "key"}}
+        if kind == "retrieval":
+            sample["txt"] = r.get("text") or ""
+        else:
+            sample["cls"] = int(r["label"])
+        samples.append(sample)
+    for d in out_dirs:
+        clip_benchmark.write_eval_set(d, kind, samples, list(classnames), list(templates))
+    return len(samples)
+
+
+def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, eval_refs: list | None = None) -> dict[str, float]:
     """Run year ``year``'s pipeline; returns the busy seconds of each stage."""
     earlier_years = [y for y in get_spec(cfg.benchmark).years if y < year]
     lazy = cfg.runner.dry_run
@@ -213,20 +250,40 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int) -> dict[str, 
             | "MarkAnnotate" >> beam.Map(mark, "annotate")
         )
 
-        earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy), ["sha256", "first_seen", "uid"]) | (
-            "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"])))
+        earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy),
+                               ["sha256", "first_seen", "uid", "split", "year"]) | (
+            "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"], dedup.eval_set_name(r))))
         )
-        deduped = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup() | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
+        nd_cfg = cfg.neardup_config()
+        earlier_items = (
+            _read(p, "EarlierMeta", _files(layout, "metadata", earlier_years, lazy), NEARDUP_COLUMNS)
+            | "EarlierKept" >> beam.Filter(lambda r: not r["dedup_reason"] and r["phash"])
+            | "EarlierItems" >> beam.Map(dedup.sample_item, nd_cfg, "earlier")
+        )
+        refs = (earlier_items, p | "EvalItems" >> beam.Create(eval_refs or [])) | "Refs" >> beam.Flatten()
+        exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
+        deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
         filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
+        splitted = filtered | "Split" >> split.AssignSplits(cfg.split_config()) | "MarkSplit" >> beam.Map(mark, split.STAGE)
 
         meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
-        placed = filtered | "Write" >> reshard.WriteVariant(
+        placed = splitted | "Write" >> reshard.WriteVariant(
             cfg.default_variant, variant_dir, meta, reshard.ReshardConfig(cfg.samples_per_shard)
         )
         for extra in cfg.write_variants[1:]:
-            _ = filtered | f"Write_{extra}" >> reshard.WriteVariant(
+            _ = splitted | f"Write_{extra}" >> reshard.WriteVariant(
                 extra, layout.train_shards(extra, year), {**meta, "variant": extra},
                 reshard.ReshardConfig(cfg.samples_per_shard),
+            )
+        classnames, templates = cfg.class_list()
+        for kind in ("retrieval", "classification"):
+            _ = (
+                splitted
+                | f"Eval_{kind}" >> beam.Filter(lambda r, k: r["split"] == f"eval_{k}", kind)
+                | f"EvalList_{kind}" >> beam.combiners.ToList()
+                | f"WriteEval_{kind}" >> beam.Map(
+                    write_eval_sets, [layout.eval_set(v, kind, year) for v in cfg.write_variants], kind, classnames, templates
+                )
             )
 
         metadata_dir = layout.metadata(year)
@@ -272,9 +329,21 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ti
     print(StageSummary.render_all(summaries, seconds=seconds))
     variant_dir = layout.train_shards(cfg.default_variant, year)
     sizes = pio.read_json(pio.join(variant_dir, "sizes.json"))
+    meta = pio.read_parquet(_files(layout, "metadata", [year]), ["split", "dedup_reason"])
+    splits = collections.Counter(
+        sp for sp, dr in zip(meta.column("split").to_pylist(), meta.column("dedup_reason").to_pylist()) if not dr
+    )
+    leakage = dict(collections.Counter(
+        dr.partition(":")[2] for dr in meta.column("dedup_reason").to_pylist() if dr and dr.startswith("eval_overlap:")
+    ).most_common())
+    print(f"split: train {splits.get('train', 0)}, eval_retrieval {splits.get('eval_retrieval', 0)}, "
+          f"eval_classification {splits.get('eval_classification', 0)}"
+          + (f"; removed as evaluation overlap: {leakage}" if leakage else ""))
+    eval_files = [f for kind in ("retrieval", "classification")
+                  for f in pio.glob(pio.join(layout.eval_set(cfg.default_variant, kind, year), "**", "*"))]
     files = sorted(
         _files(layout, "metadata", [year]) + _files(layout, "status", [year])
-        + [pio.join(variant_dir, s) for s in sizes]
+        + [pio.join(variant_dir, s) for s in sizes] + [f for f in eval_files if os.path.isfile(pio.local_path(f))]
     )
     manifest = {
         "year": year,
@@ -287,6 +356,8 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ti
             "dropped_by_reason": _reason_counts(status),
             "shards": len(sizes),
             "samples": int(sum(sizes.values())),
+            "splits": dict(sorted(splits.items())),
+            "eval_overlap": leakage,
         },
         "content_sha256": {os.path.relpath(f, pio.local_path(layout.root)): _sha256_file(f) for f in files},
     }
@@ -330,9 +401,10 @@ def build(cfg: BuildConfig) -> dict:
     if todo:
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
+            eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
             for y in years:
                 if y in todo:
-                    build_year(cfg, layout, y)
+                    build_year(cfg, layout, y, eval_refs)
                 else:
                     print(f"year {y}: up to date, skipped")
     else:

@@ -62,7 +62,7 @@ def glob(pattern: str) -> list[str]:
     if is_local(pattern):
         import glob as _glob
 
-        return sorted(_glob.glob(local_path(pattern)))
+        return sorted(_glob.glob(local_path(pattern), recursive=True))
     from apache_beam.io.filesystems import FileSystems
 
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
@@ -98,6 +98,11 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
 def write_bytes(path: str, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as f:
+        return f.read()
 
 
 def write_json(path: str, obj) -> None:

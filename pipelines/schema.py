@@ -99,13 +99,14 @@ SAMPLE = pa.schema(
         ("original_width", pa.int32()),
         ("original_height", pa.int32()),
         ("sha256", pa.string()),  # of the downloaded bytes, before re-encoding
-        ("phash", pa.string()),  # 64-bit DCT perceptual hash, 16 hex chars
+        ("phash", pa.string()),  # 256-bit DCT perceptual hash, 64 hex chars (imagehash, hash_size 16)
         ("language", pa.string()),
         ("language_score", pa.float32()),
         ("clip_score", pa.float32()),
         ("clip_model", pa.string()),
         ("cluster_id", pa.int64()),
         ("filters", pa.list_(pa.string())),
+        ("dedup_reason", pa.string()),  # duplicate_of:<uid> | near_duplicate_of:<uid> | eval_overlap:<set> | null
         ("duplicates", pa.list_(pa.string())),  # uids this sample's duplicates had (kept row records them)
         ("split", pa.string()),  # train | eval_retrieval | eval_classification
         ("label", pa.int32()),

@@ -83,7 +83,7 @@ class WriteVariant(beam.PTransform):
 
     def expand(self, samples):
         variant, out_dir, cfg, meta = self.variant, self.out_dir, self.cfg, self.meta
-        kept = samples | "Kept" >> beam.Filter(lambda r: variant in r["filters"])
+        kept = samples | "Kept" >> beam.Filter(in_variant, variant)
         order = (
             kept
             | "Uids" >> beam.Map(lambda r: r["uid"])
@@ -93,8 +93,8 @@ class WriteVariant(beam.PTransform):
 
         def place(row, sorted_uids):
             out = dict(row)
-            out.setdefault("split", "train")
-            if variant in row["filters"]:
+            out["split"] = out.get("split") or "train"
+            if in_variant(out, variant):
                 out["shard"], out["key"] = locate(sorted_uids, row["uid"], cfg)
             else:
                 out["shard"], out["key"] = None, None
@@ -111,6 +111,11 @@ class WriteVariant(beam.PTransform):
         )
         _ = sizes | "DirFiles" >> beam.Map(write_directory_files_if_any, out_dir, meta)
         return placed
+
+
+def in_variant(row: dict, variant: str) -> bool:
+    """Training shards hold the variant's samples minus every held-out evaluation sample."""
+    return variant in row["filters"] and (row.get("split") or "train") == "train"
 
 
 def write_directory_files_if_any(sizes, out_dir, meta):

@@ -172,7 +172,8 @@ def test_phash_is_imagehash_phash():
     for seed in range(5):
         rng = np.random.default_rng(seed)
         im = Image.fromarray((rng.random((24, 32, 3)) * 255).astype(np.uint8)).resize((320, 240), Image.BICUBIC)
-        assert phash(im) == str(imagehash.phash(im))
+        assert phash(im) == str(imagehash.phash(im, hash_size=16))
+        assert phash(im, 8) == str(imagehash.phash(im))
 
 
 def test_decode_failures_have_reasons():
@@ -194,4 +195,4 @@ def test_download_rows_every_row_has_one_outcome_in_order(server):
     for (r, jpg) in out:
         assert (jpg is not None) == (r["status"] == "success")
         if jpg is not None:
-            assert max(Image.open(io.BytesIO(jpg)).size) == 256 and len(r["phash"]) == 16 and len(r["sha256"]) == 64
+            assert max(Image.open(io.BytesIO(jpg)).size) == 256 and len(r["phash"]) == 64 and len(r["sha256"]) == 64

@@ -1,0 +1,103 @@
+"""Split stage: each year's samples -> train | eval_retrieval | eval_classification.
+
+Deterministic and independent of any random generator state: a sample's place in the
+selection order is ``sha256(f"{seed}:{purpose}:{uid}")``, so the same pool always gives the
+same split, whatever the runner, the worker count or the order rows arrive in.
+
+Rule for held-out sets (TiC-CLIP keeps its evaluation sets to high-quality pairs): a sample is
+eligible when exact and near-duplicate removal kept it and the ``eligible_variant`` filter
+(DataComp's ``basic`` by default: English caption of 3+ words, shorter side >= 200 px, aspect
+ratio <= 3) keeps it; when a CLIP score is present, it must also reach ``min_clip_score``.
+``eval_retrieval`` takes the ``retrieval_size`` eligible samples first in hash order;
+``eval_classification`` then takes ``classification_size`` of the remaining eligible samples
+whose caption names exactly one class of ``classnames``, labelled with that class id (the
+TiC-DataComp-Net recipe: captions that name an ImageNet class). Everything else is ``train``;
+a year with fewer eligible samples gives smaller sets, never a failure.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import apache_beam as beam
+
+STAGE = "split"
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    retrieval_size: int = 1000
+    classification_size: int = 500
+    classnames: tuple[str, ...] = ()
+    eligible_variant: str = "basic"
+    min_clip_score: float | None = None
+    seed: int = 0
+
+
+def rank(uid: str, purpose: str, seed: int) -> str:
+    return hashlib.sha256(f"{seed}:{purpose}:{uid}".encode()).hexdigest()
+
+
+_PATTERNS: dict[tuple[str, ...], list[re.Pattern]] = {}
+
+
+def class_label(text: str | None, classnames: tuple[str, ...]) -> int | None:
+    """Index of the single class named in ``text`` (whole words, case-insensitive, plural 's'
+    allowed), or None when it names none or several."""
+    if not text or not classnames:
+        return None
+    pats = _PATTERNS.get(classnames)
+    if pats is None:
+        pats = _PATTERNS[classnames] = [
+            re.compile(r"\b" + re.escape(c.lower()).replace(r"\ ", r"[\s_-]+") + r"(e?s)?\b") for c in classnames
+        ]
+    low = text.lower()
+    hits = [i for i, p in enumerate(pats) if p.search(low)]
+    return hits[0] if len(hits) == 1 else None
+
+
+def eligible(row: dict, cfg: SplitConfig) -> bool:
+    if row.get("dedup_reason") or cfg.eligible_variant not in (row.get("filters") or []):
+        return False
+    if cfg.min_clip_score is not None and row.get("clip_score") is not None:
+        return row["clip_score"] >= cfg.min_clip_score
+    return True
+
+
+def assign(row: dict, retrieval: set, classification: set, cfg: SplitConfig) -> dict:
+    out = dict(row)
+    out["label"] = class_label(row.get("text"), cfg.classnames)
+    uid = row["uid"]
+    out["split"] = "eval_retrieval" if uid in retrieval else "eval_classification" if uid in classification else "train"
+    return out
+
+
+class AssignSplits(beam.PTransform):
+    def __init__(self, cfg: SplitConfig):
+        super().__init__()
+        self.cfg = cfg
+
+    def expand(self, samples):
+        cfg = self.cfg
+        pool = samples | "Eligible" >> beam.Filter(eligible, cfg)
+        retrieval = (
+            pool
+            | "RankRetrieval" >> beam.Map(lambda r: (rank(r["uid"], "retrieval", cfg.seed), r["uid"]))
+            | "TopRetrieval" >> beam.combiners.Top.Smallest(cfg.retrieval_size)
+            | "RetrievalSet" >> beam.Map(lambda top: {u for _, u in top})
+        )
+
+        def classification_candidates(row, taken):
+            if row["uid"] not in taken and class_label(row.get("text"), cfg.classnames) is not None:
+                yield rank(row["uid"], "classification", cfg.seed), row["uid"]
+
+        classification = (
+            pool
+            | "ClassCandidates" >> beam.FlatMap(classification_candidates, beam.pvalue.AsSingleton(retrieval))
+            | "TopClassification" >> beam.combiners.Top.Smallest(cfg.classification_size)
+            | "ClassificationSet" >> beam.Map(lambda top: {u for _, u in top})
+        )
+        return samples | "Assign" >> beam.Map(
+            assign, beam.pvalue.AsSingleton(retrieval), beam.pvalue.AsSingleton(classification), cfg
+        )
