@@ -21,7 +21,12 @@ OUTPUT ?= ./candidates
 Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
 
-.PHONY: help venv build-tic-datacomp crawl sql test test-slow bench clean clean-data
+VARIANT ?= basic
+NAME ?=
+UIDS ?=
+WHERE ?=
+
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report reshard crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -38,6 +43,16 @@ venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lo
 
 build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
+
+build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, variants none+basic as shards, all eval sets
+	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
+
+benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and split + PNG chart
+	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
+
+reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make reshard NAME=x UIDS=subset.npy | WHERE="..."
+	$(PY) -m benchmark_builder reshard --name '$(NAME)' --data-dir $(DATA_DIR) $(if $(UIDS),--uids '$(UIDS)') $(if $(WHERE),--where "$(WHERE)") --runner $(RUNNER) $(BEAM_ARGS)
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

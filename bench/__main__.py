@@ -1,6 +1,7 @@
 """``python -m bench [name ...]``: run the benchmarks and print their figures.
 
     download   download+resize+write throughput against img2dataset on the same URL list
+    dedup      near-duplicate detection scaling exponent, 100k -> 1M hashes
     build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
 """
 from __future__ import annotations
@@ -39,7 +40,13 @@ def _download(argv=None):
     return main(argv)
 
 
-BENCHMARKS = {"download": _download, "build": bench_build}
+def _dedup(argv=None):
+    from bench.dedup_scaling import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"download": _download, "dedup": _dedup, "build": bench_build}
 
 
 def main(argv=None) -> int:
@@ -55,6 +62,9 @@ def main(argv=None) -> int:
     print("\n### summary")
     if "download" in results:
         print(f"download+resize+write vs img2dataset: {results['download']['ratio']:.2f}x")
+    if "dedup" in results:
+        print(f"near-dup scaling exponent 100k -> 1M: {results['dedup']['exponent']:.3f}, "
+              f"{results['dedup']['large']['rows_per_s']:,.0f} rows/s at 1M")
     if "build" in results:
         print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
     return 0

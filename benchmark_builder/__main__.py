@@ -45,6 +45,20 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--near-dup-threshold", type=int, default=20, help="Hamming distance on the 256-bit pHash")
     add_runner_arguments(b)
 
+    r = sub.add_parser("reshard", help="write a variant from a DataComp uid file or an SQL predicate")
+    r.add_argument("--name", required=True, help="variant name (variants/<name>/)")
+    r.add_argument("--uids", help="DataComp subset file: .npy of dtype u8,u8")
+    r.add_argument("--where", help="SQL predicate on the metadata view, e.g. \"language = 'en' and width >= 256\"")
+    r.add_argument("--years", type=int, nargs="*", help="years to write (default: every built year)")
+    r.add_argument("--data-dir", default="./data")
+    r.add_argument("--benchmark", default="tic-datacomp")
+    r.add_argument("--samples-per-shard", type=int, default=10_000)
+    add_runner_arguments(r)
+
+    rep = sub.add_parser("report", help="per-year counts per stage, variant and split; PNG bar chart")
+    rep.add_argument("--data-dir", default="./data")
+    rep.add_argument("--benchmark", default="tic-datacomp")
+
     q = sub.add_parser("sql", help="run SQL on index.duckdb")
     q.add_argument("query")
     q.add_argument("--data-dir", default="./data")
@@ -74,8 +88,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         build(cfg)
         return 0
+    if args.command == "reshard":
+        from benchmark_builder.layout import Layout
+        from benchmark_builder.reshard import reshard, select_uids
+
+        layout = Layout(args.data_dir, args.benchmark)
+        reshard(layout, args.name, select_uids(layout, args.uids, args.where), args.years,
+                RunnerConfig(args.runner, beam_args), args.samples_per_shard)
+        return 0
     if beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "report":
+        from benchmark_builder.layout import Layout
+        from benchmark_builder.report import report
+
+        report(Layout(args.data_dir, args.benchmark))
+        return 0
     if args.command == "sql":
         from benchmark_builder.index import format_table, query, to_json_rows
         from benchmark_builder.layout import Layout

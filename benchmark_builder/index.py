@@ -41,6 +41,11 @@ def _shard_rows(layout: Layout) -> list[tuple]:
         for shard, count in pio.read_json(sizes_path).items():
             year = int(step) if step.isdigit() else None
             rows.append((variant, split, step, year, os.path.join(os.path.dirname(sizes_path), shard), int(count)))
+    for count_path in pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", "*", "test", "count.txt")):
+        parts = count_path.split("/")
+        variant, kind, step = parts[-6], parts[-4], parts[-3]
+        rows.append((variant, f"eval_{kind}", step, int(step) if step.isdigit() else None, os.path.dirname(count_path),
+                     int(pio.read_bytes(count_path).decode().strip() or 0)))
     return rows
 
 

@@ -18,7 +18,6 @@ of user-supplied evaluation sets and the scaling benchmark all run the same code
 """
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -167,16 +166,29 @@ def resolve_chains(winner_of: dict[str, Item]) -> dict[str, Item]:
     return out
 
 
+def phash_words(hashes: list[int], bits: int = 256) -> np.ndarray:
+    """Python-int hashes -> (n, bits/64) uint64 words, least significant word first."""
+    n_words = (bits + 63) // 64
+    mask = (1 << 64) - 1
+    return np.array([[(h >> (64 * w)) & mask for w in range(n_words)] for h in hashes], dtype=np.uint64).reshape(-1, n_words)
+
+
 def near_duplicates_local(items: Iterable[Item], cfg: NearDupConfig) -> dict[str, Item]:
-    """The whole computation in one process (the scaling benchmark and small inputs): current
-    item uid -> the root item it is a near-duplicate of."""
-    buckets: dict[int, list[Item]] = collections.defaultdict(list)
-    for it in items:
-        for k in band_keys(it.phash, cfg):
-            buckets[k].append(it)
+    """The whole computation in one process, vectorised (the scaling benchmark, small inputs):
+    current item uid -> the root item it is a near-duplicate of. Keys of all items are sorted
+    once; only buckets holding two or more items reach ``resolve_bucket``."""
+    items = list(items)
+    if not items:
+        return {}
+    keys = band_keys_array(phash_words([it.phash for it in items], cfg.bits), cfg).ravel()
+    owner = np.repeat(np.arange(len(items)), cfg.tables)
+    order = np.argsort(keys, kind="stable")
+    keys, owner = keys[order], owner[order]
+    cuts = np.flatnonzero(keys[1:] != keys[:-1]) + 1
+    starts, ends = np.r_[0, cuts], np.r_[cuts, len(keys)]
     best: dict[str, Item] = {}
-    for group in buckets.values():
-        for uid, w in resolve_bucket(group, cfg):
+    for b in np.flatnonzero(ends - starts >= 2):
+        for uid, w in resolve_bucket([items[i] for i in owner[starts[b]:ends[b]]], cfg):
             if uid not in best or w < best[uid]:
                 best[uid] = w
     return resolve_chains(best)

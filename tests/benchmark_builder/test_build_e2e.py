@@ -274,3 +274,68 @@ def test_eval_sets_in_clip_benchmark_layout(built):
             assert CLASS_NAMES[label] in meta["text"].lower()
         (n_ret,) = sql(layout, f"select count(*) from metadata where year = {year} and split = 'eval_retrieval'")[0]
         assert n_ret == 20
+
+
+def test_reshard_from_datacomp_uid_file_round_trips(built, tmp_path):
+    import numpy as np
+
+    from benchmark_builder.reshard import reshard, select_uids
+    from pipelines import uid as uidcodec
+
+    cfg, layout = built
+    chosen = [u for (u,) in sql(layout, "select uid from samples where year >= 2015 order by uid")][::2]
+    held_out = [u for (u,) in sql(layout, "select uid from metadata where split = 'eval_retrieval' limit 3")]
+    subset = tmp_path / "subset.npy"
+    np.save(subset, uidcodec.encode(chosen + held_out))  # DataComp's own format: sorted u8,u8
+    report = reshard(layout, "subset", select_uids(layout, str(subset)))
+    assert report["written"] == len(chosen) and report["excluded_eval"] == 3
+    out = pio.local_path(layout.variant("subset"))
+    written = []
+    for year in (2014, 2015, 2016):
+        d = os.path.join(out, "train", str(year))
+        sizes = json.load(open(os.path.join(d, "sizes.json")))
+        for tar, n in sizes.items():
+            samples = list(wds.WebDataset(os.path.join(d, tar), shardshuffle=False))
+            assert len(samples) == n and os.path.exists(os.path.join(d, tar.replace(".tar", "_stats.json")))
+            written += [json.loads(s["json"])["uid"] for s in samples]
+        assert json.load(open(os.path.join(d, "meta.json")))["count"] == sum(sizes.values())
+    assert sorted(written) == sorted(chosen)
+    assert uidcodec.decode(np.load(os.path.join(out, "uids.npy"))) == sorted(chosen)
+    assert os.path.exists(os.path.join(out, "eval", "retrieval", "2016", "test", "0.tar"))
+
+
+def test_reshard_from_sql_through_the_cli(built):
+    cfg, layout = built
+    subprocess.run([sys.executable, "-m", "benchmark_builder", "reshard", "--name", "wide", "--data-dir", cfg.data_dir,
+                    "--where", "width > height and year = 2016"], cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    (want,) = sql(layout, "select count(*) from metadata where width > height and year = 2016 "
+                          "and dedup_reason is null and split = 'train'")[0]
+    (got,) = sql(layout, "select sum(count) from shards where variant = 'wide' and split = 'train'")[0]
+    assert want > 0 and got == want
+
+
+def test_user_eval_set_is_decontaminated(built, tmp_path):
+    """Images of a user's evaluation set (an image folder, re-encoded and resized copies of
+    pool images) are removed from training as eval_overlap:<name>."""
+    import io
+
+    from PIL import Image
+
+    cfg, layout = built
+    rows = sql(layout, "select uid, shard, key from samples where year = 2014 order by uid limit 6")
+    folder = tmp_path / "myeval" / "someclass"
+    folder.mkdir(parents=True)
+    tar = pio.local_path(pio.join(layout.train_shards("basic", 2014), f"{rows[0][1]}.tar"))
+    by_key = {s["__key__"]: s["jpg"] for s in wds.WebDataset(tar, shardshuffle=False)}
+    for i, (uid, _, key) in enumerate(rows):
+        im = Image.open(io.BytesIO(by_key[key]))
+        im = im.resize((int(im.width * 0.8), int(im.height * 0.8)))
+        im.save(folder / f"{i}.jpg", quality=70)
+    data = tmp_path / "d"
+    c = small_cfg(data, year=2014, eval_sets=(f"myeval={tmp_path / 'myeval'}",))
+    build(c)
+    lay = Layout(c.data_dir)
+    got = dict(sql(lay, "select uid, dedup_reason from metadata where year = 2014"))
+    assert all(got[u] == "eval_overlap:myeval" for u, _, _ in rows)
+    assert not {u for u, _, _ in rows} & {u for (u,) in sql(lay, "select uid from samples")}
+    assert json.load(open(pio.local_path(lay.year_manifest(2014))))["counts"]["eval_overlap"] == {"myeval": 6}

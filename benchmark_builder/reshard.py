@@ -1,0 +1,106 @@
+"""Reshard a variant from a uid subset: download once, filter many times (DataComp's resharder).
+
+The subset comes from a DataComp uid file (``.npy`` of ``u8,u8``, read with the codec in
+``pipelines.uid``) or from SQL over the index (``--where "clip_score > 0.3 and year >= 2018"``,
+a predicate on the ``metadata`` view). Selected samples are read back from the raw pool shards
+and written through the same reshard stage as the build (uid order, img2dataset layout,
+``sizes.json``, ``meta.json``, a ``_stats.json`` per shard), one directory per year, as a Beam
+pipeline. Held-out evaluation samples and removed duplicates are never written to training
+shards even when selected; the report says how many were excluded and why. The variant's
+eval sets are the benchmark's (copied), and ``uids.npy`` records exactly what was written.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+
+import apache_beam as beam
+import numpy as np
+
+from benchmark_builder.index import build_index, query
+from benchmark_builder.layout import Layout
+from pipelines import io as pio
+from pipelines import uid as uidcodec
+from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.sinks import webdataset as wds
+from pipelines.transforms import reshard as rs
+
+
+def select_uids(layout: Layout, uids_file: str | None = None, where: str | None = None) -> set[str]:
+    if bool(uids_file) == bool(where):
+        raise ValueError("give exactly one of --uids FILE.npy or --where SQL")
+    if uids_file:
+        return set(uidcodec.decode(uidcodec.load(uids_file)))
+    _, rows = query(layout, f"select uid from metadata where {where}")
+    return {r[0] for r in rows}
+
+
+def _rows_of(path: str, year: int, selected: set, name: str, pool_dir: str):
+    table = pio.read_parquet([path])
+    rows = [r for r in table.to_pylist() if r["uid"] in selected and not r["dedup_reason"] and (r["split"] or "train") == "train"]
+    if not rows:
+        return
+    shard = os.path.basename(path).removesuffix(".parquet")
+    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
+    for r in rows:
+        yield {**r, "jpg": images[r["uid"]], "filters": [name], "shard": None, "key": None}
+
+
+def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | None = None,
+            runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic") -> dict:
+    if not name or "/" in name:
+        raise ValueError(f"bad variant name {name!r}")
+    built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
+    years = [y for y in (years or built) if y in built]
+    if not years:
+        raise FileNotFoundError(f"no built years under {layout.root}; run make build-tic-datacomp first")
+    meta_cols = pio.read_parquet(
+        [f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))], ["uid", "year", "split", "dedup_reason"]
+    ).to_pylist()
+    why = collections.Counter()
+    found = set()
+    for r in meta_cols:
+        if r["uid"] in selected:
+            found.add(r["uid"])
+            why["written" if not r["dedup_reason"] and (r["split"] or "train") == "train"
+                else ("excluded_duplicate" if r["dedup_reason"] else "excluded_eval")] += 1
+    why["not_in_pool"] = len(selected - found)
+    runner = runner or RunnerConfig()
+    if name == default_variant:
+        raise ValueError(f"{name!r} is the build's own variant; choose another name")
+    for y in years:  # a re-run with another selection must not leave shards of the last one
+        shutil.rmtree(pio.local_path(layout.train_shards(name, y)), ignore_errors=True)
+    with pipeline_options(runner, job_name=f"tic-reshard-{name}") as opts:
+        with beam.Pipeline(options=opts) as p:
+            for y in years:
+                files = pio.glob(pio.join(layout.metadata(y), "*.parquet"))
+                rows = (
+                    p
+                    | f"Files{y}" >> beam.Create(files)
+                    | f"Rows{y}" >> beam.FlatMap(_rows_of, y, selected, name, layout.pool(y))
+                )
+                _ = rows | f"Write{y}" >> rs.WriteVariant(
+                    name, layout.train_shards(name, y), {"variant": name, "year": y, "benchmark": layout.benchmark},
+                    rs.ReshardConfig(samples_per_shard),
+                )
+    written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
+               for s in wds.read_shard(tar)]
+    src = pio.local_path(pio.join(layout.variant(default_variant), "eval"))
+    if os.path.isdir(src) and name != default_variant:
+        shutil.copytree(src, pio.local_path(pio.join(layout.variant(name), "eval")), dirs_exist_ok=True)
+    with pio.atomic_open(pio.join(layout.variant(name), "uids.npy")) as f:
+        np.save(f, uidcodec.encode(written))
+    report = {"variant": name, "selected": len(selected), **dict(why), "years": years}
+    pio.write_json(pio.join(layout.variant(name), "reshard.json"), report)
+    build_index(layout)
+    print(f"variant {name}: {why['written']} samples written under {layout.variant(name)}/train; "
+          f"excluded: {why['excluded_eval']} held-out eval, {why['excluded_duplicate']} duplicates; "
+          f"{why['not_in_pool']} selected uids not in the pool")
+    return report
+
+
+def _json_uid(sample: dict) -> str:
+    import json
+
+    return json.loads(sample["json"])["uid"]
