@@ -154,7 +154,7 @@ def test_sigkill_mid_build_then_resume_gives_identical_bytes(tmp_path, built):
     subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     a = _tree_digest(pio.local_path(clean_layout.root))
     b = _tree_digest(str(data / "tic-datacomp"))
-    assert sorted(a) == sorted(b)
+    assert sorted(a) == sorted(b), (sorted(set(a) - set(b))[:5], sorted(set(b) - set(a))[:5])
     different = [k for k in a if a[k] != b[k]]
     assert not different, different[:10]
 
