@@ -315,7 +315,7 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, eval_refs: li
 
 def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, timings: dict | None = None) -> dict:
     """Check the accounting, print the stage summaries and write the year's manifest (last)."""
-    n_candidates = sum(pio.read_parquet(f, ["uid"]).num_rows for f in _files(layout, "candidates", [year]))
+    n_candidates = len({u for f in _files(layout, "candidates", [year]) for u in pio.read_parquet(f, ["uid"]).column("uid").to_pylist()})
     status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
     if status.num_rows != n_candidates:
         raise RuntimeError(f"year {year}: {n_candidates} candidates but {status.num_rows} status rows: rows were lost")

@@ -5,3 +5,59 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # noqa: E402
+
+
+def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_year: int = 48, eval_per_year: int = 16,
+                         seed: int = 0) -> str:
+    """Training shards and clip_benchmark eval sets of the embedded web's pictures, written by the
+    project's own writers (no crawl, no download): the input of training and eval tests."""
+    import numpy as np
+
+    from benchmark_builder.classes import class_list
+    from benchmark_builder.layout import Layout
+    from benchmark_builder.synthetic_web.generate import caption
+    from benchmark_builder.synthetic_web.images import draw, encode, image_params
+    from pipelines.sinks import clip_benchmark
+    from pipelines.transforms import reshard
+    from pipelines.uid import make_uid
+
+    layout = Layout(root)
+    names, templates = class_list("synthetic-web")
+    for year in years:
+        r = np.random.default_rng(seed + year)
+        rows = []
+        for i in range(per_year + 2 * eval_per_year):
+            p = image_params(seed, year * 10**5 + i, year)
+            img = draw(p)
+            img.thumbnail((64, 64))
+            text, _ = caption(p, year, r, "normal")
+            uid = make_uid(f"http://x/{year}/{i}.jpg", text)
+            rows.append({"uid": uid, "jpg": encode(img), "text": text, "year": year, "label": p.obj,
+                         "filters": ["basic"]})
+        rows.sort(key=lambda r: r["uid"])
+        train, ev = rows[:per_year], rows[per_year:]
+        cfg = reshard.ReshardConfig(samples_per_shard=per_year // 2)  # two shards per year
+        uids = [r["uid"] for r in train]
+        sizes = []
+        by_shard: dict = {}
+        for r in train:
+            r["shard"], r["key"] = reshard.locate(uids, r["uid"], cfg)
+            by_shard.setdefault(r["shard"], []).append(r)
+        out = layout.train_shards("basic", year)
+        for shard, group in by_shard.items():
+            sizes.append(reshard.write_shard_group(out, shard, group, "basic"))
+        reshard.write_directory_files(out, sizes, {"variant": "basic", "year": year})
+        ret = [{"key": r["uid"], "jpg": r["jpg"], "txt": r["text"], "json": {"uid": r["uid"], "year": year}} for r in ev[:eval_per_year]]
+        cls = [{"key": r["uid"], "jpg": r["jpg"], "cls": r["label"], "json": {"uid": r["uid"], "year": year}} for r in ev[eval_per_year:]]
+        clip_benchmark.write_eval_set(layout.eval_set("basic", "retrieval", year), "retrieval", ret)
+        clip_benchmark.write_eval_set(layout.eval_set("basic", "classification", year), "classification", cls,
+                                      list(names), list(templates))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory):
+    return write_tiny_benchmark(str(tmp_path_factory.mktemp("tiny-benchmark")))

@@ -4,7 +4,9 @@ Candidates of the year being built are grouped by normalised URL together with t
 every earlier crawl year (a join, so it scales past memory). A URL seen in an earlier year is
 not a sample of this year (``seen_before:<year>``); within the year the earliest crawl of a
 URL wins (ties by uid) and later ones are ``duplicate_url_of:<uid>``. The survivor's
-``first_seen`` is its crawl time.
+``first_seen`` is its crawl time. The same sample (same URL and alt text, hence the same uid)
+crawled in several snapshots of the year is one sample, with one status row: its earliest
+crawl stands for it.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ def _order(row: dict):
 def resolve_url_group(url: str, current: Iterable[dict], earlier_years: Iterable[int]) -> tuple[dict | None, list[dict]]:
     """One URL's candidates of this year + the years it appeared before -> (kept, status rows)."""
     current = sorted(current, key=_order)
+    seen: set[str] = set()
+    current = [c for c in current if not (c["uid"] in seen or seen.add(c["uid"]))]
     earlier = list(earlier_years)
     drops: list[dict] = []
     if not current:

@@ -58,7 +58,7 @@ def sql(layout, q):
 def test_every_candidate_has_exactly_one_status_row(built):
     cfg, layout = built
     for year in (2014, 2015, 2016):
-        (n_cand,) = sql(layout, f"select count(*) from candidates where year = {year}")[0]
+        (n_cand,) = sql(layout, f"select count(distinct uid) from candidates where year = {year}")[0]
         (n_status, n_uids) = sql(layout, f"select count(*), count(distinct uid) from status where year = {year}")[0]
         assert n_cand == n_status == n_uids > 100
         (unknown,) = sql(layout, f"select count(*) from status where year = {year} and status not in ('kept', 'dropped')")[0]

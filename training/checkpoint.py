@@ -1,0 +1,132 @@
+"""Checkpoints of a run, written atomically and loadable with ``torch.load(weights_only=True)``.
+
+```
+<run_dir>/config.json                the TrainConfig and the time steps
+<run_dir>/checkpoints/step_<t>.pt    model after time step t (+ optimizer, method state, ...)
+<run_dir>/checkpoints/latest.pt      periodic state inside the current step (removed at the end)
+<run_dir>/summary.json               per step: iterations, samples seen, MACs, seconds
+```
+Each checkpoint holds ``state_dict``, ``optimizer``, ``method`` (the method's own state),
+``step``, ``iteration`` (= the data position: batches consumed by each rank), ``rng``,
+``config``, ``model_name`` and ``code_version``; ``pipelines.models.load_model`` reads
+``<arch>:<run_dir>/checkpoints/step_<t>.pt`` directly.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from pipelines import io as pio
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+    }
+
+
+def restore_rng(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+
+
+def state(model, optimizer, method, step: int, iteration: int, cfg, step_name: str, final: bool = False) -> dict:
+    from training.train import code_version
+
+    m = model.module if hasattr(model, "module") else model
+    return {
+        "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "method": method.state_dict(),
+        "step": step,
+        "step_name": step_name,
+        "iteration": iteration,
+        "final": final,
+        "rng": _rng_state(),
+        "config": json.dumps(cfg.to_json(), sort_keys=True),
+        "model_name": cfg.model.split(":")[0],
+        "code_version": code_version(),
+    }
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = path
+        self.ckpt_dir = os.path.join(path, "checkpoints")
+
+    def _save(self, name: str, obj) -> str:
+        path = os.path.join(self.ckpt_dir, name)
+        os.makedirs(self.ckpt_dir, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+        return path
+
+    @staticmethod
+    def _load(path: str) -> dict:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    def step_path(self, t: int) -> str:
+        return os.path.join(self.ckpt_dir, f"step_{t}.pt")
+
+    def save_step(self, t: int, obj: dict) -> str:
+        return self._save(f"step_{t}.pt", obj)
+
+    def save_latest(self, obj: dict) -> str:
+        return self._save("latest.pt", obj)
+
+    def load_step(self, t: int) -> dict:
+        return self._load(self.step_path(t))
+
+    def latest(self) -> dict | None:
+        p = os.path.join(self.ckpt_dir, "latest.pt")
+        return self._load(p) if os.path.exists(p) else None
+
+    def remove_latest(self) -> None:
+        p = os.path.join(self.ckpt_dir, "latest.pt")
+        if os.path.exists(p):
+            os.unlink(p)
+
+    def completed_steps(self) -> list[int]:
+        return sorted(int(re.search(r"step_(\d+)\.pt$", p).group(1)) for p in glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
+
+    def config(self) -> dict | None:
+        p = os.path.join(self.path, "config.json")
+        if not os.path.exists(p):
+            return None
+        with open(p) as f:
+            return json.load(f)["train"]
+
+    def write_config(self, cfg: dict, steps: list[str]) -> None:
+        pio.write_json(os.path.join(self.path, "config.json"), {"train": cfg, "time_steps": steps})
+
+    def time_steps(self) -> list[str]:
+        with open(os.path.join(self.path, "config.json")) as f:
+            return json.load(f)["time_steps"]
+
+    def summary(self) -> dict:
+        p = os.path.join(self.path, "summary.json")
+        if not os.path.exists(p):
+            cfg = self.config() or {}
+            return {"protocol": cfg.get("protocol"), "steps": []}
+        with open(p) as f:
+            return json.load(f)
+
+    def write_summary(self, summary: dict) -> None:
+        pio.write_json(os.path.join(self.path, "summary.json"), summary)
+
+    def save_ids(self, t: int, rank: int, ids: torch.Tensor, model) -> None:
+        """Per-rank record of the samples trained on and the weights ended with (DDP checks)."""
+        m = model.module if hasattr(model, "module") else model
+        self._save(f"ids_step{t}_rank{rank}.pt", {"ids": ids, "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()}})

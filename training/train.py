@@ -1,0 +1,282 @@
+"""The continual training loop: one protocol over all time steps, top to bottom.
+
+For each time step t: the method picks the data (sources with weights) and whether to start
+from step t-1's weights (weights only: a fresh AdamW and a fresh cosine schedule per step, as
+TiC-CLIP does); the loop runs ``samples_per_step`` x the method's compute multiplier samples
+(minus the method's own overhead, e.g. EWC's Fisher passes) as gradient steps, with periodic
+checkpoints inside the step; then the method's ``end_step`` runs and the step's checkpoint is
+written. Compute is fixed per step in samples seen, whatever the step's data size, and is
+reported in MACs measured with torch's flop counter on a real iteration.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import open_clip
+import torch
+
+from training import checkpoint as ckpt
+from training import distributed
+from training.data import StreamConfig, default_workers, loader, time_step_sources
+from training.methods import get_method
+from training.methods.base import StepContext, frozen_copy
+from training.schedules import lr_at
+
+
+@dataclass
+class TrainConfig:
+    protocol: str = "sequential"
+    data_dir: str = "./data"
+    benchmark: str = "tic-datacomp"
+    variant: str = "basic"
+    run_dir: str = "./runs/sequential"
+    model: str = "tic-tiny-32"
+    samples_per_step: int = 8192
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.2
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup: int = 10  # warmup iterations of the first time step
+    warmup_later: int = 0  # warmup iterations of later steps (TiC-CLIP: none)
+    schedule: str = "cosine"
+    meta_schedule: str = "constant"
+    grad_clip: float = 1.0
+    precision: str = "auto"  # amp on GPU, fp32 on CPU
+    text: str = "alt"  # alt | generated | both
+    workers: int = -1  # DataLoader workers per rank; -1: by core count
+    buffer: int = 1000  # shuffle buffer per source
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = 25  # iterations
+    max_steps: int = 0  # train only the first N time steps (0: all)
+    options: dict = field(default_factory=dict)  # method options (buffer_factor, alpha, weight, ...)
+    log_ids: bool = False  # record every sample id each rank trained on (DDP tests)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def measure_macs(method, ctx, model, images, tokens, ids) -> float:
+    """MACs of one training iteration (forward, method loss, backward) on this rank's batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss, _ = method.loss(ctx, model, images, tokens, ids)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / 2
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    info = distributed.init(cfg.device)
+    try:
+        return _train(cfg, info, resume)
+    finally:
+        distributed.shutdown(info)
+
+
+def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
+    from pipelines.models import load_model
+
+    method = get_method(cfg.protocol, cfg.options)
+    sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark)
+    if cfg.max_steps:
+        sources = sources[: cfg.max_steps]
+    T = len(sources)
+    run = ckpt.RunDir(cfg.run_dir)
+    if info.is_main:
+        existing = run.config()
+        if existing and not resume and run.completed_steps():
+            raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        if existing and resume and {k: v for k, v in existing.items() if k != "device"} != {
+            k: v for k, v in cfg.to_json().items() if k != "device"
+        }:
+            raise ValueError(f"{cfg.run_dir}: --resume with a different configuration than the run was started with")
+        run.write_config(cfg.to_json(), [s.name for s in sources])
+    distributed.barrier(info)
+
+    device = info.device
+    amp = device.startswith("cuda") and cfg.precision in ("auto", "amp")
+    workers = default_workers() if cfg.workers < 0 else cfg.workers
+    _seed_everything(cfg.seed)
+    loaded = load_model(cfg.model, device=device)
+    model = loaded.model
+    image_size = loaded.image_size
+    clip_loss = open_clip.ClipLoss(local_loss=info.distributed, gather_with_grad=info.distributed, cache_labels=True,
+                                   rank=info.rank, world_size=info.world_size)
+    summary = run.summary() if resume else {"protocol": cfg.protocol, "steps": []}
+    done = set(run.completed_steps()) if resume else set()
+    state = None
+    if resume:
+        state = run.latest()
+        last_done = max(done) if done else None
+        if last_done is not None and (state is None or state["step"] <= last_done):
+            state = None
+            prev = run.load_step(last_done)
+            model.load_state_dict(prev["state_dict"])
+            method.load_state_dict(prev.get("method", {}))
+    if info.is_main:
+        print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
+              f"{cfg.samples_per_step} samples per step, batch {cfg.batch_size} x {info.world_size} ranks, device {device}")
+
+    for t in range(T):
+        if t in done or not method.trains_at(t, T):
+            continue
+        if not method.warm_start:
+            _seed_everything(cfg.seed + 1000 * t)
+            model.load_state_dict(load_model(cfg.model, device=device).model.state_dict())
+        step_sources = method.data(t, sources)
+        budget = int(cfg.samples_per_step * method.compute_multiplier(t, T))
+        overhead = method.overhead_samples(t, budget)
+        global_batch = cfg.batch_size * info.world_size
+        iterations = max(1, math.ceil((budget - overhead) / global_batch))
+        ctx = StepContext(t, T, sources, device, clip_loss, iterations)
+        ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        )
+        start_it = 0
+        if state is not None and state["step"] == t:
+            model.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            method.load_state_dict(state.get("method", {}))
+            ckpt.restore_rng(state["rng"])
+            start_it = int(state["iteration"])
+            if ctx.prev_model is not None and t > 0:
+                ctx.prev_model.load_state_dict(run.load_step(t - 1)["state_dict"])
+            state = None
+        method.begin_step(ctx, model)
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
+        stream = loader(StreamConfig(
+            sources=step_sources, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
+            world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text, skip_batches=start_it,
+            image_size=image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
+        ))
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+        macs_per_iter = None
+        t0 = time.time()
+        logs: dict = {}
+        ids_seen = []
+        model.train()
+        it = start_it
+        batches = iter(stream)
+        progress = _progress(info, iterations, start_it, f"step {t} ({sources[t].name})")
+        while it < iterations:
+            images, tokens, ids, _src = next(batches)
+            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+            if macs_per_iter is None:
+                macs_per_iter = measure_macs(method, ctx, ddp, images, tokens, ids) * info.world_size
+            lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
+                       meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", enabled=amp):
+                loss, logs = method.loss(ctx, ddp, images, tokens, ids)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            with torch.no_grad():  # open_clip clamps the learned temperature at 100
+                model.logit_scale.clamp_(0, math.log(100))
+            if cfg.log_ids:
+                ids_seen.append(ids)
+            it += 1
+            progress.update(1)
+            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
+            if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
+                run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
+        progress.close()
+        fisher_batches = None
+        if overhead:
+            n = max(1, overhead // global_batch)
+            fisher_batches = [(b[0].to(device), b[1].to(device)) for b, _ in zip(batches, range(n))]
+        method.end_step(ctx, model, fisher_batches)
+        seconds = time.time() - t0
+        if cfg.log_ids:
+            run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
+        samples = iterations * global_batch + (overhead // global_batch) * global_batch
+        row = {
+            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": samples,
+            "macs": (macs_per_iter or 0) * (iterations + (overhead // global_batch)),
+            "data": {s.name: round(s.expected_size) for s in step_sources}, "seconds": round(seconds, 2),
+            "samples_per_s": round((iterations - start_it) * global_batch / max(seconds, 1e-9), 1),
+            "final_loss": {k: round(v, 4) for k, v in logs.items()},
+        }
+        summary["steps"] = [s for s in summary["steps"] if s["step"] != t] + [row]
+        if info.is_main:
+            run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, sources[t].name, final=True))
+            run.write_summary(summary)
+        distributed.barrier(info)
+        del stream, batches
+    if info.is_main:
+        run.remove_latest()
+        summary["total_samples_seen"] = sum(s["samples_seen"] for s in summary["steps"])
+        summary["total_macs"] = sum(s["macs"] for s in summary["steps"])
+        summary["per_step_samples"] = cfg.samples_per_step
+        run.write_summary(summary)
+        print(format_summary(summary))
+    return summary
+
+
+def _progress(info, total, initial, desc):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="it", leave=False, disable=not info.is_main or None)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"\n=== {summary['protocol']}",
+             f"{'step':<12}{'iters':>7}{'samples':>10}{'MACs':>12}{'seconds':>9}{'samples/s':>11}  data (samples per source)"]
+    lines.append("-" * len(lines[-1]))
+    for s in sorted(summary["steps"], key=lambda s: s["step"]):
+        data = ", ".join(f"{k}: {v}" for k, v in s["data"].items())
+        lines.append(f"{s['name']:<12}{s['iterations']:>7}{s['samples_seen']:>10}{s['macs']:>12.3g}{s['seconds']:>9.1f}"
+                     f"{s['samples_per_s']:>11.0f}  {data}")
+    if "total_samples_seen" in summary:
+        lines.append(f"{'total':<12}{'':>7}{summary['total_samples_seen']:>10}{summary['total_macs']:>12.3g}")
+    return "\n".join(lines)
+
+
+def load_config(path: str) -> TrainConfig:
+    with open(path) as f:
+        return TrainConfig(**json.load(f))
+
+
+def code_version() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except Exception:
+        return "unknown"
