@@ -1,0 +1,70 @@
+"""``python -m eval``: evaluate runs and compare them.
+
+    python -m eval run runs/sequential [--data-dir ./data]      # E[i, j], metrics, PNGs, results table
+    python -m eval compare runs/sequential runs/cumulative-all runs/oracle [--out runs/compare]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _evaluate(run_dir, args):
+    from benchmark_builder.layout import Layout
+    from eval.dynamic import evaluate_run
+    from eval.report import format_run, load_into_duckdb, write_outputs
+
+    res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks)
+    out = write_outputs(res, run_dir)
+    index = Layout(args.data_dir, args.benchmark).index
+    n = load_into_duckdb(res.rows, index, res.run)
+    print(format_run(res))
+    print(f"{len(res.rows)} result rows -> {out['dir']}/results.jsonl and the results table of {index} ({n} rows for {res.run})")
+    print("pictures: " + ", ".join(out["pngs"]))
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("run", "compare"):
+        s = sub.add_parser(name)
+        s.add_argument("runs", nargs="+")
+        s.add_argument("--data-dir", default="./data")
+        s.add_argument("--benchmark", default="tic-datacomp")
+        s.add_argument("--variant", default="basic")
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--batch-size", type=int, default=256)
+        s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
+        if name == "compare":
+            s.add_argument("--out", default="runs/compare")
+    args = p.parse_args(argv)
+    if args.command == "run":
+        for r in args.runs:
+            _evaluate(r, args)
+        return 0
+    from eval.report import compare_heatmaps, compare_table
+
+    summaries, mats = [], []
+    for r in args.runs:
+        d = os.path.join(r, "eval")
+        if not os.path.exists(os.path.join(d, "summary.json")):
+            _evaluate(r, args)  # evaluations are cached, so this only fills what is missing
+        with open(os.path.join(d, "summary.json")) as f:
+            summaries.append(json.load(f))
+        with open(os.path.join(d, "matrices.json")) as f:
+            mats.append((os.path.basename(os.path.normpath(r)), json.load(f)))
+    table = compare_table(summaries)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "compare.md"), "w") as f:
+        f.write(table + "\n")
+    pngs = [compare_heatmaps(mats, os.path.join(args.out, f"heatmaps_{k}.png"), k) for k in ("retrieval", "classification")]
+    print(table)
+    print(f"\n{args.out}/compare.md, " + ", ".join(pngs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

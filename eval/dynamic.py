@@ -1,0 +1,153 @@
+"""Dynamic evaluation of a run: every checkpoint (one per time step) on every time step's
+held-out retrieval and classification sets, plus the static suite.
+
+``E_retrieval[i, j]`` is TiC-CLIP's dynamic retrieval (``mean_recall@1``) of the model after
+step i on the held-out retrieval sets of step j (the mean over the step's years, so a
+three-year first step is not judged on a gallery three times as large); ``E_classification[i,
+j]`` is top-1 zero-shot accuracy on step j's classification sets over the benchmark's class
+list. Steps a run never produced a checkpoint for (the oracle trains once) are NaN rows.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import yaml
+
+from benchmark_builder.specs import get_spec
+from eval import metrics
+from eval.datasets import EvalSet, benchmark_sets, open_set
+from eval.embed import Embedder, file_hash
+from eval.tasks import classification_metrics, retrieval_metrics
+
+STATIC_TASKS = os.path.join(os.path.dirname(__file__), "static_tasks.yaml")
+
+
+@dataclass
+class RunEval:
+    run: str
+    protocol: str
+    steps: list[str]
+    checkpoints: list[int]
+    rows: list[dict] = field(default_factory=list)  # results.jsonl rows
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    summary: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    images_embedded: int = 0
+
+
+def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, yearly: dict) -> list[dict]:
+    """Tasks of the static suite (YAML): ``from_yearly: classification`` is the union of every
+    year's held-out classification sets (all concepts), reusing their cached embeddings."""
+    with open(path or STATIC_TASKS) as f:
+        spec = yaml.safe_load(f) or {}
+    tasks = []
+    for t in spec.get("tasks", []):
+        if t.get("from_yearly"):
+            sets = list(yearly[t["from_yearly"]].values())
+            if sets:
+                tasks.append({**t, "sets": sets})
+        else:
+            p = t["path"] if os.path.isabs(t["path"]) else os.path.join(data_dir, benchmark, t["path"].format(variant=variant))
+            if not os.path.exists(p):
+                print(f"static task {t['name']}: {p} not found, skipped")
+                continue
+            tasks.append({**t, "sets": [open_set(p, t["name"])]})
+    return tasks
+
+
+def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
+    feats = [emb.features(s) for s in sets]
+    first = sets[0]
+    key = (first.classnames, first.templates)
+    if key not in cache:
+        cache[key] = emb.classifier(*key)
+    image = torch.cat([f["image"] for f in feats])
+    labels = torch.cat([f["labels"] for f in feats])
+    return classification_metrics(image, cache[key], labels, topk=(1, 5), mean_per_class=True)
+
+
+def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
+                 device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None) -> RunEval:
+    from pipelines.models import load_model
+    from training.checkpoint import RunDir
+
+    t0 = time.time()
+    run = RunDir(run_dir)
+    cfg = run.config()
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir} is not a training run (no config.json); train first: make train PROTOCOL=...")
+    steps = run.time_steps()
+    spec_steps = {s.name: s for s in get_spec(benchmark).time_steps}
+    ckpts = run.completed_steps()
+    if not ckpts:
+        raise FileNotFoundError(f"{run_dir}: no checkpoints yet")
+    yearly = benchmark_sets(data_dir, variant, benchmark)
+    statics = static_tasks(static_yaml, data_dir, variant, benchmark, yearly)
+    T = len(steps)
+    E = {"retrieval": np.full((T, T), np.nan), "classification": np.full((T, T), np.nan)}
+    res = RunEval(os.path.basename(os.path.normpath(run_dir)), cfg["protocol"], steps, ckpts)
+    cache_dir = os.path.join(run_dir, "eval", "cache")
+    for i in ckpts:
+        path = run.step_path(i)
+        loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)
+        emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size)
+        classifiers: dict = {}
+        base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
+        for j, name in enumerate(steps):
+            years = spec_steps[name].years if name in spec_steps else ()
+            for kind in ("retrieval", "classification"):
+                vals = []
+                for y in years:
+                    es = yearly[kind].get(y)
+                    if es is None:
+                        continue
+                    if kind == "retrieval":
+                        f = emb.features(es)
+                        m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+                        vals.append(m["mean_recall@1"])
+                    else:
+                        m = _classify(emb, [es], classifiers)
+                        vals.append(m["acc1"])
+                    for metric, v in m.items():
+                        res.rows.append({**base, "task": es.name, "kind": kind, "data_step": j, "data_step_name": name,
+                                         "year": y, "metric": metric, "value": v})
+                if vals:
+                    E[kind][i, j] = float(np.mean(vals))
+        for task in statics:
+            m = _classify(emb, task["sets"], classifiers)
+            for metric, v in m.items():
+                res.rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
+                                 "metric": metric, "value": v})
+        res.images_embedded += emb.images_embedded
+    res.matrices = E
+    res.summary = summarize(res, run)
+    res.seconds = time.time() - t0
+    return res
+
+
+def summarize(res: RunEval, run) -> dict:
+    final = max(res.checkpoints)
+    out = {"run": res.run, "protocol": res.protocol, "time_steps": len(res.steps), "checkpoints": len(res.checkpoints)}
+    train = run.summary()
+    out["samples_seen"] = train.get("total_samples_seen")
+    out["macs"] = train.get("total_macs")
+    for kind, E in res.matrices.items():
+        for k, v in metrics.transfer_metrics(E).items():
+            out[f"{kind}_{k}"] = v
+        if len(res.checkpoints) == len(res.steps):
+            for k, v in metrics.continual_metrics(E).items():
+                out[f"{kind}_{k}"] = v
+    statics = [r for r in res.rows if r["kind"] == "static" and r["model_step"] == final and r["metric"] == "acc1"]
+    groups: dict = {}
+    for r in statics:
+        out[f"static_{r['task'].split('/', 1)[1]}_acc1"] = r["value"]
+        groups.setdefault(r["group"], []).append(r["value"])
+    for g, vals in groups.items():
+        out[f"static_{g}_mean"] = float(np.mean(vals))
+    if statics:
+        out["static_average"] = float(np.mean([r["value"] for r in statics]))
+    return out
