@@ -22,11 +22,18 @@ Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
 
 VARIANT ?= basic
+PROTOCOL ?= sequential
+RUN_DIR ?= runs/$(PROTOCOL)
+RUN ?= runs/sequential
+RUNS ?= runs/sequential runs/cumulative-all runs/oracle
+NPROC ?= 1
+TRAIN_ARGS ?=
+PROTOCOLS ?= sequential cumulative-all cumulative-exp cumulative-equal patching lwf ewc oracle
 NAME ?=
 UIDS ?=
 WHERE ?=
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report reshard crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -53,6 +60,23 @@ benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and s
 
 reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make reshard NAME=x UIDS=subset.npy | WHERE="..."
 	$(PY) -m benchmark_builder reshard --name '$(NAME)' --data-dir $(DATA_DIR) $(if $(UIDS),--uids '$(UIDS)') $(if $(WHERE),--where "$(WHERE)") --runner $(RUNNER) $(BEAM_ARGS)
+
+train: $(VENV)/.installed ## one protocol over all time steps: make train PROTOCOL=cumulative-all [NPROC=2] [TRAIN_ARGS="--resume"]
+ifeq ($(NPROC),1)
+	$(PY) -m training --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+else
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+endif
+
+train-all: $(VENV)/.installed ## every TiC protocol (PROTOCOLS=...) into runs/<protocol>, then eval + compare
+	@for p in $(PROTOCOLS); do $(MAKE) --no-print-directory train PROTOCOL=$$p RUN_DIR=runs/$$p TRAIN_ARGS="$(TRAIN_ARGS)" || exit 1; done
+	$(PY) -m eval compare $(addprefix runs/,$(PROTOCOLS)) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
+
+eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [DATA_DIR=./data]
+	$(PY) -m eval run $(RUN) --data-dir $(DATA_DIR) --variant $(VARIANT)
+
+compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b"
+	$(PY) -m eval compare $(RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

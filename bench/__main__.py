@@ -2,6 +2,8 @@
 
     download   download+resize+write throughput against img2dataset on the same URL list
     dedup      near-duplicate detection scaling exponent, 100k -> 1M hashes
+    train      bundled trainer vs open_clip_train, samples/s on the same shards (needs ./data)
+    eval       evaluator embedding speed vs a plain batched torch loop (needs ./data)
     build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
 """
 from __future__ import annotations
@@ -46,7 +48,28 @@ def _dedup(argv=None):
     return main(argv)
 
 
-BENCHMARKS = {"download": _download, "dedup": _dedup, "build": bench_build}
+def _train(argv=None):
+    _ensure_data()
+    from bench.train_vs_open_clip import main
+
+    return main(argv)
+
+
+def _eval(argv=None):
+    _ensure_data()
+    from bench.eval_speed import main
+
+    return main(argv)
+
+
+def _ensure_data():
+    """The training and eval benchmarks read the embedded default: build it once if missing."""
+    if not os.path.exists(os.path.join(REPO, "data", "tic-datacomp", "years", "2022.json")):
+        subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2022",
+                        "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
+
+
+BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "build": bench_build}
 
 
 def main(argv=None) -> int:
@@ -65,6 +88,10 @@ def main(argv=None) -> int:
     if "dedup" in results:
         print(f"near-dup scaling exponent 100k -> 1M: {results['dedup']['exponent']:.3f}, "
               f"{results['dedup']['large']['rows_per_s']:,.0f} rows/s at 1M")
+    if "train" in results:
+        print(f"training throughput vs open_clip_train: {results['train']['ratio']:.2f}x")
+    if "eval" in results:
+        print(f"evaluation embedding vs plain torch loop: {results['eval']['ratio']:.2f}x")
     if "build" in results:
         print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
     return 0

@@ -17,6 +17,7 @@ from pipelines import io as pio
 from pipelines.sinks import clip_benchmark
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+_HASHES: dict = {}
 
 
 @dataclass(frozen=True)
@@ -34,9 +35,18 @@ class EvalSet:
         return sorted(os.path.join(d, f) for d, _, fs in os.walk(self.path) for f in fs if f.lower().endswith(IMAGE_EXTS))
 
     def content_hash(self) -> str:
-        """Hash of the set's bytes and metadata: the key of cached embeddings."""
+        """Hash of the set's bytes and metadata: the key of cached embeddings (memoised per
+        file list, sizes and modification times)."""
+        files = self.files()
+        stamp = (self.kind, self.classnames, self.templates,
+                 tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files if os.path.exists(f)))
+        if stamp not in _HASHES:
+            _HASHES[stamp] = self._hash(files)
+        return _HASHES[stamp]
+
+    def _hash(self, files) -> str:
         h = hashlib.sha256(repr((self.kind, self.classnames, self.templates)).encode())
-        for f in self.files():
+        for f in files:
             h.update(os.path.basename(f).encode())
             with pio.open_read(f) as fh:
                 for chunk in iter(lambda: fh.read(1 << 20), b""):

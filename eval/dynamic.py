@@ -94,7 +94,8 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
     for i in ckpts:
         path = run.step_path(i)
         loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)
-        emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size)
+        emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size,
+                       pixel_cache_dir=os.path.join(data_dir, benchmark, "eval_cache", "pixels"))
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):

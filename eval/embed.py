@@ -3,16 +3,26 @@
 Every task that shares images (a year's retrieval set, the static suite built from the yearly
 classification sets) reuses the same cached features; re-running an evaluation computes only
 what is new. The cache key is (checkpoint content hash, eval set content hash).
+
+Decoding and preprocessing do not depend on the checkpoint, only on the preprocessing, so the
+preprocessed pixels of a set are cached too (float16, keyed by set hash and the transform's
+description) and shared by every checkpoint and run: a run of T checkpoints decodes each
+image once, not T times. Decoding uses libjpeg's draft mode (DCT-domain downscaling to no
+less than the model's input size) on a thread pool.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 import torch.nn.functional as F
 
-from eval.datasets import EvalSet, decode, samples
+from PIL import Image
+
+from eval.datasets import EvalSet, samples
 from eval.tasks import zero_shot_classifier
 
 
@@ -25,8 +35,13 @@ def file_hash(path: str) -> str:
 
 
 class Embedder:
-    def __init__(self, loaded, model_key: str, cache_dir: str | None, device: str = "cpu", batch_size: int = 256):
+    def __init__(self, loaded, model_key: str, cache_dir: str | None, device: str = "cpu", batch_size: int = 256,
+                 pixel_cache_dir: str | None = None, threads: int | None = None):
         self.loaded, self.model_key, self.cache_dir = loaded, model_key, cache_dir
+        self.pixel_cache_dir = pixel_cache_dir
+        self.threads = threads or min(8, os.cpu_count() or 1)
+        size = loaded.image_size
+        self.draft_size = size
         self.device, self.batch_size = device, batch_size
         self.model = loaded.model.to(device).eval()
         self.computed = 0  # sets embedded (not from cache) by this embedder
@@ -37,10 +52,22 @@ class Embedder:
             return None
         return os.path.join(self.cache_dir, f"{self.model_key}_{es.content_hash()}_{what}.pt")
 
+    def _preprocess(self, data: bytes) -> torch.Tensor:
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (self.draft_size, self.draft_size))
+        return self.loaded.preprocess_val(img.convert("RGB"))
+
+    def pixels(self, images: list[bytes]) -> torch.Tensor:
+        with ThreadPoolExecutor(self.threads) as pool:
+            return torch.stack(list(pool.map(self._preprocess, images)))
+
     @torch.no_grad()
-    def encode_images(self, images) -> torch.Tensor:
-        batch = torch.stack([self.loaded.preprocess_val(decode(b)) for b in images]).to(self.device)
-        return F.normalize(self.model.encode_image(batch).float(), dim=-1).cpu()
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        out = []
+        for s in range(0, len(pixels), self.batch_size):
+            batch = pixels[s:s + self.batch_size].to(self.device, torch.float32)
+            out.append(F.normalize(self.model.encode_image(batch).float(), dim=-1).cpu())
+        return torch.cat(out) if out else torch.empty(0, 0)
 
     @torch.no_grad()
     def encode_texts(self, texts) -> torch.Tensor:
@@ -51,20 +78,8 @@ class Embedder:
         path = self._cache_path(es, "features")
         if path and os.path.exists(path):
             return torch.load(path, weights_only=True)
-        imgs, texts, t2i, labels, feats = [], [], [], [], []
-        for i, (img, target) in enumerate(samples(es)):
-            imgs.append(img)
-            if es.kind == "retrieval":
-                texts += target
-                t2i += [i] * len(target)
-            else:
-                labels.append(target)
-            if len(imgs) == self.batch_size:
-                feats.append(self.encode_images(imgs))
-                imgs = []
-        if imgs:
-            feats.append(self.encode_images(imgs))
-        out = {"image": torch.cat(feats) if feats else torch.empty(0, 0)}
+        px, texts, t2i, labels = self._set_pixels(es)
+        out = {"image": self.encode_pixels(px)}
         self.images_embedded += out["image"].shape[0]
         if es.kind == "retrieval":
             out["text"] = torch.cat([self.encode_texts(texts[s:s + self.batch_size]) for s in range(0, len(texts), self.batch_size)])
@@ -78,6 +93,34 @@ class Embedder:
             torch.save(out, tmp)
             os.replace(tmp, path)
         return out
+
+    def _set_pixels(self, es: EvalSet):
+        """Preprocessed images (float16) plus captions or labels of a set, cached across checkpoints."""
+        key = hashlib.sha256(f"{es.content_hash()}|{self.loaded.preprocess_val}".encode()).hexdigest()[:24]
+        path = os.path.join(self.pixel_cache_dir, f"{key}.pt") if self.pixel_cache_dir else None
+        if path and os.path.exists(path):
+            c = torch.load(path, weights_only=True)
+            return c["pixels"], c["texts"], c["t2i"], c["labels"]
+        images, texts, t2i, labels, chunks = [], [], [], [], []
+        for i, (img, target) in enumerate(samples(es)):
+            images.append(img)
+            if es.kind == "retrieval":
+                texts += target
+                t2i += [i] * len(target)
+            else:
+                labels.append(target)
+            if len(images) == 1024:
+                chunks.append(self.pixels(images).half())
+                images = []
+        if images:
+            chunks.append(self.pixels(images).half())
+        px = torch.cat(chunks) if chunks else torch.empty(0)
+        if path:
+            os.makedirs(self.pixel_cache_dir, exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            torch.save({"pixels": px, "texts": texts, "t2i": t2i, "labels": labels}, tmp)
+            os.replace(tmp, path)
+        return px, texts, t2i, labels
 
     def classifier(self, classnames, templates) -> torch.Tensor:
         return zero_shot_classifier(self.model, self.loaded.tokenizer, list(classnames), list(templates), self.device).cpu()

@@ -1,95 +1,156 @@
-"""Model merge operators on state dicts (name -> tensor); non-float tensors come from the first.
+"""Model merge operators on state dicts (name -> tensor), each returning a new state dict.
+
+Floating tensors are merged in float64 and cast back to the first dict's dtype; non-floating
+tensors (step counters, int buffers) and non-tensor entries come unchanged from the first (base)
+dict, since averaging counters or indices has no meaning. Dicts must have the same keys and
+shapes: a silent partial merge would load as a model that was never trained.
 
 ``interpolate`` is TiC-CLIP's patching (WiSE-FT, Wortsman et al. 2022; PAINT, Ilharco et al.
-2022); ``linear`` a weighted average (model soups); ``slerp`` spherical interpolation per
-tensor; ``task_arithmetic`` (Ilharco et al. 2023); ``ties`` (TIES-merging, Yadav et al. 2023):
-trim each task vector to its largest entries, elect a sign per entry, average the agreeing
-entries; ``ema`` the running merge of FoMo-in-Flux's EMA-merge.
+2022); ``linear`` a weighted average (model soups, Wortsman et al. 2022); ``slerp`` spherical
+interpolation per tensor (Shoemake 1985); ``task_arithmetic`` (Ilharco et al. 2023); ``ties``
+(TIES-merging, Yadav et al. 2023); ``ema`` the running merge of FoMo-in-Flux's EMA-merge
+(Roth et al. 2024).
 """
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import torch
 
 
 def _check(states: list[dict]) -> None:
+    if not states:
+        raise ValueError("need at least one state dict")
     keys = set(states[0])
-    for s in states[1:]:
+    for i, s in enumerate(states[1:], 1):
         if set(s) != keys:
-            raise ValueError(f"state dicts differ in keys: {sorted(keys ^ set(s))[:5]}")
+            missing, extra = sorted(keys - set(s)), sorted(set(s) - keys)
+            raise ValueError(f"state dict {i} differs in keys from state dict 0: missing {missing}, extra {extra}")
+        for k, v in states[0].items():
+            if torch.is_tensor(v) and torch.is_tensor(s[k]) and v.shape != s[k].shape:
+                raise ValueError(f"state dict {i} key {k!r} has shape {tuple(s[k].shape)}, expected {tuple(v.shape)}")
 
 
-def _float(t: torch.Tensor) -> bool:
-    return torch.is_floating_point(t)
+def _merges(v) -> bool:
+    return torch.is_tensor(v) and torch.is_floating_point(v)
 
 
-def linear(states: list[dict], weights: list[float] | None = None) -> dict:
-    _check(states)
-    w = torch.tensor(weights if weights is not None else [1.0] * len(states), dtype=torch.float64)
-    if len(w) != len(states) or float(w.sum()) <= 0:
-        raise ValueError("need one positive-sum weight per state dict")
-    w = (w / w.sum()).tolist()
+def _keep(v):
+    return v.clone() if torch.is_tensor(v) else v
+
+
+def _combine(states: list[dict], weights: list[float]) -> dict:
     out = {}
     for k, v in states[0].items():
-        out[k] = sum(wi * s[k].to(torch.float64) for wi, s in zip(w, states)).to(v.dtype) if _float(v) else v.clone()
+        if _merges(v):
+            acc = sum(w * s[k].to(torch.float64) for w, s in zip(weights, states))
+            out[k] = acc.to(v.dtype)
+        else:
+            out[k] = _keep(v)
     return out
 
 
+def linear(states: list[dict], weights: list[float] | None = None) -> dict:
+    """Weighted average, weights normalised to sum 1 (uniform by default): a model soup."""
+    _check(states)
+    w = [1.0] * len(states) if weights is None else [float(x) for x in weights]
+    if len(w) != len(states):
+        raise ValueError(f"got {len(w)} weights for {len(states)} state dicts")
+    total = sum(w)
+    if total == 0:
+        raise ValueError("weights sum to 0")
+    return _combine(states, [x / total for x in w])
+
+
 def interpolate(a: dict, b: dict, alpha: float) -> dict:
-    """(1 - alpha) * a + alpha * b."""
-    return linear([a, b], [1.0 - alpha, alpha]) if 0 < alpha < 1 else {k: (b if alpha >= 1 else a)[k].clone() for k in a}
+    """(1 - alpha) * a + alpha * b: WiSE-FT / PAINT patching, which keeps part of the previous
+    model to limit forgetting; alpha = 0 gives a, alpha = 1 gives b."""
+    _check([a, b])
+    return _combine([a, b], [1.0 - alpha, alpha])
 
 
 def slerp(a: dict, b: dict, t: float, eps: float = 1e-8) -> dict:
+    """Spherical interpolation of each flattened tensor (Shoemake 1985): keeps the norm of
+    same-norm weights, which a linear average of diverged weights shrinks. Falls back to linear
+    interpolation when the vectors are (anti)parallel or near zero norm, where the great circle
+    is undefined."""
     _check([a, b])
     out = {}
     for k, va in a.items():
-        vb = b[k]
-        if not _float(va):
-            out[k] = va.clone()
+        if not _merges(va):
+            out[k] = _keep(va)
             continue
-        x, y = va.flatten().double(), vb.flatten().double()
-        nx, ny = x.norm(), y.norm()
-        if nx < eps or ny < eps:
-            out[k] = ((1 - t) * x + t * y).view_as(va).to(va.dtype)
-            continue
-        cos = torch.clamp((x @ y) / (nx * ny), -1.0, 1.0)
-        omega = torch.arccos(cos)
-        if omega.abs() < 1e-4 or (torch.pi - omega).abs() < 1e-4:
-            r = (1 - t) * x + t * y
-        else:
-            so = torch.sin(omega)
-            r = torch.sin((1 - t) * omega) / so * x + torch.sin(t * omega) / so * y
+        x, y = va.flatten().to(torch.float64), b[k].flatten().to(torch.float64)
+        nx, ny = float(x.norm()), float(y.norm())
+        r = (1 - t) * x + t * y
+        if nx > eps and ny > eps:
+            cos = max(-1.0, min(1.0, float(x @ y) / (nx * ny)))
+            omega = math.acos(cos)
+            so = math.sin(omega)
+            if so > eps:
+                r = math.sin((1 - t) * omega) / so * x + math.sin(t * omega) / so * y
         out[k] = r.view_as(va).to(va.dtype)
     return out
 
 
-def task_arithmetic(base: dict, finetuned: list[dict], scale: float = 1.0) -> dict:
+def _task_vectors(base: dict, finetuned: list[dict]) -> None:
+    if not finetuned:
+        raise ValueError("need at least one fine-tuned state dict")
     _check([base, *finetuned])
-    return {k: (v + scale * sum(f[k] - v for f in finetuned)) if _float(v) else v.clone() for k, v in base.items()}
+
+
+def task_arithmetic(base: dict, finetuned: list[dict], scale: float = 1.0) -> dict:
+    """base + scale * sum(ft - base) (Ilharco et al. 2023, "Editing models with task arithmetic")."""
+    _task_vectors(base, finetuned)
+    out = {}
+    for k, v in base.items():
+        if not _merges(v):
+            out[k] = _keep(v)
+            continue
+        b = v.to(torch.float64)
+        out[k] = (b + scale * sum(f[k].to(torch.float64) - b for f in finetuned)).to(v.dtype)
+    return out
 
 
 def ties(base: dict, finetuned: list[dict], density: float = 0.2, scale: float = 1.0) -> dict:
-    _check([base, *finetuned])
+    """TIES-merging (Yadav et al. 2023): task arithmetic without the interference of small
+    updates and sign conflicts. Per tensor, trim each task vector to its top ``density`` fraction
+    of entries by magnitude (at least one; entries tied with the cut-off are kept), elect each
+    entry's sign as the sign of the sum of the trimmed vectors, and average only the nonzero
+    trimmed entries that agree with it (disjoint mean); return base + scale * merged."""
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    _task_vectors(base, finetuned)
     out = {}
     for k, v in base.items():
-        if not _float(v):
+        if not _merges(v):
+            out[k] = _keep(v)
+            continue
+        b = v.flatten().to(torch.float64)
+        tvs = torch.stack([f[k].flatten().to(torch.float64) - b for f in finetuned])
+        n = tvs.shape[1]
+        if n == 0:
             out[k] = v.clone()
             continue
-        tvs = torch.stack([(f[k] - v).flatten().double() for f in finetuned])
-        n = tvs.shape[1]
         keep = max(1, int(round(density * n)))
-        thresh = tvs.abs().kthvalue(n - keep + 1, dim=1, keepdim=True).values if keep < n else torch.zeros(len(tvs), 1, dtype=tvs.dtype)
-        trimmed = torch.where(tvs.abs() >= thresh, tvs, torch.zeros_like(tvs))
+        cut = tvs.abs().topk(keep, dim=1).values[:, -1:]
+        trimmed = torch.where(tvs.abs() >= cut, tvs, torch.zeros_like(tvs))
         sign = torch.sign(trimmed.sum(0))
         agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
         merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
-        out[k] = (v.flatten().double() + scale * merged).view_as(v).to(v.dtype)
+        out[k] = (b + scale * merged).view_as(v).to(v.dtype)
     return out
 
 
 def ema(running: dict, new: dict, decay: float) -> dict:
-    return linear([running, new], [decay, 1.0 - decay])
+    """decay * running + (1 - decay) * new: EMA-merge (FoMo-in-Flux, Roth et al. 2024) keeps a
+    slowly moving average of the models trained on each task."""
+    _check([running, new])
+    return _combine([running, new], [decay, 1.0 - decay])
 
 
-MERGERS = {"linear": linear, "interpolate": interpolate, "slerp": slerp, "task_arithmetic": task_arithmetic,
-           "ties": ties, "ema": ema}
+MERGERS: dict[str, Callable[..., dict]] = {
+    "linear": linear, "interpolate": interpolate, "slerp": slerp, "task_arithmetic": task_arithmetic,
+    "ties": ties, "ema": ema,
+}
