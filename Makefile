@@ -33,7 +33,7 @@ NAME ?=
 UIDS ?=
 WHERE ?=
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report filter filter-audit reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -57,6 +57,13 @@ build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, variants no
 
 benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and split + PNG chart
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
+
+FILTER_MODEL ?=
+filter: $(VENV)/.installed ## CLIP-based variants clip_score, image_based, bestpool [FILTER_MODEL=ViT-L-14:openai]
+	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+
+filter-audit: $(VENV)/.installed ## per filter variant and year: fraction kept, mean CLIP score, PNG chart
+	$(PY) -m benchmark_builder filter-audit --data-dir $(DATA_DIR)
 
 reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make reshard NAME=x UIDS=subset.npy | WHERE="..."
 	$(PY) -m benchmark_builder reshard --name '$(NAME)' --data-dir $(DATA_DIR) $(if $(UIDS),--uids '$(UIDS)') $(if $(WHERE),--where "$(WHERE)") --runner $(RUNNER) $(BEAM_ARGS)

@@ -55,6 +55,23 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--samples-per-shard", type=int, default=10_000)
     add_runner_arguments(r)
 
+    f = sub.add_parser("filter", help="CLIP-based variants (clip_score, image_based, bestpool) from the pool")
+    f.add_argument("--data-dir", default="./data")
+    f.add_argument("--benchmark", default="tic-datacomp")
+    f.add_argument("--filter-model", default="", help="model spec, e.g. ViT-L-14:openai or NAME:/path.pt "
+                   "(default: a small CLIP trained on the earliest time step)")
+    f.add_argument("--years", type=int, nargs="*", default=[])
+    f.add_argument("--clip-threshold", type=float, default=None, help="absolute CLIP score threshold")
+    f.add_argument("--clip-fraction", type=float, default=0.3, help="keep this top fraction of the whole pool")
+    f.add_argument("--clusters", type=int, default=64, help="k-means clusters (DataComp: 100000)")
+    f.add_argument("--reference", default="", help="reference images (image folder or WebDataset), e.g. ImageNet train")
+    f.add_argument("--device", default="cpu")
+    f.add_argument("--variants", default=",".join(("clip_score", "image_based", "bestpool")))
+    add_runner_arguments(f)
+    fa = sub.add_parser("filter-audit", help="fraction kept and mean CLIP score per filter variant and year; PNG")
+    fa.add_argument("--data-dir", default="./data")
+    fa.add_argument("--benchmark", default="tic-datacomp")
+
     rep = sub.add_parser("report", help="per-year counts per stage, variant and split; PNG bar chart")
     rep.add_argument("--data-dir", default="./data")
     rep.add_argument("--benchmark", default="tic-datacomp")
@@ -98,6 +115,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "filter":
+        from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
+
+        cfg = ClipFilterConfig(data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.filter_model,
+                               years=tuple(args.years), clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction,
+                               clusters=args.clusters, reference=args.reference, device=args.device,
+                               runner=RunnerConfig(args.runner, beam_args))
+        run_filters(cfg, tuple(v for v in args.variants.split(",") if v))
+        audit(args.data_dir, args.benchmark)
+        return 0
+    if args.command == "filter-audit":
+        from benchmark_builder.filtering import audit
+
+        audit(args.data_dir, args.benchmark)
+        return 0
     if args.command == "report":
         from benchmark_builder.layout import Layout
         from benchmark_builder.report import report

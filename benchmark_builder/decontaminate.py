@@ -28,7 +28,7 @@ def parse_eval_set(spec: str) -> tuple[str, str]:
     return name, path
 
 
-def _images(path: str):
+def iter_images(path: str):
     if os.path.isdir(path):
         tars = sorted(os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".tar"))
         if not tars:
@@ -52,7 +52,7 @@ def _images(path: str):
 def eval_items(name: str, path: str, resize: ResizeConfig, cfg: neardup.NearDupConfig) -> tuple[list[neardup.Item], int]:
     """(items, number of images that could not be decoded) of one evaluation set."""
     items, bad = [], 0
-    for key, data in _images(path):
+    for key, data in iter_images(path):
         r = resize_image(data, resize)
         if r.reason:
             bad += 1

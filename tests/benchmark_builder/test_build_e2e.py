@@ -339,3 +339,64 @@ def test_user_eval_set_is_decontaminated(built, tmp_path):
     assert all(got[u] == "eval_overlap:myeval" for u, _, _ in rows)
     assert not {u for u, _, _ in rows} & {u for (u,) in sql(lay, "select uid from samples")}
     assert json.load(open(pio.local_path(lay.year_manifest(2014))))["counts"]["eval_overlap"] == {"myeval": 6}
+
+
+def test_clip_filters_runinference_scores_variants_and_audit(built):
+    """Scores from Beam RunInference equal the model's own cosine similarity; clip_score keeps the
+    top fraction of the whole pool; bestpool = clip_score ∩ image_based; no eval sample in any
+    variant; the audit covers every variant and year."""
+    import io
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
+    from pipelines import uid as uidcodec
+    from pipelines.models import load_model
+    from pipelines.transforms.clip_score import load_embeddings
+
+    cfg, layout = built
+    torch.manual_seed(0)
+    ckpt = os.path.join(cfg.data_dir, "random-clip.pt")
+    torch.save({"state_dict": load_model("tic-tiny-32").model.state_dict()}, ckpt)
+    spec = f"tic-tiny-32:{ckpt}"
+    info = run_filters(ClipFilterConfig(data_dir=cfg.data_dir, filter_model=spec, clusters=8, clip_fraction=0.3))
+    emb = load_embeddings(pio.glob(pio.join(layout.root, "clip", "year=*", "*.npz")))
+    assert len(emb["uid"]) == info["pool"] > 300
+    assert abs((emb["clip_score"] >= info["clip_threshold"]).mean() - 0.3) < 0.02
+    # spot-check RunInference against a direct forward pass
+    loaded = load_model(spec)
+    uid0 = emb["uid"][0]
+    rows = sql(layout, f"select year, text, clip_score, clip_model from metadata where uid = '{uid0}'")
+    year, text, score, model_name = rows[0]
+    assert model_name == spec and abs(score - float(emb["clip_score"][0])) < 1e-6
+    jpg = next(s["jpg"] for tar in pio.glob(pio.join(layout.pool(year), "shards", "*.tar"))
+               for s in wds.WebDataset(tar, shardshuffle=False) if s["__key__"] == uid0)
+    img = Image.open(io.BytesIO(jpg))
+    img.draft("RGB", (32, 32))
+    with torch.no_grad():
+        a = F.normalize(loaded.model.encode_image(loaded.preprocess_val(img.convert("RGB"))[None]), dim=-1)
+        b = F.normalize(loaded.model.encode_text(loaded.tokenizer([text])), dim=-1)
+    assert abs(float((a * b).sum()) - score) < 1e-3
+    sets = {v: set(uidcodec.decode(np.load(pio.local_path(pio.join(layout.variant(v), "uids.npy")))))
+            for v in ("clip_score", "image_based", "bestpool")}
+    assert sets["bestpool"] == sets["clip_score"] & sets["image_based"] and sets["bestpool"]
+    evals = {u for (u,) in sql(layout, "select uid from metadata where split <> 'train'")}
+    assert not evals & (sets["clip_score"] | sets["image_based"])
+    (n_cluster,) = sql(layout, "select count(*) from metadata where cluster_id is not null")[0]
+    assert n_cluster == info["pool"]
+    rows = audit(cfg.data_dir)
+    assert {r["variant"] for r in rows} == {"none", "basic", "clip_score", "image_based", "bestpool"}
+    assert all(r["year"] in (2014, 2015, 2016) for r in rows)
+    assert os.path.getsize(pio.local_path(pio.join(layout.root, "report", "filter_audit.png"))) > 1000
+
+
+def test_missing_filter_model_fails_with_the_file_and_option(built, tmp_path):
+    from benchmark_builder.filtering import ClipFilterConfig, run_filters
+    from pipelines.models import ModelLoadError
+
+    cfg, _ = built
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        run_filters(ClipFilterConfig(data_dir=cfg.data_dir, filter_model=f"tic-tiny-32:{tmp_path}/absent.pt"))

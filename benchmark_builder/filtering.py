@@ -1,0 +1,272 @@
+"""CLIP-based filter variants over the downloaded pool: ``clip_score``, ``image_based``,
+``bestpool`` (= clip_score ∩ image_based), with DataComp's semantics, written as uid sets and
+resharded; and the per-year audit of what each filter keeps.
+
+1. The filter model: ``--filter-model`` (any ``pipelines.models`` spec: ``ViT-L-14:openai``,
+   a local checkpoint, a Hugging Face folder). For the embedded default none can be fetched, so a
+   small CLIP is trained with the bundled trainer on the earliest time step only (the original
+   filter model, OpenAI's CLIP, was trained on older data), cached under
+   ``<root>/filter-model/`` with the hash of its training config, and reused.
+2. Scoring: the Beam ``RunInference`` stage of ``pipelines.transforms.clip_score`` over every
+   deduplicated pool sample of the chosen years -> ``clip/year=YYYY/<shard>.npz`` + metadata
+   ``clip_score``/``clip_model``.
+3. ``clip_score``: keep samples whose score is at least ``clip_threshold``, or, with
+   ``clip_fraction``, the top fraction of the whole pool of the chosen years (DataComp computes
+   the percentile over the whole pool, not per shard). ``image_based``: k-means (faiss) over
+   the image embeddings of the pool with ``clusters`` centroids (DataComp: 100k); the target
+   clusters are the nearest centroids of a reference image set (ImageNet-1k train images for
+   real data; for the embedded default, fresh renders of the concepts in
+   ``reference_concepts``); keep samples whose nearest centroid is a target. Held-out eval
+   samples are never in a training variant (the resharder excludes them).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+
+from benchmark_builder.layout import Layout
+from pipelines import io as pio
+from pipelines import schema
+from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.transforms import clip_score as cs
+
+CLIP_VARIANTS = ("clip_score", "image_based", "bestpool")
+EARLY_CONCEPTS = ("circle", "square", "triangle", "cross", "ring", "diamond", "stripes")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class ClipFilterConfig:
+    data_dir: str = "./data"
+    benchmark: str = "tic-datacomp"
+    filter_model: str = ""  # "" -> the embedded default's filter model, trained here
+    years: tuple[int, ...] = ()  # () -> every built year
+    clip_threshold: float | None = None
+    clip_fraction: float = 0.3  # DataComp's CLIP-score filter for bestpool keeps the top 30%
+    clusters: int = 64
+    reference: str = ""  # image folder or WebDataset of reference images; "" -> synthetic concepts
+    reference_concepts: tuple[str, ...] = EARLY_CONCEPTS
+    reference_per_concept: int = 24
+    device: str = "cpu"
+    batch_size: int = 256
+    seed: int = 0
+    filter_model_samples: int = 32768  # training budget of the embedded filter model
+    runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+
+
+def built_years(layout: Layout) -> list[int]:
+    return sorted(int(os.path.basename(p)[:-5]) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
+
+
+def ensure_filter_model(cfg: ClipFilterConfig, layout: Layout) -> str:
+    """The model spec to score with; trains and caches the embedded default's filter model."""
+    if cfg.filter_model:
+        from pipelines.models import load_model
+
+        load_model(cfg.filter_model)  # fail now, with the loader's message, not inside a Beam worker
+        return cfg.filter_model
+    args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(cfg.filter_model_samples),
+            "--model", "tic-tiny-32", "--seed", str(cfg.seed), "--data-dir", cfg.data_dir, "--benchmark", cfg.benchmark]
+    key = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:12]
+    run = pio.join(layout.root, "filter-model", key)
+    ckpt = pio.join(run, "checkpoints", "step_0.pt")
+    if not pio.exists(ckpt):
+        print(f"filter model: training tic-tiny-32 on the earliest time step only -> {run}")
+        subprocess.run([sys.executable, "-m", "training", *args, "--run-dir", run, "--resume"], cwd=REPO, check=True)
+    else:
+        print(f"filter model: cached {ckpt}")
+    return f"tic-tiny-32:{ckpt}"
+
+
+def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> None:
+    out = pio.join(layout.root, "clip")
+    marker = pio.join(out, "_SUCCESS.json")
+    want = {"model": spec, "years": years}
+    if pio.exists(marker) and pio.read_json(marker) == want:
+        print("clip scores: up to date")
+        return
+    files = {y: pio.glob(pio.join(layout.metadata(y), "*.parquet")) for y in years}
+    t = time.time()
+    handler = cs.ClipModelHandler(spec, cfg.device, cfg.batch_size)
+    with pipeline_options(cfg.runner, job_name="tic-clip-score") as opts:
+        with beam.Pipeline(options=opts) as p:
+            _ = p | "Score" >> cs.ScorePool(files, {y: layout.pool(y) for y in years}, out, handler, spec)
+    n = sum(len(cs.load_embeddings(pio.glob(pio.join(out, f"year={y}", "*.npz")))["uid"]) for y in years)
+    print(f"clip scores: {n} samples scored with {spec} in {time.time() - t:.1f} s ({n / max(time.time() - t, 1e-9):.0f} samples/s)")
+    pio.write_json(marker, want)
+
+
+def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
+    from pipelines.models import load_model
+
+    loaded = load_model(spec, device=cfg.device)
+    loaded.model.eval()
+    if cfg.reference:
+        import io
+
+        from PIL import Image
+
+        from benchmark_builder.decontaminate import iter_images
+
+        images = [loaded.preprocess_val(Image.open(io.BytesIO(b)).convert("RGB")) for _, b in iter_images(cfg.reference)]
+        if not images:
+            raise ValueError(f"reference set {cfg.reference} holds no images")
+        return _embed(loaded, images, cfg)
+    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
+    from benchmark_builder.synthetic_web.images import draw, image_params
+
+    unknown = set(cfg.reference_concepts) - set(CLASS_NAMES)
+    if unknown:
+        raise ValueError(f"unknown reference concepts {sorted(unknown)}; known: {CLASS_NAMES}")
+    images = []
+    for c in cfg.reference_concepts:
+        for i in range(cfg.reference_per_concept):
+            p = dataclasses.replace(image_params(10_000 + cfg.seed, i * 97 + CLASS_NAMES.index(c), 2016),
+                                    obj=CLASS_NAMES.index(c))
+            images.append(loaded.preprocess_val(draw(p).convert("RGB")))
+    return _embed(loaded, images, cfg)
+
+
+def _embed(loaded, images, cfg) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images), cfg.batch_size):
+            batch = torch.stack(images[s:s + cfg.batch_size]).to(cfg.device)
+            out.append(F.normalize(loaded.model.encode_image(batch).float(), dim=-1).cpu())
+    return torch.cat(out).numpy()
+
+
+def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> dict:
+    import faiss
+
+    emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.root, "clip", f"year={y}", "*.npz"))])
+    n = len(emb["uid"])
+    if n == 0:
+        raise RuntimeError("no scored samples: run the scoring first")
+    scores = emb["clip_score"]
+    threshold = cfg.clip_threshold if cfg.clip_threshold is not None else float(np.quantile(scores, 1.0 - cfg.clip_fraction))
+    keep_score = scores >= threshold
+    x = np.ascontiguousarray(emb["image_embedding"], dtype=np.float32)
+    k = min(cfg.clusters, n)
+    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=cfg.seed + 1, spherical=True, verbose=False)
+    km.train(x)
+    _, assign = km.index.search(x, 1)
+    assign = assign[:, 0]
+    ref = reference_embeddings(cfg, spec)
+    _, ref_assign = km.index.search(np.ascontiguousarray(ref, dtype=np.float32), 1)
+    targets = sorted(set(int(c) for c in ref_assign[:, 0]))
+    keep_image = np.isin(assign, targets)
+    sets = {
+        "clip_score": set(emb["uid"][keep_score]),
+        "image_based": set(emb["uid"][keep_image]),
+        "bestpool": set(emb["uid"][keep_score & keep_image]),
+    }
+    cluster_of = dict(zip(emb["uid"], assign.tolist()))
+    for y in years:  # cluster ids into the metadata (the record schema's cluster_id)
+        for f in pio.glob(pio.join(layout.metadata(y), "*.parquet")):
+            rows = pio.read_parquet([f]).to_pylist()
+            for r in rows:
+                r["cluster_id"] = cluster_of.get(r["uid"])
+            pio.write_parquet(f, schema.to_table(rows, schema.SAMPLE))
+    info = {"model": spec, "years": years, "pool": n, "clip_threshold": threshold,
+            "clip_fraction": None if cfg.clip_threshold is not None else cfg.clip_fraction,
+            "clusters": k, "target_clusters": targets, "reference": cfg.reference or list(cfg.reference_concepts),
+            "kept": {v: len(s) for v, s in sets.items()}}
+    pio.write_json(pio.join(layout.root, "clip", "filters.json"), info)
+    print(f"clip_score threshold {threshold:.4f} ({info['kept']['clip_score']} of {n}); image_based: {len(targets)} of {k} "
+          f"clusters are nearest to the reference images ({info['kept']['image_based']} samples); "
+          f"bestpool {info['kept']['bestpool']}")
+    return {"sets": sets, "info": info}
+
+
+def run_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
+    from benchmark_builder.reshard import reshard
+
+    layout = Layout(cfg.data_dir, cfg.benchmark)
+    years = list(cfg.years) or built_years(layout)
+    if not years:
+        raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp-all first")
+    spec = ensure_filter_model(cfg, layout)
+    score_pool(cfg, layout, spec, years)
+    out = compute_variants(cfg, layout, spec, years)
+    for v in variants:
+        reshard(layout, v, out["sets"][v], years, cfg.runner)
+    return out["info"]
+
+
+def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None) -> list[dict]:
+    """Per filter variant and year: share of the year's deduplicated training pool kept, and the
+    mean CLIP score of what is kept (TiC-CLIP's finding: a filter model trained on old data
+    keeps less of the years whose concepts it never saw)."""
+    from pipelines import uid as uidcodec
+
+    layout = Layout(data_dir, benchmark)
+    years = built_years(layout)
+    meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
+                            ["uid", "year", "split", "dedup_reason", "filters", "clip_score"]).to_pylist()
+    pool = [r for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"]
+    kept_by = {v: {r["uid"] for r in pool if v in (r["filters"] or [])} for v in ("none", "basic")}
+    for v in CLIP_VARIANTS:
+        p = pio.join(layout.variant(v), "uids.npy")
+        if pio.exists(p):
+            kept_by[v] = set(uidcodec.decode(uidcodec.load(p)))
+    rows = []
+    for v, kept in kept_by.items():
+        for y in years:
+            year_pool = [r for r in pool if r["year"] == y]
+            k = [r for r in year_pool if r["uid"] in kept]
+            scores = [r["clip_score"] for r in k if r["clip_score"] is not None]
+            rows.append({"variant": v, "year": y, "pool": len(year_pool), "kept": len(k),
+                         "fraction_kept": len(k) / max(1, len(year_pool)),
+                         "mean_clip_score": float(np.mean(scores)) if scores else None})
+    print(f"{'variant':<12}" + "".join(f"{y:>8}" for y in years) + "    (fraction of the year's pool kept)")
+    for v in kept_by:
+        print(f"{v:<12}" + "".join(f"{r['fraction_kept']:>8.3f}" for r in rows if r["variant"] == v))
+    print(f"{'clip score':<12}" + "".join(
+        f"{np.mean([x['clip_score'] for x in pool if x['year'] == y and x['clip_score'] is not None] or [np.nan]):>8.3f}"
+        for y in years) + "    (mean CLIP score of the year's pool)")
+    png = png or pio.join(layout.root, "report", "filter_audit.png")
+    _audit_chart(rows, years, png)
+    pio.write_json(pio.join(layout.root, "report", "filter_audit.json"), rows)
+    print(f"chart: {os.path.abspath(pio.local_path(png))}")
+    return rows
+
+
+def _audit_chart(rows, years, png):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for v in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == v]
+        axes[0].plot([r["year"] for r in rs], [r["fraction_kept"] for r in rs], marker="o", label=v)
+        if any(r["mean_clip_score"] is not None for r in rs):
+            axes[1].plot([r["year"] for r in rs], [np.nan if r["mean_clip_score"] is None else r["mean_clip_score"] for r in rs],
+                         marker="o", label=v)
+    axes[0].set_ylabel("fraction of the year's pool kept")
+    axes[1].set_ylabel("mean CLIP score of kept samples")
+    for ax in axes:
+        ax.set_xlabel("first-seen year")
+        ax.set_xticks(years)
+        ax.legend(fontsize=7)
+    fig.suptitle("filter bias audit", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(pio.local_path(png))), exist_ok=True)
+    tmp = pio.local_path(png) + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, pio.local_path(png))

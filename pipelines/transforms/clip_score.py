@@ -1,0 +1,143 @@
+"""CLIP embeddings and scores as a Beam ``RunInference`` stage.
+
+``ClipModelHandler`` is a Beam ``ModelHandler`` over ``pipelines.models.load_model`` (open_clip
+registry names with a ``pretrained`` tag, Hugging Face ids, local checkpoints or folders):
+Beam batches the elements (``max_batch_size``), loads one model per worker process
+(``share_model_across_processes`` when asked) and runs it on CPU or GPU (``device``). Per
+sample it returns the L2-normalised image and text embeddings and their cosine similarity,
+``clip_score``, as DataComp computes it (no logit scale).
+
+``ScorePool`` reads every downloaded sample of the given metadata files back from its pool
+shard, scores it, and writes per pool shard ``<out>/year=YYYY/<shard>.npz`` (``uid`` as
+DataComp's ``u8,u8``, ``image_embedding``/``text_embedding`` float16, ``clip_score``), the
+layout of DataComp's embedding files, plus the updated metadata rows (``clip_score``,
+``clip_model``).
+"""
+from __future__ import annotations
+
+import io
+import os
+from typing import Any, Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from pipelines import io as pio
+from pipelines import schema
+from pipelines import uid as uidcodec
+from pipelines.sinks import webdataset as wds
+
+STAGE = "clip_score"
+
+
+class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
+    def __init__(self, spec: str, device: str = "cpu", batch_size: int = 256, share_across_processes: bool = False):
+        self.spec, self.device, self.batch_size, self.share = spec, device, batch_size, share_across_processes
+
+    def load_model(self):
+        from pipelines.models import load_model
+
+        loaded = load_model(self.spec, device=self.device)
+        loaded.model.eval()
+        return loaded
+
+    def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[PredictionResult]:
+        import torch
+        import torch.nn.functional as F
+        from PIL import Image
+
+        size = model.image_size
+
+        def pixels(data: bytes):
+            img = Image.open(io.BytesIO(data))
+            img.draft("RGB", (size, size))
+            return model.preprocess_val(img.convert("RGB"))
+
+        with torch.no_grad():
+            images = torch.stack([pixels(r["jpg"]) for r in batch]).to(self.device)
+            tokens = model.tokenizer([r.get("text") or "" for r in batch]).to(self.device)
+            img = F.normalize(model.model.encode_image(images).float(), dim=-1)
+            txt = F.normalize(model.model.encode_text(tokens).float(), dim=-1)
+            scores = (img * txt).sum(dim=-1)
+        img, txt, scores = img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
+        for i, r in enumerate(batch):
+            yield PredictionResult(r, {"image_embedding": img[i].astype(np.float16), "text_embedding": txt[i].astype(np.float16),
+                                       "clip_score": float(scores[i])})
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self.share
+
+    def get_metrics_namespace(self) -> str:
+        return "clip_score"
+
+
+def pool_samples(metadata_path: str, pool_dir: str) -> Iterable[dict]:
+    """Rows of one metadata file that survived deduplication, with their image bytes."""
+    table = pio.read_parquet([metadata_path])
+    rows = [r for r in table.to_pylist() if not r.get("dedup_reason")]
+    if not rows:
+        return
+    shard = os.path.basename(metadata_path).removesuffix(".parquet")
+    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
+    for r in rows:
+        yield {"uid": r["uid"], "text": r.get("text"), "year": r["year"], "shard": shard, "jpg": images[r["uid"]],
+               "metadata_path": metadata_path}
+
+
+def write_scores(key: tuple, results: list, out_dir: str, model_name: str) -> int:
+    """One pool shard's embeddings (.npz) and its metadata rows updated with the scores."""
+    year, shard, metadata_path = key
+    results = sorted(results, key=lambda pr: pr.example["uid"])
+    uids = [pr.example["uid"] for pr in results]
+    with pio.atomic_open(pio.join(out_dir, f"year={year}", f"{shard}.npz")) as f:
+        np.savez(f, uid=uidcodec.encode(uids, sort=False),
+                 image_embedding=np.stack([pr.inference["image_embedding"] for pr in results]),
+                 text_embedding=np.stack([pr.inference["text_embedding"] for pr in results]),
+                 clip_score=np.array([pr.inference["clip_score"] for pr in results], dtype=np.float32))
+    score = {pr.example["uid"]: pr.inference["clip_score"] for pr in results}
+    rows = pio.read_parquet([metadata_path]).to_pylist()
+    for r in rows:
+        if r["uid"] in score:
+            r["clip_score"], r["clip_model"] = score[r["uid"]], model_name
+    pio.write_parquet(metadata_path, schema.to_table(rows, schema.SAMPLE))
+    return len(results)
+
+
+class ScorePool(beam.PTransform):
+    def __init__(self, metadata_files: dict[int, list[str]], pool_dirs: dict[int, str], out_dir: str,
+                 handler: ClipModelHandler, model_name: str):
+        super().__init__()
+        self.metadata_files, self.pool_dirs, self.out_dir = metadata_files, pool_dirs, out_dir
+        self.handler, self.model_name = handler, model_name
+
+    def expand(self, p):
+        pool_dirs, out_dir, model_name = self.pool_dirs, self.out_dir, self.model_name
+        files = [(y, f) for y, fs in sorted(self.metadata_files.items()) for f in fs]
+        return (
+            p
+            | "MetadataFiles" >> beam.Create(files)
+            | "Samples" >> beam.FlatMapTuple(lambda y, f: pool_samples(f, pool_dirs[y]))
+            | "CLIP" >> RunInference(self.handler)
+            | "ByShard" >> beam.Map(lambda pr: ((pr.example["year"], pr.example["shard"], pr.example["metadata_path"]), pr))
+            | "GroupShard" >> beam.GroupByKey()
+            | "Write" >> beam.MapTuple(lambda k, prs: write_scores(k, list(prs), out_dir, model_name))
+            | "Total" >> beam.CombineGlobally(sum)
+        )
+
+
+def load_embeddings(paths: list[str]) -> dict[str, np.ndarray]:
+    """Concatenate the .npz files of ``ScorePool``: uid (hex), image/text embeddings, clip_score."""
+    parts = [np.load(io.BytesIO(pio.read_bytes(p))) for p in sorted(paths)]
+    if not parts:
+        return {"uid": np.array([], dtype=object), "image_embedding": np.zeros((0, 0), np.float32),
+                "text_embedding": np.zeros((0, 0), np.float32), "clip_score": np.zeros(0, np.float32)}
+    return {
+        "uid": np.array([u for p in parts for u in uidcodec.decode(p["uid"])], dtype=object),
+        "image_embedding": np.concatenate([p["image_embedding"] for p in parts]).astype(np.float32),
+        "text_embedding": np.concatenate([p["text_embedding"] for p in parts]).astype(np.float32),
+        "clip_score": np.concatenate([p["clip_score"] for p in parts]),
+    }
