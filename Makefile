@@ -22,6 +22,7 @@ Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
 
 VARIANT ?= basic
+FILTER_MODEL ?=
 PROTOCOL ?= sequential
 RUN_DIR ?= runs/$(PROTOCOL)
 RUN ?= runs/sequential
@@ -51,14 +52,14 @@ venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lo
 build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
 
-build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, variants none+basic as shards, all eval sets
+build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
 benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and split + PNG chart
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
-FILTER_MODEL ?=
 filter: $(VENV)/.installed ## CLIP-based variants clip_score, image_based, bestpool [FILTER_MODEL=ViT-L-14:openai]
 	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 

@@ -63,7 +63,7 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--years", type=int, nargs="*", default=[])
     f.add_argument("--clip-threshold", type=float, default=None, help="absolute CLIP score threshold")
     f.add_argument("--clip-fraction", type=float, default=0.3, help="keep this top fraction of the whole pool")
-    f.add_argument("--clusters", type=int, default=64, help="k-means clusters (DataComp: 100000)")
+    f.add_argument("--clusters", type=int, default=256, help="k-means clusters (DataComp: 100000)")
     f.add_argument("--reference", default="", help="reference images (image folder or WebDataset), e.g. ImageNet train")
     f.add_argument("--device", default="cpu")
     f.add_argument("--variants", default=",".join(("clip_score", "image_based", "bestpool")))

@@ -52,10 +52,10 @@ class ClipFilterConfig:
     years: tuple[int, ...] = ()  # () -> every built year
     clip_threshold: float | None = None
     clip_fraction: float = 0.3  # DataComp's CLIP-score filter for bestpool keeps the top 30%
-    clusters: int = 64
+    clusters: int = 256
     reference: str = ""  # image folder or WebDataset of reference images; "" -> synthetic concepts
     reference_concepts: tuple[str, ...] = EARLY_CONCEPTS
-    reference_per_concept: int = 24
+    reference_per_concept: int = 8
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0

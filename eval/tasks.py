@@ -47,7 +47,6 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
     n_img = image_features.shape[0]
     text_to_image = text_to_image.to(image_features.device)
     out = {}
-    kmax = min(max(ks), n_img)
     ranks_t2i = []
     for s in range(0, text_features.shape[0], chunk):
         sims = text_features[s:s + chunk] @ image_features.T
@@ -66,5 +65,4 @@ def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10
     for k in ks:
         out[f"text_retrieval_recall@{k}"] = float((best_rank < min(k, n_txt)).float().mean())
     out["mean_recall@1"] = 0.5 * (out["image_retrieval_recall@1"] + out["text_retrieval_recall@1"])
-    del kmax
     return out

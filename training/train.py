@@ -148,6 +148,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
         iterations = max(1, math.ceil((budget - overhead) / global_batch))
         ctx = StepContext(t, T, sources, device, clip_loss, iterations)
         ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
+        method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
 
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
@@ -166,7 +167,6 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
             if ctx.prev_model is not None and t > 0:
                 ctx.prev_model.load_state_dict(run.load_step(t - 1)["state_dict"])
             state = None
-        method.begin_step(ctx, model)
         ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
         stream = loader(StreamConfig(
             sources=step_sources, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,

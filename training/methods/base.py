@@ -68,7 +68,7 @@ class Method:
 
     # -- the step ---------------------------------------------------------------------
     def begin_step(self, ctx: StepContext, model: torch.nn.Module) -> None:
-        pass
+        """Called before the step's optimizer is built: freeze towers, add adapters, reset state."""
 
     def loss(self, ctx: StepContext, model: torch.nn.Module, images, tokens, ids) -> tuple[torch.Tensor, dict]:
         img, txt, scale = clip_features(model, images, tokens)
