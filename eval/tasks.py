@@ -15,54 +15,72 @@ def _format(template: str, c: str) -> str:
 
 
 @torch.no_grad()
-def zero_shot_classifier(model, tokenizer, classnames, templates, device="cpu", batch_size=256) -> torch.Tensor:
-    """[embed_dim, n_classes]: per class, the mean of its normalised template embeddings, normalised."""
+def zero_shot_classifier(model, tokenizer, classnames: list[str], templates: list[str], device="cpu",
+                         batch_size: int = 256) -> torch.Tensor:
+    """[embed_dim, n_classes]: per class, the mean of its L2-normalised template embeddings,
+    normalised again (open_clip's ``build_zero_shot_classifier``). Texts of all classes are
+    encoded together in batches of ``batch_size``; embeddings are float32 so that the result
+    multiplies float32 image features whatever the model's precision."""
+    if not classnames or not templates:
+        raise ValueError("zero_shot_classifier needs at least one class name and one template")
     texts = [_format(t, c) for c in classnames for t in templates]
-    feats = []
-    for i in range(0, len(texts), batch_size):
-        feats.append(F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1))
+    feats = [F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1)
+             for i in range(0, len(texts), batch_size)]
     emb = torch.cat(feats).view(len(classnames), len(templates), -1).mean(dim=1)
     return F.normalize(emb, dim=-1).T
 
 
-def classification_metrics(image_features, classifier, labels, topk=(1, 5), mean_per_class=False) -> dict:
-    logits = image_features @ classifier
-    labels = labels.to(logits.device)
+def classification_metrics(image_features: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,
+                           topk=(1, 5), mean_per_class: bool = False) -> dict:
+    """Top-k accuracy ``acc{k}`` (k capped at the number of classes, where clip_benchmark's
+    ``topk`` would fail) and, if asked, the mean over classes present in ``labels`` of their
+    top-1 recall, which does not let frequent classes dominate."""
+    logits = image_features.float() @ classifier.to(image_features.device).float()
+    labels = labels.to(logits.device).long()
     n_classes = logits.shape[1]
-    maxk = min(max(topk), n_classes)
-    pred = logits.topk(maxk, dim=1).indices
+    pred = logits.topk(min(max(topk), n_classes), dim=1).indices
     correct = pred == labels[:, None]
-    out = {f"acc{k}": float(correct[:, : min(k, n_classes)].any(dim=1).float().mean()) for k in topk}
+    out = {f"acc{k}": float(correct[:, :min(k, n_classes)].any(dim=1).float().mean()) for k in topk}
     if mean_per_class:
-        present = torch.unique(labels)
-        hits = torch.zeros(n_classes).index_add_(0, labels.cpu(), correct[:, 0].float().cpu())
-        counts = torch.bincount(labels.cpu(), minlength=n_classes).float()
-        out["mean_per_class_recall"] = float((hits[present.cpu()] / counts[present.cpu()]).mean())
+        counts = torch.bincount(labels, minlength=n_classes)
+        hits = torch.bincount(labels[correct[:, 0]], minlength=n_classes)
+        present = counts > 0
+        out["mean_per_class_recall"] = float((hits[present].float() / counts[present].float()).mean())
     return out
 
 
-def retrieval_metrics(image_features, text_features, text_to_image, ks=(1, 5, 10), chunk=4096) -> dict:
-    """Text->image recall@k ("image_retrieval") and image->text recall@k ("text_retrieval"), as
-    clip_benchmark; ``mean_recall@1`` is their mean, the number TiC-CLIP reports."""
-    n_img = image_features.shape[0]
-    text_to_image = text_to_image.to(image_features.device)
-    out = {}
-    ranks_t2i = []
-    for s in range(0, text_features.shape[0], chunk):
+def retrieval_metrics(image_features: torch.Tensor, text_features: torch.Tensor, text_to_image: torch.Tensor,
+                      ks=(1, 5, 10), chunk: int = 4096) -> dict:
+    """Recall@k both ways, as clip_benchmark's ``zeroshot_retrieval``: ``image_retrieval_recall@k``
+    (text->image: the text's image is in its top k) and ``text_retrieval_recall@k`` (image->text:
+    any of the image's texts is in its top k; an image without texts counts as a miss).
+    ``mean_recall@1`` is their mean at k=1, the number TiC-CLIP reports. A rank is the number
+    of candidates scored strictly higher than the best positive, so exact ties resolve in the
+    positive's favour where ``topk`` would pick arbitrarily; k is capped at the candidate count.
+    Rows are processed ``chunk`` at a time to bound the similarity matrix held in memory."""
+    n_img, n_txt = image_features.shape[0], text_features.shape[0]
+    text_to_image = text_to_image.to(image_features.device).long()
+    if text_to_image.shape != (n_txt,):
+        raise ValueError(f"text_to_image must have shape ({n_txt},), got {tuple(text_to_image.shape)}")
+
+    t2i_rank = []
+    for s in range(0, n_txt, chunk):
         sims = text_features[s:s + chunk] @ image_features.T
-        target = sims.gather(1, text_to_image[s:s + chunk, None])
-        ranks_t2i.append((sims > target).sum(dim=1))  # images scored strictly above the right one
-    ranks_t2i = torch.cat(ranks_t2i)
-    for k in ks:
-        out[f"image_retrieval_recall@{k}"] = float((ranks_t2i < min(k, n_img)).float().mean())
-    n_txt = text_features.shape[0]
-    best_rank = torch.full((n_img,), n_txt, dtype=torch.long, device=image_features.device)
+        t2i_rank.append((sims > sims.gather(1, text_to_image[s:s + chunk, None])).sum(dim=1))
+
+    i2t_rank = []
     for s in range(0, n_img, chunk):
-        sims = image_features[s:s + chunk] @ text_features.T  # [chunk, n_txt]
-        own = text_to_image[None, :] == torch.arange(s, min(s + chunk, n_img), device=sims.device)[:, None]
-        own_best = torch.where(own, sims, torch.full_like(sims, -torch.inf)).max(dim=1).values
-        best_rank[s:s + chunk] = (sims > own_best[:, None]).sum(dim=1)
+        sims = image_features[s:s + chunk] @ text_features.T
+        own = text_to_image[None, :] == torch.arange(s, s + len(sims), device=sims.device)[:, None]
+        best_own = sims.masked_fill(~own, -torch.inf).max(dim=1, keepdim=True).values
+        i2t_rank.append((sims > best_own).sum(dim=1).masked_fill(~own.any(dim=1), n_txt))
+
+    def recall(ranks: list, k: int, n: int) -> float:
+        return float((torch.cat(ranks) < min(k, n)).float().mean()) if ranks else float("nan")
+
+    out = {}
     for k in ks:
-        out[f"text_retrieval_recall@{k}"] = float((best_rank < min(k, n_txt)).float().mean())
-    out["mean_recall@1"] = 0.5 * (out["image_retrieval_recall@1"] + out["text_retrieval_recall@1"])
+        out[f"image_retrieval_recall@{k}"] = recall(t2i_rank, k, n_img)
+        out[f"text_retrieval_recall@{k}"] = recall(i2t_rank, k, n_txt)
+    out["mean_recall@1"] = 0.5 * (recall(t2i_rank, 1, n_img) + recall(i2t_rank, 1, n_txt))
     return out
