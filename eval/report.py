@@ -181,15 +181,23 @@ def compare_heatmaps(runs: list[tuple[str, dict]], png: str, kind: str = "retrie
     mats = [np.array([[np.nan if v is None else v for v in row] for row in m[kind]]) for _, m in runs]
     vmin = np.nanmin([np.nanmin(E) for E in mats if np.isfinite(E).any()])
     vmax = np.nanmax([np.nanmax(E) for E in mats if np.isfinite(E).any()])
-    fig, axes = plt.subplots(1, len(runs), figsize=(3.6 * len(runs), 3.6), squeeze=False)
-    for ax, (name, m), E in zip(axes[0], runs, mats):
+    cols = min(4, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.6 * rows), squeeze=False,
+                             gridspec_kw={"hspace": 0.55})
+    flat = axes.ravel().tolist()
+    for ax in flat[len(runs):]:
+        ax.axis("off")
+    for i, (ax, (name, m), E) in enumerate(zip(flat, runs, mats)):
         im = ax.imshow(np.ma.masked_invalid(E), cmap="viridis", vmin=vmin, vmax=vmax)
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(m["steps"])), m["steps"], rotation=60, ha="right", fontsize=6)
-        ax.set_yticks(range(len(m["steps"])), m["steps"], fontsize=6)
-        ax.set_xlabel("data step", fontsize=7)
-    axes[0][0].set_ylabel("model step", fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.02)
+        ax.set_yticks(range(len(m["steps"])), m["steps"] if i % cols == 0 else [], fontsize=6)
+        if i >= len(runs) - cols:
+            ax.set_xlabel("data step", fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("model step", fontsize=7)
+    fig.colorbar(im, ax=flat, fraction=0.02)
     fig.suptitle(f"dynamic {kind} (mean_recall@1)" if kind == "retrieval" else f"dynamic {kind} (top-1)", fontsize=10)
     _save(fig, png)
     return png
