@@ -23,6 +23,7 @@ PYTEST_ARGS ?=
 
 VARIANT ?= basic
 FILTER_MODEL ?=
+CAPTIONER ?= template:synthetic-web
 PROTOCOL ?= sequential
 RUN_DIR ?= runs/$(PROTOCOL)
 RUN ?= runs/sequential
@@ -34,7 +35,7 @@ NAME ?=
 UIDS ?=
 WHERE ?=
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report filter filter-audit reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -54,6 +55,7 @@ build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./
 
 build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --captioner '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
@@ -62,6 +64,9 @@ benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and s
 
 filter: $(VENV)/.installed ## CLIP-based variants clip_score, image_based, bestpool [FILTER_MODEL=ViT-L-14:openai]
 	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+
+caption: $(VENV)/.installed ## caption_generated for the pool [CAPTIONER=path/to/hf-folder | template:attrs.parquet]
+	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --captioner '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
 
 filter-audit: $(VENV)/.installed ## per filter variant and year: fraction kept, mean CLIP score, PNG chart
 	$(PY) -m benchmark_builder filter-audit --data-dir $(DATA_DIR)

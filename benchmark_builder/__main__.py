@@ -68,6 +68,20 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="cpu")
     f.add_argument("--variants", default=",".join(("clip_score", "image_based", "bestpool")))
     add_runner_arguments(f)
+    c = sub.add_parser("caption", help="generated captions (caption_generated) for the pool; variants re-written")
+    c.add_argument("--data-dir", default="./data")
+    c.add_argument("--benchmark", default="tic-datacomp")
+    c.add_argument("--captioner", default="template:synthetic-web",
+                   help="Hugging Face image-to-text folder or cached id (BLIP, GIT, VisionEncoderDecoder), "
+                        "template:ATTRIBUTES.parquet, or template:synthetic-web (default)")
+    c.add_argument("--templates", default="", help="template captioner: file with one template per line")
+    c.add_argument("--years", type=int, nargs="*", default=[])
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--max-new-tokens", type=int, default=30)
+    c.add_argument("--num-beams", type=int, default=1)
+    c.add_argument("--no-rewrite", action="store_true", help="only the metadata; leave variant shards as they are")
+    add_runner_arguments(c)
     fa = sub.add_parser("filter-audit", help="fraction kept and mean CLIP score per filter variant and year; PNG")
     fa.add_argument("--data-dir", default="./data")
     fa.add_argument("--benchmark", default="tic-datacomp")
@@ -124,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
                                runner=RunnerConfig(args.runner, beam_args))
         run_filters(cfg, tuple(v for v in args.variants.split(",") if v))
         audit(args.data_dir, args.benchmark)
+        return 0
+    if args.command == "caption":
+        from benchmark_builder.captioning import CaptionConfig, run_captions
+
+        run_captions(CaptionConfig(
+            data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.captioner, templates=args.templates,
+            years=tuple(args.years), device=args.device, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+            num_beams=args.num_beams, rewrite_variants=not args.no_rewrite, runner=RunnerConfig(args.runner, beam_args)))
         return 0
     if args.command == "filter-audit":
         from benchmark_builder.filtering import audit

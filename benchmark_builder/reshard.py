@@ -48,7 +48,11 @@ def _rows_of(path: str, year: int, selected: set, name: str, pool_dir: str):
 
 
 def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | None = None,
-            runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic") -> dict:
+            runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic",
+            rewrite: bool = False) -> dict:
+    """Write variant ``name`` from ``selected`` uids. ``rewrite=True`` re-writes an existing
+    variant in place (also the build's own), e.g. after new annotation columns such as
+    ``caption_generated`` were added to the metadata."""
     if not name or "/" in name:
         raise ValueError(f"bad variant name {name!r}")
     built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
@@ -67,7 +71,7 @@ def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | No
                 else ("excluded_duplicate" if r["dedup_reason"] else "excluded_eval")] += 1
     why["not_in_pool"] = len(selected - found)
     runner = runner or RunnerConfig()
-    if name == default_variant:
+    if name == default_variant and not rewrite:
         raise ValueError(f"{name!r} is the build's own variant; choose another name")
     for y in years:  # a re-run with another selection must not leave shards of the last one
         shutil.rmtree(pio.local_path(layout.train_shards(name, y)), ignore_errors=True)
@@ -87,12 +91,13 @@ def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | No
     written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
                for s in wds.read_shard(tar)]
     src = pio.local_path(pio.join(layout.variant(default_variant), "eval"))
-    if os.path.isdir(src) and name != default_variant:
+    if os.path.isdir(src) and name != default_variant and not rewrite:
         shutil.copytree(src, pio.local_path(pio.join(layout.variant(name), "eval")), dirs_exist_ok=True)
-    with pio.atomic_open(pio.join(layout.variant(name), "uids.npy")) as f:
-        np.save(f, uidcodec.encode(written))
     report = {"variant": name, "selected": len(selected), **dict(why), "years": years}
-    pio.write_json(pio.join(layout.variant(name), "reshard.json"), report)
+    if not rewrite:  # a rewrite keeps the variant's own record of how it was selected
+        with pio.atomic_open(pio.join(layout.variant(name), "uids.npy")) as f:
+            np.save(f, uidcodec.encode(written))
+        pio.write_json(pio.join(layout.variant(name), "reshard.json"), report)
     build_index(layout)
     print(f"variant {name}: {why['written']} samples written under {layout.variant(name)}/train; "
           f"excluded: {why['excluded_eval']} held-out eval, {why['excluded_duplicate']} duplicates; "

@@ -144,3 +144,62 @@ def save_folder(loaded: LoadedModel, folder: str) -> None:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- captioners
+
+@dataclass
+class LoadedCaptioner:
+    """A Hugging Face image-to-text model with what turns images into its inputs and ids into text."""
+
+    model: torch.nn.Module
+    image_processor: Any
+    tokenizer: Any
+    spec: str
+
+    @property
+    def kind(self) -> str:
+        return type(self.model).__name__
+
+
+def load_captioner(spec: str, device: str | torch.device = "cpu") -> LoadedCaptioner:
+    """Any Hugging Face image-to-text model: BLIP (``BlipForConditionalGeneration``), GIT
+    (``GitForCausalLM``) or an encoder-decoder (``VisionEncoderDecoderModel``), from a local folder
+    written by ``save_pretrained`` (model + processor, or image processor + tokenizer) or a hub id
+    already in the local Hugging Face cache (``HF_HUB_OFFLINE=1``: nothing is downloaded).
+    ``hf:`` in front of the spec is optional."""
+    import transformers
+
+    name = spec[3:] if spec.startswith("hf:") else spec
+    if not name:
+        raise ModelLoadError("empty captioner spec; pass a Hugging Face folder or model id")
+    local = os.path.isdir(name)
+    if not local and (os.path.sep in name.lstrip("./") and name.startswith((".", "/"))):
+        raise ModelLoadError(f"captioner folder {name!r} does not exist (--captioner {spec!r})")
+    if local and not os.path.exists(os.path.join(name, "config.json")):
+        raise ModelLoadError(f"{name}: a Hugging Face captioner folder needs config.json (save_pretrained layout)")
+    try:
+        model = transformers.AutoModelForImageTextToText.from_pretrained(name)
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load image-to-text model {name!r} ({type(e).__name__}: {e}). Nothing can be downloaded here: "
+            "pass a local folder written by save_pretrained (BLIP, GIT or VisionEncoderDecoder), or put the model "
+            "in the Hugging Face cache (--captioner)"
+        ) from e
+    image_processor = tokenizer = None
+    try:
+        proc = transformers.AutoProcessor.from_pretrained(name)
+        image_processor = getattr(proc, "image_processor", None)
+        tokenizer = getattr(proc, "tokenizer", None)
+        if image_processor is None and hasattr(proc, "preprocess"):
+            image_processor = proc
+    except Exception:
+        pass
+    try:
+        image_processor = image_processor or transformers.AutoImageProcessor.from_pretrained(name)
+        tokenizer = tokenizer or transformers.AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise ModelLoadError(f"{name}: found the model but not its image processor/tokenizer "
+                             f"(preprocessor_config.json, tokenizer files): {type(e).__name__}: {e}") from e
+    model.to(device).eval()
+    return LoadedCaptioner(model, image_processor, tokenizer, spec)

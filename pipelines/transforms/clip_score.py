@@ -16,7 +16,6 @@ layout of DataComp's embedding files, plus the updated metadata rows (``clip_sco
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Iterable, Sequence
 
 import apache_beam as beam
@@ -24,9 +23,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines import io as pio
-from pipelines import schema
 from pipelines import uid as uidcodec
-from pipelines.sinks import webdataset as wds
+from pipelines.transforms.pool import pool_samples, update_metadata
 
 STAGE = "clip_score"
 
@@ -75,19 +73,6 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
         return "clip_score"
 
 
-def pool_samples(metadata_path: str, pool_dir: str) -> Iterable[dict]:
-    """Rows of one metadata file that survived deduplication, with their image bytes."""
-    table = pio.read_parquet([metadata_path])
-    rows = [r for r in table.to_pylist() if not r.get("dedup_reason")]
-    if not rows:
-        return
-    shard = os.path.basename(metadata_path).removesuffix(".parquet")
-    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
-    for r in rows:
-        yield {"uid": r["uid"], "text": r.get("text"), "year": r["year"], "shard": shard, "jpg": images[r["uid"]],
-               "metadata_path": metadata_path}
-
-
 def write_scores(key: tuple, results: list, out_dir: str, model_name: str) -> int:
     """One pool shard's embeddings (.npz) and its metadata rows updated with the scores."""
     year, shard, metadata_path = key
@@ -98,12 +83,8 @@ def write_scores(key: tuple, results: list, out_dir: str, model_name: str) -> in
                  image_embedding=np.stack([pr.inference["image_embedding"] for pr in results]),
                  text_embedding=np.stack([pr.inference["text_embedding"] for pr in results]),
                  clip_score=np.array([pr.inference["clip_score"] for pr in results], dtype=np.float32))
-    score = {pr.example["uid"]: pr.inference["clip_score"] for pr in results}
-    rows = pio.read_parquet([metadata_path]).to_pylist()
-    for r in rows:
-        if r["uid"] in score:
-            r["clip_score"], r["clip_model"] = score[r["uid"]], model_name
-    pio.write_parquet(metadata_path, schema.to_table(rows, schema.SAMPLE))
+    update_metadata(metadata_path, {pr.example["uid"]: {"clip_score": pr.inference["clip_score"], "clip_model": model_name}
+                                    for pr in results})
     return len(results)
 
 

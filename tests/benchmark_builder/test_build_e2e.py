@@ -400,3 +400,49 @@ def test_missing_filter_model_fails_with_the_file_and_option(built, tmp_path):
     cfg, _ = built
     with pytest.raises(ModelLoadError, match="does not exist"):
         run_filters(ClipFilterConfig(data_dir=cfg.data_dir, filter_model=f"tic-tiny-32:{tmp_path}/absent.pt"))
+
+
+def test_captions_runinference_template_and_hf_into_metadata_and_shards(built, tmp_path, capsys):
+    """Runs last (it re-writes the variants): the template captioner names each image's true
+    object (the generator's ground truth); a Hugging Face captioner from a local folder writes
+    exactly what the model generates for that image; both land in the metadata and in every
+    variant's shard json; a re-run with the same captioner does nothing."""
+    sys.path.insert(0, os.path.join(REPO, "tests", "pipelines"))
+    from tiny_captioners import make_captioner
+
+    from benchmark_builder.captioning import CaptionConfig, run_captions
+    from pipelines.models import load_captioner
+    from pipelines.transforms.caption import caption_images
+
+    cfg, layout = built
+    out = run_captions(CaptionConfig(data_dir=cfg.data_dir))
+    assert sum(v["captioned"] for v in out["per_year"].values()) > 300
+    assert out["variants_rewritten"]["basic"] == sum(
+        sum(pio.read_json(pio.join(layout.train_shards("basic", y), "sizes.json")).values()) for y in (2014, 2015, 2016))
+    gt = {r["url"]: r["concept"] for r in pio.read_parquet([pio.join(layout.web, "ground_truth.parquet")], ["url", "concept"]).to_pylist()}
+    n = 0
+    for y in (2014, 2015, 2016):
+        for tar in pio.glob(pio.join(layout.train_shards("basic", y), "*.tar")):
+            for s in wds.WebDataset(tar, shardshuffle=False):
+                meta = json.loads(s["json"])
+                assert gt[meta["url"]] in meta["caption_generated"], meta  # the true object, whatever the alt text says
+                n += 1
+    (n_meta,) = sql(layout, "select count(*) from metadata where caption_generated is not null and dedup_reason is null")[0]
+    assert n > 200 and n_meta >= n
+    capsys.readouterr()
+    run_captions(CaptionConfig(data_dir=cfg.data_dir))
+    assert "up to date" in capsys.readouterr().out
+
+    folder = make_captioner("vision-encoder-decoder", str(tmp_path / "ved"))
+    run_captions(CaptionConfig(data_dir=cfg.data_dir, captioner=folder, years=(2014,), max_new_tokens=6, batch_size=16))
+    rows = sql(layout, "select uid, caption_generated from metadata where year = 2014 and dedup_reason is null "
+                       "and split = 'train' order by uid limit 3")
+    loaded = load_captioner(folder)
+    for uid, caption in rows:
+        jpg = next(s["jpg"] for tar in pio.glob(pio.join(layout.pool(2014), "shards", "*.tar"))
+                   for s in wds.WebDataset(tar, shardshuffle=False) if s["__key__"] == uid)
+        assert caption == caption_images(loaded, [jpg], max_new_tokens=6)[0] and caption
+    shard_caps = {json.loads(s["json"])["uid"]: json.loads(s["json"])["caption_generated"]
+                  for tar in pio.glob(pio.join(layout.train_shards("basic", 2014), "*.tar"))
+                  for s in wds.WebDataset(tar, shardshuffle=False)}
+    assert all(shard_caps[u] == c for u, c in rows)

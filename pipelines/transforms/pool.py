@@ -1,0 +1,41 @@
+"""The downloaded pool as input of post-build annotation stages (CLIP scoring, captioning).
+
+Each year's pool is raw WebDataset shards (every downloaded image) with one metadata Parquet
+file per shard. ``pool_samples`` yields the rows of one metadata file that survived
+deduplication together with their image bytes; ``update_metadata`` writes annotation columns
+back into that file (atomically, whole file), so stages that group their results by pool shard
+touch each file once.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+from pipelines import io as pio
+from pipelines import schema
+from pipelines.sinks import webdataset as wds
+
+
+def pool_samples(metadata_path: str, pool_dir: str) -> Iterable[dict]:
+    table = pio.read_parquet([metadata_path])
+    rows = [r for r in table.to_pylist() if not r.get("dedup_reason")]
+    if not rows:
+        return
+    shard = os.path.basename(metadata_path).removesuffix(".parquet")
+    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
+    for r in rows:
+        yield {"uid": r["uid"], "url": r.get("url"), "text": r.get("text"), "year": r["year"], "shard": shard,
+               "jpg": images[r["uid"]], "metadata_path": metadata_path}
+
+
+def update_metadata(metadata_path: str, updates: dict[str, dict]) -> int:
+    """Set columns per uid (``{uid: {column: value}}``) in one metadata file; returns rows updated."""
+    rows = pio.read_parquet([metadata_path]).to_pylist()
+    n = 0
+    for r in rows:
+        u = updates.get(r["uid"])
+        if u:
+            r.update(u)
+            n += 1
+    pio.write_parquet(metadata_path, schema.to_table(rows, schema.SAMPLE))
+    return n
