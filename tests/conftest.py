@@ -35,8 +35,8 @@ def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_ye
             img.thumbnail((64, 64))
             text, _ = caption(p, year, r, "normal")
             uid = make_uid(f"http://x/{year}/{i}.jpg", text)
-            rows.append({"uid": uid, "jpg": encode(img), "text": text, "year": year, "label": p.obj,
-                         "filters": ["basic"]})
+            rows.append({"uid": uid, "jpg": encode(img), "text": text, "year": year, "month": 1 + i % 12,
+                         "label": p.obj, "filters": ["basic"]})
         rows.sort(key=lambda r: r["uid"])
         train, ev = rows[:per_year], rows[per_year:]
         cfg = reshard.ReshardConfig(samples_per_shard=per_year // 2)  # two shards per year

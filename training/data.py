@@ -41,20 +41,58 @@ class Source:
     size: int  # samples in the shards
     keep_fraction: float = 1.0  # replay subset: samples whose uid hash falls below it
     weight: float | None = None  # sampling weight; None: the expected number of samples kept
+    months: tuple[int, ...] | None = None  # monthly time steps: only samples first seen in these months
 
     @property
     def expected_size(self) -> float:
         return self.size * self.keep_fraction
 
     def subset(self, fraction: float) -> "Source":
-        return Source(self.name, self.shards, self.size, min(1.0, self.keep_fraction * fraction))
+        return Source(self.name, self.shards, self.size, min(1.0, self.keep_fraction * fraction), months=self.months)
+
+
+def parse_time_steps(text: str, benchmark: str = "tic-datacomp") -> tuple[TimeStep, ...]:
+    """``""``: the benchmark spec's steps; ``monthly:2019``: the 12 months of 2019 (or
+    ``monthly:2019-2020``); ``2014-2016,2017,2018``: years grouped as written."""
+    from benchmark_builder.specs import monthly_steps
+
+    text = (text or "").strip()
+    if not text:
+        return get_spec(benchmark).time_steps
+    if text.startswith("monthly:"):
+        lo, _, hi = text[len("monthly:"):].partition("-")
+        try:
+            years = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            raise ValueError(f"bad --time-steps {text!r}: monthly:YEAR or monthly:YEAR-YEAR") from None
+        return tuple(s for y in years for s in monthly_steps(y))
+    steps = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            years = tuple(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"bad --time-steps {text!r}: comma-separated years or year ranges") from None
+        steps.append(TimeStep(part.strip(), years))
+    return tuple(steps)
+
+
+def _month_counts(shards: list[str]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for shard in shards:
+        for s in _raw_samples(shard, only_json=True):
+            m = json.loads(s["json"]).get("month")
+            counts[m] = counts.get(m, 0) + 1
+    return counts
 
 
 def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacomp",
                       steps: tuple[TimeStep, ...] | None = None) -> list[Source]:
-    """One source per time step of the benchmark with training shards on disk."""
+    """One source per time step of the benchmark with training shards on disk. A step of whole
+    years reads their shards; a monthly step reads its year's shards and keeps its months."""
     layout = Layout(data_dir, benchmark)
     out = []
+    month_counts: dict[tuple, dict[int, int]] = {}
     for step in steps or get_spec(benchmark).time_steps:
         shards, size = [], 0
         for year in step.years:
@@ -63,11 +101,16 @@ def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacom
             if not pio.exists(sizes_path):
                 break
             sizes = pio.read_json(sizes_path)
-            shards += [pio.join(d, s) for s in sorted(sizes)]
-            size += sum(sizes.values())
+            year_shards = [pio.join(d, s) for s in sorted(sizes)]
+            shards += year_shards
+            if step.months is None:
+                size += sum(sizes.values())
+            else:
+                counts = month_counts.setdefault((year,), _month_counts(year_shards))
+                size += sum(counts.get(m, 0) for m in step.months)
         else:
             if size:
-                out.append(Source(step.name, tuple(shards), size))
+                out.append(Source(step.name, tuple(shards), size, months=step.months))
             continue
         break  # a step with a missing year ends the usable prefix
     if not out:
@@ -87,13 +130,15 @@ def _rng(*keys) -> random.Random:
     return random.Random(hashlib.sha256(repr(keys).encode()).digest())
 
 
-def _raw_samples(path: str) -> Iterator[dict]:
+def _raw_samples(path: str, only_json: bool = False) -> Iterator[dict]:
     with pio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         cur: dict = {}
         for m in tar:
             if not m.isfile():
                 continue
             key, _, ext = m.name.partition(".")
+            if only_json and ext != "json":
+                continue
             if cur and cur["__key__"] != key:
                 yield cur
                 cur = {}
@@ -115,6 +160,8 @@ def source_epochs(src: Source, seed: int, slot: int, n_slots: int) -> Iterator[d
             for s in _raw_samples(shard):
                 meta = json.loads(s["json"])
                 if src.keep_fraction < 1.0 and uid_fraction(meta["uid"]) >= src.keep_fraction:
+                    continue
+                if src.months is not None and meta.get("month") not in src.months:
                     continue
                 if i % n_slots == slot:
                     s["meta"] = meta

@@ -24,7 +24,7 @@ import torch
 
 from training import checkpoint as ckpt
 from training import distributed
-from training.data import StreamConfig, default_workers, loader, time_step_sources
+from training.data import StreamConfig, default_workers, loader, parse_time_steps, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
 from training.schedules import lr_at
@@ -58,6 +58,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 25  # iterations
     max_steps: int = 0  # train only the first N time steps (0: all)
+    time_steps: str = ""  # "": the benchmark's steps; "monthly:2019"; "2014-2016,2017,2018"
     options: dict = field(default_factory=dict)  # method options (buffer_factor, alpha, weight, ...)
     log_ids: bool = False  # record every sample id each rank trained on (DDP tests)
 
@@ -95,7 +96,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
     from pipelines.models import load_model
 
     method = get_method(cfg.protocol, cfg.options)
-    sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark)
+    sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, parse_time_steps(cfg.time_steps, cfg.benchmark))
     if cfg.max_steps:
         sources = sources[: cfg.max_steps]
     T = len(sources)

@@ -145,3 +145,22 @@ def test_kill_and_resume_gives_the_same_weights(tiny_benchmark, tmp_path):
 def test_uid_fraction_is_uniform():
     fr = [uid_fraction(f"{i:032x}") for i in range(2000)]
     assert 0.45 < sum(fr) / len(fr) < 0.55 and min(fr) >= 0 and max(fr) < 1
+
+
+def test_monthly_and_custom_time_steps(tiny_benchmark, tmp_path):
+    from training.data import parse_time_steps, source_epochs
+
+    steps = parse_time_steps("monthly:2017")
+    assert [s.name for s in steps] == [f"2017-{m:02d}" for m in range(1, 13)]
+    sources = time_step_sources(tiny_benchmark, "basic", steps=steps)
+    assert sum(s.size for s in sources) == 48 and all(s.size > 0 for s in sources)  # each sample in one month
+    m = int(sources[2].name[-2:])
+    stream = source_epochs(sources[2], seed=0, slot=0, n_slots=1)
+    assert {next(stream)["meta"]["month"] for _ in range(3 * sources[2].size)} == {m}
+    grouped = parse_time_steps("2014-2015,2016")
+    assert [(s.name, s.years) for s in grouped] == [("2014-2015", (2014, 2015)), ("2016", (2016,))]
+    with pytest.raises(ValueError, match="time-steps"):
+        parse_time_steps("monthly:soon")
+    summary = train(_cfg(tiny_benchmark, tmp_path / "monthly", "sequential", time_steps="monthly:2017", max_steps=2))
+    assert [s["name"] for s in summary["steps"]] == ["2017-01", "2017-02"]
+    assert [s["data"] for s in summary["steps"]] == [{src.name: src.size} for src in sources[:2]]
