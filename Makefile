@@ -51,7 +51,7 @@ $(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lock
 
 build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
-	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 
 build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)

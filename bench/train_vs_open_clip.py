@@ -21,7 +21,9 @@ BATCH = 128
 
 def _time(cmd, env) -> float:
     t = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed ({r.returncode}):\n{r.stderr[-3000:]}")
     return time.perf_counter() - t
 
 
@@ -33,7 +35,12 @@ def ours(data_dir: str, n: int, tmp: str, env) -> float:
 
 
 def open_clip_train(shards: list[str], n: int, tmp: str, env) -> float:
-    code = ("import sys, pipelines.models; from open_clip_train.main import main; main(sys.argv[1:])")
+    # open_clip_train 3.x groups tar members with its own group_by_keys_nothrow, written for
+    # webdataset < 1.0; webdataset 1.x's tar_file_expander yields an empty end-of-shard marker
+    # that it cannot read. Turning the marker off (eof_value=None) is the only change.
+    code = ("import sys, functools, pipelines.models, open_clip_train.data as d; "
+            "d.tar_file_expander = functools.partial(d.tar_file_expander, eof_value=None); "
+            "from open_clip_train.main import main; main(sys.argv[1:])")
     return _time([sys.executable, "-c", code, "--model", "tic-tiny-32", "--train-data", "::".join(shards),
                   "--dataset-type", "webdataset", "--dataset-resampled", "--train-num-samples", str(n),
                   "--batch-size", str(BATCH), "--epochs", "1", "--workers", "1", "--lr", "1e-3", "--wd", "0.2",

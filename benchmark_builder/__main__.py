@@ -27,7 +27,10 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
     b.add_argument("--pairs-per-year", type=int, default=4000, help="synthetic web size")
     b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
-    b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated (basic, none)")
+    b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated: basic, none, and "
+                   "the CLIP variants clip_score, image_based, bestpool (scored after the build with --filter-model)")
+    b.add_argument("--filter-model", default="", help="CLIP variants: model spec (default: a small CLIP trained on the "
+                   "earliest time step)")
     b.add_argument("--pool-shard-size", type=int, default=500)
     b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--image-size", type=int, default=256)
@@ -105,7 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         from benchmark_builder.build import BuildConfig, build
 
-        variants = tuple(v.strip() for v in args.filter.split(",") if v.strip())
+        from benchmark_builder.filtering import CLIP_VARIANTS
+        from pipelines.transforms.filter import VARIANTS
+
+        requested = tuple(v.strip() for v in args.filter.split(",") if v.strip())
+        unknown = [v for v in requested if v not in VARIANTS and v not in CLIP_VARIANTS]
+        if unknown:
+            parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
+        clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
+        variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
         cfg = BuildConfig(
             year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
             pairs_per_year=args.pairs_per_year, web_port=args.web_port, write_variants=variants,
@@ -118,6 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             runner=RunnerConfig(args.runner, beam_args),
         )
         build(cfg)
+        if clip_variants and not cfg.runner.dry_run:  # download once, filter many times: from the built pool
+            from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
+
+            run_filters(ClipFilterConfig(data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.filter_model,
+                                         runner=RunnerConfig(args.runner, beam_args)), clip_variants)
+            audit(args.data_dir, args.benchmark)
         return 0
     if args.command == "reshard":
         from benchmark_builder.layout import Layout

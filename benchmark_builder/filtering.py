@@ -148,6 +148,19 @@ def _embed(loaded, images, cfg) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
+def select(scores: np.ndarray, assign: np.ndarray, targets, clip_threshold: float | None = None,
+           clip_fraction: float = 0.3) -> tuple[float, np.ndarray, np.ndarray]:
+    """DataComp's selection over the whole pool: (threshold, keep by CLIP score, keep by image
+    cluster). The threshold is ``clip_threshold`` or the (1 - fraction) quantile of all the pool's
+    scores (numpy's linear interpolation), kept if score >= threshold; image-based keeps samples
+    whose nearest centroid is a target; bestpool is ``keep_score & keep_image``."""
+    if clip_threshold is None and not 0.0 < clip_fraction <= 1.0:
+        raise ValueError(f"clip_fraction must be in (0, 1], got {clip_fraction}")
+    scores = np.asarray(scores, dtype=np.float64)
+    threshold = float(clip_threshold) if clip_threshold is not None else float(np.quantile(scores, 1.0 - clip_fraction))
+    return threshold, scores >= threshold, np.isin(np.asarray(assign), list(targets))
+
+
 def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> dict:
     import faiss
 
@@ -156,8 +169,6 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
     if n == 0:
         raise RuntimeError("no scored samples: run the scoring first")
     scores = emb["clip_score"]
-    threshold = cfg.clip_threshold if cfg.clip_threshold is not None else float(np.quantile(scores, 1.0 - cfg.clip_fraction))
-    keep_score = scores >= threshold
     x = np.ascontiguousarray(emb["image_embedding"], dtype=np.float32)
     k = min(cfg.clusters, n)
     km = faiss.Kmeans(x.shape[1], k, niter=25, seed=cfg.seed + 1, spherical=True, verbose=False)
@@ -167,7 +178,7 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
     ref = reference_embeddings(cfg, spec)
     _, ref_assign = km.index.search(np.ascontiguousarray(ref, dtype=np.float32), 1)
     targets = sorted(set(int(c) for c in ref_assign[:, 0]))
-    keep_image = np.isin(assign, targets)
+    threshold, keep_score, keep_image = select(scores, assign, targets, cfg.clip_threshold, cfg.clip_fraction)
     sets = {
         "clip_score": set(emb["uid"][keep_score]),
         "image_based": set(emb["uid"][keep_image]),

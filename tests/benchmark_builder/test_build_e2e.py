@@ -387,6 +387,12 @@ def test_clip_filters_runinference_scores_variants_and_audit(built):
     assert not evals & (sets["clip_score"] | sets["image_based"])
     (n_cluster,) = sql(layout, "select count(*) from metadata where cluster_id is not null")[0]
     assert n_cluster == info["pool"]
+    best = sql(layout, "select m.clip_score, m.cluster_id from metadata m where m.uid in (select unnest(?))"
+               .replace("?", "[" + ",".join(f"'{u}'" for u in sets["bestpool"]) + "]"))
+    assert len(best) == len(sets["bestpool"])
+    assert all(score >= info["clip_threshold"] and cluster in info["target_clusters"] for score, cluster in best)
+    (n_basic,) = sql(layout, "select count(*) from samples")[0]
+    assert 0 < len(sets["bestpool"]) < n_basic
     rows = audit(cfg.data_dir)
     assert {r["variant"] for r in rows} == {"none", "basic", "clip_score", "image_based", "bestpool"}
     assert all(r["year"] in (2014, 2015, 2016) for r in rows)
