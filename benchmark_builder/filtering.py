@@ -165,26 +165,35 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
     import faiss
 
     emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.root, "clip", f"year={y}", "*.npz"))])
-    n = len(emb["uid"])
+    # The filters choose training data: the pool they select from (threshold quantile, k-means) is
+    # the training split; held-out eval samples are scored and clustered but never selected.
+    meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
+                            ["uid", "split", "dedup_reason"]).to_pylist()
+    train_uids = {r["uid"] for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"}
+    in_pool = np.array([u in train_uids for u in emb["uid"]], dtype=bool)
+    n = int(in_pool.sum())
     if n == 0:
-        raise RuntimeError("no scored samples: run the scoring first")
-    scores = emb["clip_score"]
-    x = np.ascontiguousarray(emb["image_embedding"], dtype=np.float32)
+        raise RuntimeError("no scored training samples: run the scoring first")
+    uids = emb["uid"][in_pool]
+    scores = emb["clip_score"][in_pool]
+    x_all = np.ascontiguousarray(emb["image_embedding"], dtype=np.float32)
+    x = np.ascontiguousarray(x_all[in_pool])
     k = min(cfg.clusters, n)
     km = faiss.Kmeans(x.shape[1], k, niter=25, seed=cfg.seed + 1, spherical=True, verbose=False)
     km.train(x)
-    _, assign = km.index.search(x, 1)
-    assign = assign[:, 0]
+    _, assign_all = km.index.search(x_all, 1)
+    assign_all = assign_all[:, 0]
+    assign = assign_all[in_pool]
     ref = reference_embeddings(cfg, spec)
     _, ref_assign = km.index.search(np.ascontiguousarray(ref, dtype=np.float32), 1)
     targets = sorted(set(int(c) for c in ref_assign[:, 0]))
     threshold, keep_score, keep_image = select(scores, assign, targets, cfg.clip_threshold, cfg.clip_fraction)
     sets = {
-        "clip_score": set(emb["uid"][keep_score]),
-        "image_based": set(emb["uid"][keep_image]),
-        "bestpool": set(emb["uid"][keep_score & keep_image]),
+        "clip_score": set(uids[keep_score]),
+        "image_based": set(uids[keep_image]),
+        "bestpool": set(uids[keep_score & keep_image]),
     }
-    cluster_of = dict(zip(emb["uid"], assign.tolist()))
+    cluster_of = dict(zip(emb["uid"], assign_all.tolist()))
     for y in years:  # cluster ids into the metadata (the record schema's cluster_id)
         for f in pio.glob(pio.join(layout.metadata(y), "*.parquet")):
             rows = pio.read_parquet([f]).to_pylist()
