@@ -86,3 +86,16 @@ def test_schema_to_table_rejects_unknown_fields_and_fills_nulls():
     assert t.schema == schema.STATUS and t.column("reason").to_pylist() == [None]
     with pytest.raises(KeyError):
         schema.to_table([{"uid": "a", "bogus": 1}], schema.STATUS)
+
+
+def test_fast_language_classifier_agrees_with_langid():
+    from pipelines.transforms.annotate import _identifier, classify
+
+    texts = ["a photo of a red circle on a sky background", "Ein schönes Bild von einem Kreis in der Farbe rot",
+             "Una bella immagine di un arrow di colore red", "une photo d'un carré bleu devant la mer",
+             "una foto de un triángulo verde", "drone", "黄色の星の写真", "фотография синего круга", "x"]
+    ident = _identifier()
+    for t in texts:
+        lang, prob = classify(t)
+        ref_lang, ref_prob = ident.classify(t)
+        assert lang == ref_lang and abs(prob - ref_prob) < 1e-5, t
