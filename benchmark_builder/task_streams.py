@@ -1,0 +1,256 @@
+"""Class- and domain-incremental task streams from standard local datasets.
+
+Readers (nothing is downloaded; the formats are the published ones):
+
+- ``cifar100``: the python pickle batches (``cifar-100-python/{train,test,meta}``; ``b"data"`` is
+  N x 3072 uint8 in channel-major order, ``b"fine_labels"``, ``meta[b"fine_label_names"]``);
+- ``domainnet``: ``<domain>/<class>/<image>`` folders with DomainNet's split files
+  ``<domain>_train.txt`` / ``<domain>_test.txt`` (lines ``domain/class/image.jpg label``);
+- ``imagefolder``: ``<root>/<class>/<image>`` (ImageNet's train layout), with ``train/`` and
+  ``val/`` (or ``test/``) subfolders when the root has them, else a deterministic 80/20 split by
+  file-name hash;
+- ``synthetic-web``: the embedded web's concepts, rendered by its generator (the default).
+
+Splits: class-incremental = a seeded permutation of the classes cut into ``n_tasks`` contiguous
+chunks (the usual CIFAR-100 10 x 10 protocol); domain-incremental = one task per domain, all
+classes in each. A stream is written as per-task WebDataset shards (``<key>.jpg``, ``.txt`` =
+the class prompt, ``.cls`` = global class id, ``.json`` with ``uid``, ``text``, ``cls``,
+``classname``, ``domain``, ``task``) through the project's reproducible shard writer, with a
+``stream.json`` manifest: classes, class order, per-task classes/domains and counts.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from pipelines import io as pio
+from pipelines.sinks import webdataset as wds
+
+PROMPT = "a photo of a {}."
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # stable id within the dataset (path or index)
+    cls: int
+    domain: str
+    load: Callable[[], bytes]  # encoded image bytes
+
+
+@dataclass
+class Dataset:
+    name: str
+    classnames: list[str]
+    train: list[Item]
+    test: list[Item]
+
+    @property
+    def domains(self) -> list[str]:
+        return sorted({i.domain for i in self.train})
+
+
+def _jpeg(arr: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _file(path: str) -> Callable[[], bytes]:
+    return lambda: pio.read_bytes(path)
+
+
+def read_cifar100(root: str) -> Dataset:
+    base = root if os.path.exists(os.path.join(root, "meta")) else os.path.join(root, "cifar-100-python")
+    if not os.path.exists(os.path.join(base, "meta")):
+        raise FileNotFoundError(f"{root}: no cifar-100-python/{{train,test,meta}} (CIFAR-100 python version)")
+    with open(os.path.join(base, "meta"), "rb") as f:
+        names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+
+    def split(name: str) -> list[Item]:
+        with open(os.path.join(base, name), "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = d[b"fine_labels"]
+        if len(labels) != len(data):
+            raise ValueError(f"{base}/{name}: {len(data)} images but {len(labels)} labels")
+        return [Item(f"{name}/{i}", int(labels[i]), "cifar100", (lambda a=data[i]: _jpeg(a))) for i in range(len(data))]
+
+    return Dataset("cifar100", names, split("train"), split("test"))
+
+
+def read_domainnet(root: str, domains: list[str] | None = None) -> Dataset:
+    found = sorted(f[: -len("_train.txt")] for f in os.listdir(root) if f.endswith("_train.txt"))
+    domains = list(domains or found)
+    missing = [d for d in domains if d not in found]
+    if not domains or missing:
+        raise FileNotFoundError(f"{root}: no DomainNet split files for {missing or 'any domain'} (<domain>_train.txt)")
+    label_names: dict[int, str] = {}
+
+    def split(kind: str) -> list[Item]:
+        items = []
+        for d in domains:
+            path = os.path.join(root, f"{d}_{kind}.txt")
+            with open(path) as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rel, label = line.split()
+                        label = int(label)
+                    except ValueError:
+                        raise ValueError(f"{path}:{n}: expected 'domain/class/image label', got {line.strip()!r}") from None
+                    label_names.setdefault(label, rel.split("/")[1])
+                    items.append(Item(rel, label, d, _file(os.path.join(root, rel))))
+        return items
+
+    train, test = split("train"), split("test")
+    n = max(label_names) + 1
+    return Dataset("domainnet", [label_names.get(i, f"class_{i}") for i in range(n)], train, test)
+
+
+def read_image_folder(root: str, name: str = "imagefolder") -> Dataset:
+    def scan(d: str) -> dict[str, list[str]]:
+        return {c: sorted(os.path.join(d, c, f) for f in os.listdir(os.path.join(d, c)) if f.lower().endswith(IMAGE_EXTS))
+                for c in sorted(os.listdir(d)) if os.path.isdir(os.path.join(d, c))}
+
+    test_dir = next((os.path.join(root, s) for s in ("val", "test") if os.path.isdir(os.path.join(root, s))), None)
+    if os.path.isdir(os.path.join(root, "train")) and test_dir:
+        tr, te = scan(os.path.join(root, "train")), scan(test_dir)
+    else:
+        tr, te = {}, {}
+        for c, files in scan(root).items():
+            for f in files:  # 80/20 by file-name hash: stable when files are added
+                (te if int(hashlib.sha256(os.path.relpath(f, root).encode()).hexdigest()[:8], 16) % 5 == 0 else tr
+                 ).setdefault(c, []).append(f)
+    classes = sorted(set(tr) | set(te))
+    if not classes:
+        raise FileNotFoundError(f"{root}: no class folders with images")
+    idx = {c: i for i, c in enumerate(classes)}
+
+    def items(d):
+        return [Item(os.path.relpath(f, root), idx[c], name, _file(f)) for c in sorted(d) for f in d[c]]
+
+    return Dataset(name, classes, items(tr), items(te))
+
+
+def synthetic_web(per_class_train: int = 40, per_class_test: int = 10, seed: int = 0, size: int = 64) -> Dataset:
+    """The embedded web's concepts, rendered by its generator: the default class-incremental stream."""
+    import dataclasses
+
+    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
+    from benchmark_builder.synthetic_web.images import draw, encode, image_params
+
+    def render(c: int, i: int) -> bytes:
+        p = dataclasses.replace(image_params(20_000 + seed, c * 100_003 + i, 2014 + i % 9), obj=c)
+        img = draw(p)
+        img.thumbnail((size, size))
+        return encode(img)
+
+    def items(lo, hi, kind):
+        return [Item(f"{kind}/{c}/{i}", c, "synthetic-web", (lambda c=c, i=i: render(c, i)))
+                for c in range(len(CLASS_NAMES)) for i in range(lo, hi)]
+
+    return Dataset("synthetic-web", list(CLASS_NAMES), items(0, per_class_train, "train"),
+                   items(per_class_train, per_class_train + per_class_test, "test"))
+
+
+def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None, seed: int = 0) -> Dataset:
+    if dataset == "synthetic-web":
+        return synthetic_web(seed=seed)
+    if not path:
+        raise ValueError(f"--data PATH is needed for {dataset!r} (nothing can be downloaded)")
+    if dataset == "cifar100":
+        return read_cifar100(path)
+    if dataset == "domainnet":
+        return read_domainnet(path, domains)
+    if dataset in ("imagefolder", "imagenet"):
+        return read_image_folder(path, dataset)
+    raise ValueError(f"unknown dataset {dataset!r}: cifar100, domainnet, imagenet, imagefolder, synthetic-web")
+
+
+# ------------------------------------------------------------------------------------ splits
+
+def class_incremental(n_classes: int, n_tasks: int, seed: int = 0) -> tuple[list[int], list[list[int]]]:
+    """(class order, classes per task): a seeded permutation cut into contiguous chunks."""
+    if not 1 <= n_tasks <= n_classes:
+        raise ValueError(f"need 1 <= tasks <= classes, got {n_tasks} tasks for {n_classes} classes")
+    order = np.random.default_rng(seed).permutation(n_classes).tolist()
+    return order, [list(map(int, c)) for c in np.array_split(order, n_tasks)]
+
+
+@dataclass
+class Task:
+    name: str
+    classes: list[int]
+    domains: list[str]
+
+    def holds(self, item: Item) -> bool:
+        return item.cls in self.classes and item.domain in self.domains
+
+
+def make_tasks(ds: Dataset, kind: str, n_tasks: int, seed: int = 0) -> tuple[list[Task], list[int]]:
+    if kind == "cil":
+        order, chunks = class_incremental(len(ds.classnames), n_tasks, seed)
+        return [Task(f"task{t}", c, ds.domains) for t, c in enumerate(chunks)], order
+    if kind == "dil":
+        domains = ds.domains
+        every = list(range(len(ds.classnames)))
+        return [Task(f"task{t}-{d}", every, [d]) for t, d in enumerate(domains)], every
+    raise ValueError(f"unknown stream kind {kind!r}: cil or dil")
+
+
+def uid_of(dataset: str, split: str, key: str) -> str:
+    return hashlib.sha256(f"{dataset}/{split}/{key}".encode()).hexdigest()[:32]
+
+
+def _samples(ds: Dataset, items: list[Item], split: str, task: int) -> Iterator[dict]:
+    for i, it in enumerate(sorted(items, key=lambda x: uid_of(ds.name, split, x.key))):
+        uid = uid_of(ds.name, split, it.key)
+        name = ds.classnames[it.cls]
+        text = PROMPT.format(name.replace("_", " "))
+        yield {"key": uid, "jpg": it.load(), "txt": text, "cls": it.cls,
+               "json": {"uid": uid, "text": text, "cls": it.cls, "classname": name, "domain": it.domain, "task": task,
+                        "source_key": it.key}}
+
+
+def write_stream(ds: Dataset, out_dir: str, kind: str = "cil", n_tasks: int = 10, seed: int = 0,
+                 samples_per_shard: int = 10_000) -> dict:
+    """Per-task train/test shards + ``stream.json``; returns the manifest."""
+    tasks, order = make_tasks(ds, kind, n_tasks, seed)
+    manifest = {"dataset": ds.name, "kind": kind, "seed": seed, "n_tasks": len(tasks), "classnames": ds.classnames,
+                "class_order": order, "prompt": PROMPT, "tasks": []}
+    for t, task in enumerate(tasks):
+        row = {"name": task.name, "classes": task.classes, "domains": task.domains}
+        for split, items in (("train", ds.train), ("test", ds.test)):
+            mine = [it for it in items if task.holds(it)]
+            d = pio.join(out_dir, task.name, split)
+            samples = list(_samples(ds, mine, split, t))
+            sizes = {}
+            for s in range(0, max(1, len(samples)), samples_per_shard):
+                chunk = samples[s:s + samples_per_shard]
+                if not chunk:
+                    break
+                path = wds.write_shard(d, s // samples_per_shard, chunk, {"count": len(chunk), "task": task.name})
+                sizes[os.path.basename(path)] = len(chunk)
+            pio.write_json(pio.join(d, "sizes.json"), sizes)
+            row[split] = len(samples)
+        if not row["train"]:
+            raise ValueError(f"{ds.name}: task {task.name} has no training images")
+        manifest["tasks"].append(row)
+    pio.write_json(pio.join(out_dir, "stream.json"), manifest)
+    return manifest
+
+
+def read_manifest(out_dir: str) -> dict:
+    path = pio.join(out_dir, "stream.json")
+    if not pio.exists(path):
+        raise FileNotFoundError(f"{out_dir}: no stream.json (write the stream first)")
+    return pio.read_json(path)

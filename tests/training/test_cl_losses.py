@@ -1,0 +1,180 @@
+"""Class-incremental pieces: GCL estimators against brute-force global partition sums, GDRO
+weights and hinge losses by hand, the class-balanced memory, task streams from CIFAR-100's
+pickle format and DomainNet's folder/split-file format."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from benchmark_builder import task_streams as ts
+from pipelines.sinks import webdataset as wds
+from training.memory import ClassBalancedMemory
+from training.methods.gcl import GlobalContrastiveEstimator
+from training.methods.gdro import ClassDRO, class_keys, per_sample_losses
+
+
+def _features(n=48, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    img = F.normalize(torch.randn(n, d, generator=g), dim=-1)
+    txt = F.normalize(img + 0.5 * torch.randn(n, d, generator=g), dim=-1)
+    return img, txt
+
+
+def test_gcl_moving_average_converges_to_the_global_partition_sums():
+    img, txt = _features()
+    n, inv_tau = len(img), torch.tensor(2.0)
+    sim = img @ txt.T
+    h = (sim - sim.diagonal()[:, None]) * inv_tau
+    off = ~torch.eye(n, dtype=torch.bool)
+    brute = torch.log(torch.where(off, torch.exp(h), 0).sum(1) / (n - 1))  # log of the global mean over negatives
+    est = GlobalContrastiveEstimator(gamma=0.05)
+    rng = np.random.default_rng(0)
+    history = []
+    for epoch in range(400):
+        for batch in np.array_split(rng.permutation(n), 4):
+            est.loss(img[batch], txt[batch], batch.tolist(), inv_tau)
+        if epoch >= 200:
+            history.append([est.log_u[i][0] for i in range(n)])
+    avg_u = np.log(np.exp(np.array(history)).mean(0))
+    assert np.abs(avg_u - brute.numpy()).max() < 0.05  # within 5% of the global sums, every sample
+    single_batch = GlobalContrastiveEstimator(gamma=0.05)
+    single_batch.loss(img[:12], txt[:12], list(range(12)), inv_tau)
+    assert np.abs(np.array([single_batch.log_u[i][0] for i in range(12)]) - brute[:12].numpy()).max() > 0.05
+
+
+def test_gcl_first_visit_gradient_is_the_batch_logsumexp_gradient_and_stays_finite():
+    img, txt = _features(n=10)
+    img.requires_grad_(True)
+    inv_tau = torch.tensor(3.0)
+    GlobalContrastiveEstimator(gamma=0.9).loss(img, txt, list(range(10)), inv_tau).backward()
+    ours = img.grad.clone()
+    img.grad = None
+    sim = img @ txt.T
+    off = ~torch.eye(10, dtype=torch.bool)
+    ref = 0
+    for h in ((sim - sim.diagonal()[:, None]) * inv_tau, (sim.T - sim.diagonal()[:, None]) * inv_tau):
+        ref = ref + (torch.logsumexp(h.masked_fill(~off, -torch.inf), dim=1) - math.log(9)).mean()
+    ref.backward()
+    assert torch.allclose(ours, img.grad, atol=1e-5)
+    big = GlobalContrastiveEstimator().loss(img.detach(), txt, list(range(10)), torch.tensor(1e4))
+    assert torch.isfinite(big)  # exp(1e4 * s) would overflow without the shift
+
+
+def test_gcl_state_round_trips():
+    img, txt = _features(n=8)
+    a = GlobalContrastiveEstimator(0.5)
+    a.loss(img, txt, list(range(100, 108)), torch.tensor(2.0))
+    b = GlobalContrastiveEstimator()
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    assert b.log_u == a.log_u and b.gamma == 0.5
+
+
+def test_gdro_weights_by_hand():
+    dro = ClassDRO(lam=1.0, gamma=0.5)
+    p = dro.weights([("a",), ("b",)], torch.tensor([1.0, 3.0]))  # first visit: averages = losses
+    e = math.exp(1) + math.exp(3)
+    assert p.tolist() == pytest.approx([math.exp(1) / e, math.exp(3) / e])  # 0.1192, 0.8808
+    p = dro.weights([("a",), ("b",)], torch.tensor([2.0, 1.0]))  # averages 1.5, 2.0
+    e = math.exp(1.5) + math.exp(2.0)
+    assert p.tolist() == pytest.approx([math.exp(1.5) / e, math.exp(2.0) / e])  # 0.3775, 0.6225
+    p = ClassDRO(lam=2.0, gamma=1.0).weights([("a",), ("b",)], torch.tensor([1.0, 3.0]))
+    assert p.tolist() == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])  # softmax([0.5, 1.5])
+
+
+def test_gdro_per_sample_losses_by_hand():
+    img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    cls_txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    target = torch.tensor([0, 1])
+    # sims: sample 0 -> [1.0, 0.6] (pos 1.0), sample 1 -> [0.0, 0.8] (pos 0.8)
+    hinge = per_sample_losses(img, cls_txt, target, scale=1.0, kind="hinge", margin=0.5)
+    assert hinge.tolist() == pytest.approx([max(0, 0.5 + 0.6 - 1.0) ** 2, max(0, 0.5 + 0.0 - 0.8) ** 2])  # 0.01, 0
+    ce = per_sample_losses(img, cls_txt, target, scale=10.0, kind="clip")
+    assert ce[0].item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + math.exp(6))), rel=1e-5)
+    keys, idx = class_keys(torch.tensor([[5, 1], [7, 2], [5, 1]]))
+    assert keys == [(5, 1), (7, 2)] and idx.tolist() == [0, 1, 0]
+
+
+def test_class_balanced_memory_quotas_shrink_and_sample_from_everything():
+    mem = ClassBalancedMemory(size=10, seed=1)
+    first = {0: [f"a{i}" for i in range(20)], 1: [f"b{i}" for i in range(20)]}
+    assert mem.update("t0", first) == {0: 5, 1: 5}
+    kept0 = list(mem.members[0])
+    comp = mem.update("t1", {2: [f"c{i}" for i in range(20)], 3: [f"d{i}" for i in range(3)]})
+    assert comp == {0: 3, 1: 3, 2: 2, 3: 2} and len(mem) == 10  # 10 // 4 = 2, first two classes get the remainder
+    assert mem.members[0] == kept0[:3]  # shrinking keeps a subset of what was kept
+    fresh = ClassBalancedMemory(size=10, seed=1)
+    fresh.update("all", {0: first[0]})
+    assert set(mem.members[0]) <= set(fresh.members[0])  # same rule as sampling from all of the class
+    mem.update("t2-more-of-class-3", {3: [f"d{i}" for i in range(3, 30)]})  # domain-incremental: new data, same class
+    assert len(mem.members[3]) == 2 and len(mem) == 10
+    assert [h["total"] for h in mem.history] == [10, 10, 10]
+    assert ClassBalancedMemory(0).update("t", first) == {0: 0, 1: 0}
+
+
+def _write_cifar100(root, per_class=2, classes=100):
+    base = os.path.join(root, "cifar-100-python")
+    os.makedirs(base)
+    rng = np.random.default_rng(0)
+    for name, n in (("train", per_class), ("test", 1)):
+        labels = [c for c in range(classes) for _ in range(n)]
+        data = rng.integers(0, 256, (len(labels), 3072), dtype=np.uint8)
+        data[:, :1024] = np.array(labels, dtype=np.uint8)[:, None] * 2  # red channel encodes the class
+        data[:, 1024:] = 128
+        with open(os.path.join(base, name), "wb") as f:
+            pickle.dump({b"data": data, b"fine_labels": labels, b"filenames": [b"x"] * len(labels)}, f)
+    with open(os.path.join(base, "meta"), "wb") as f:
+        pickle.dump({b"fine_label_names": [f"class_{c}".encode() for c in range(classes)]}, f)
+
+
+def test_cifar100_pickle_stream_splits_classes_into_disjoint_tasks(tmp_path):
+    _write_cifar100(str(tmp_path / "cifar"))
+    ds = ts.read_cifar100(str(tmp_path / "cifar"))
+    assert len(ds.classnames) == 100 and len(ds.train) == 200 and len(ds.test) == 100
+    img = np.asarray(Image.open(__import__("io").BytesIO(ds.train[7].load())))
+    assert img.shape == (32, 32, 3) and abs(int(img[..., 0].mean()) - 2 * ds.train[7].cls) <= 3  # channel order kept
+    m = ts.write_stream(ds, str(tmp_path / "stream"), "cil", n_tasks=10, seed=3)
+    tasks = [set(t["classes"]) for t in m["tasks"]]
+    assert all(len(t) == 10 for t in tasks) and set().union(*tasks) == set(range(100))
+    assert sum(len(t) for t in tasks) == 100  # disjoint
+    assert m["class_order"] == ts.class_incremental(100, 10, seed=3)[0] != ts.class_incremental(100, 10, seed=4)[0]
+    shard = os.path.join(tmp_path, "stream", "task0", "train", "00000000.tar")
+    samples = wds.read_shard(shard)
+    assert len(samples) == 20 == m["tasks"][0]["train"]
+    for s in samples:
+        meta = json.loads(s["json"])
+        assert int(s["cls"]) == meta["cls"] in tasks[0] and s["txt"].decode() == f"a photo of a class {meta['cls']}."
+    assert ts.read_manifest(str(tmp_path / "stream"))["tasks"][0]["classes"] == m["tasks"][0]["classes"]
+
+
+def test_domainnet_folder_and_split_files_give_one_task_per_domain(tmp_path):
+    root = tmp_path / "domainnet"
+    classes = ["aircraft_carrier", "bee", "cup"]
+    for d in ("clipart", "sketch"):
+        lines = {"train": [], "test": []}
+        for c, name in enumerate(classes):
+            os.makedirs(root / d / name)
+            for i in range(4):
+                Image.new("RGB", (40, 30), (60 * c, 20 * i, 100)).save(root / d / name / f"{i}.jpg")
+                lines["test" if i == 3 else "train"].append(f"{d}/{name}/{i}.jpg {c}")
+        for k, v in lines.items():
+            (root / f"{d}_{k}.txt").write_text("\n".join(v) + "\n")
+    ds = ts.read_domainnet(str(root))
+    assert ds.classnames == classes and ds.domains == ["clipart", "sketch"] and len(ds.train) == 18
+    m = ts.write_stream(ds, str(tmp_path / "dil"), "dil")
+    assert [(t["domains"], t["classes"], t["train"], t["test"]) for t in m["tasks"]] == [
+        (["clipart"], [0, 1, 2], 9, 3), (["sketch"], [0, 1, 2], 9, 3)]
+    s = wds.read_shard(str(tmp_path / "dil" / "task1-sketch" / "train" / "00000000.tar"))[0]
+    assert json.loads(s["json"])["domain"] == "sketch" and s["txt"].decode().startswith("a photo of a ")
+    (root / "clipart_train.txt").write_text("clipart/bee/0.jpg\n")
+    with pytest.raises(ValueError, match="clipart_train.txt:1"):
+        ts.read_domainnet(str(root))
+    with pytest.raises(FileNotFoundError, match="cifar-100-python"):
+        ts.read_cifar100(str(tmp_path))
