@@ -30,12 +30,17 @@ RUN ?= runs/sequential
 RUNS ?= runs/sequential runs/cumulative-all runs/oracle
 NPROC ?= 1
 TRAIN_ARGS ?=
+DATASET ?= synthetic-web
+DATA ?=
+METHOD ?= clip-replay
+MEMORY ?= 0
+CL_ARGS ?=
 PROTOCOLS ?= sequential cumulative-all cumulative-exp cumulative-equal patching lwf ewc oracle
 NAME ?=
 UIDS ?=
 WHERE ?=
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil dil reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -90,6 +95,12 @@ eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [DATA_
 
 compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b"
 	$(PY) -m eval compare $(RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
+
+cil: $(VENV)/.installed ## class-incremental CL: make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
+	$(PY) -m training.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(METHOD) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+
+dil: $(VENV)/.installed ## domain-incremental CL: make dil DATASET=domainnet DATA=path METHOD=gcl [MEMORY=...]
+	$(PY) -m training.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(METHOD) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

@@ -42,13 +42,15 @@ class Source:
     keep_fraction: float = 1.0  # replay subset: samples whose uid hash falls below it
     weight: float | None = None  # sampling weight; None: the expected number of samples kept
     months: tuple[int, ...] | None = None  # monthly time steps: only samples first seen in these months
+    uids: frozenset[str] | None = None  # concept streams: only these samples of the shards
 
     @property
     def expected_size(self) -> float:
         return self.size * self.keep_fraction
 
     def subset(self, fraction: float) -> "Source":
-        return Source(self.name, self.shards, self.size, min(1.0, self.keep_fraction * fraction), months=self.months)
+        return Source(self.name, self.shards, self.size, min(1.0, self.keep_fraction * fraction), months=self.months,
+                      uids=self.uids)
 
 
 def parse_time_steps(text: str, benchmark: str = "tic-datacomp") -> tuple[TimeStep, ...]:
@@ -162,6 +164,8 @@ def source_epochs(src: Source, seed: int, slot: int, n_slots: int) -> Iterator[d
                 if src.keep_fraction < 1.0 and uid_fraction(meta["uid"]) >= src.keep_fraction:
                     continue
                 if src.months is not None and meta.get("month") not in src.months:
+                    continue
+                if src.uids is not None and meta["uid"] not in src.uids:
                     continue
                 if i % n_slots == slot:
                     s["meta"] = meta

@@ -47,6 +47,7 @@ class TrainConfig:
     eps: float = 1e-6
     warmup: int = 10  # warmup iterations of the first time step
     warmup_later: int = 0  # warmup iterations of later steps (TiC-CLIP: none)
+    cooldown: int = 0  # rsqrt schedule: iterations of linear cooldown at the end of each step
     schedule: str = "cosine"
     meta_schedule: str = "constant"
     grad_clip: float = 1.0
@@ -84,19 +85,22 @@ def measure_macs(method, ctx, model, images, tokens, ids) -> float:
     return counter.get_total_flops() / 2
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> dict:
+    """``sources`` (one per task) and ``method`` (an instance) replace the benchmark's time steps
+    and ``cfg.protocol``'s method when given: concept streams (training.fomo) use both."""
     info = distributed.init(cfg.device)
     try:
-        return _train(cfg, info, resume)
+        return _train(cfg, info, resume, sources, method)
     finally:
         distributed.shutdown(info)
 
 
-def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
+def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=None, method=None) -> dict:
     from pipelines.models import load_model
 
-    method = get_method(cfg.protocol, cfg.options)
-    sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, parse_time_steps(cfg.time_steps, cfg.benchmark))
+    method = method if method is not None else get_method(cfg.protocol, cfg.options)
+    if sources is None:
+        sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, parse_time_steps(cfg.time_steps, cfg.benchmark))
     if cfg.max_steps:
         sources = sources[: cfg.max_steps]
     T = len(sources)
@@ -105,7 +109,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
         existing = run.config()
         if existing and not resume and run.completed_steps():
             raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        if existing and resume and {k: v for k, v in existing.items() if k != "device"} != {
+        if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k != "device"} != {
             k: v for k, v in cfg.to_json().items() if k != "device"
         }:
             raise ValueError(f"{cfg.run_dir}: --resume with a different configuration than the run was started with")
@@ -189,7 +193,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool) -> dict:
             if macs_per_iter is None:
                 macs_per_iter = measure_macs(method, ctx, ddp, images, tokens, ids) * info.world_size
             lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
-                       meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup)
+                       meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
+                       cooldown_steps=cfg.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)

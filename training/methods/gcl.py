@@ -23,6 +23,7 @@ import math
 import torch
 
 from training.methods.base import Method, clip_features
+from training.methods.class_memory import ClassMemoryData
 
 
 class GlobalContrastiveEstimator:
@@ -72,7 +73,7 @@ class GlobalContrastiveEstimator:
         self.log_u = {int(i): list(v) for i, v in zip(state["ids"], state["log_u"])}
 
 
-class GCL(Method):
+class GCL(ClassMemoryData, Method):
     name = "gcl"
 
     def __init__(self, options=None):

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from training.methods.base import Method, clip_features
+from training.methods.class_memory import ClassMemoryData
 
 
 def class_keys(tokens: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
@@ -66,7 +67,7 @@ class ClassDRO:
         self.avg = {tuple(k): float(v) for k, v in zip(state["keys"], state["avg"])}
 
 
-class GDRO(Method):
+class GDRO(ClassMemoryData, Method):
     name = "gdro"
 
     def __init__(self, options=None):
