@@ -32,15 +32,21 @@ NPROC ?= 1
 TRAIN_ARGS ?=
 DATASET ?= synthetic-web
 DATA ?=
-METHOD ?= clip-replay
+METHOD ?=
 MEMORY ?= 0
 CL_ARGS ?=
 PROTOCOLS ?= sequential cumulative-all cumulative-exp cumulative-equal patching lwf ewc oracle
 NAME ?=
 UIDS ?=
 WHERE ?=
+ORDER ?= random
+T ?= 5
+FOMO_ARGS ?=
+FOMO_METHOD = $(or $(METHOD),full-ft)
+FOMO_RUN ?= runs/fomo-$(FOMO_METHOD)-$(ORDER)-T$(T)
+FOMO_RUNS ?= $(wildcard runs/fomo-*-T*)
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil dil reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -96,11 +102,18 @@ eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [DATA_
 compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b"
 	$(PY) -m eval compare $(RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
 
+fomo: $(VENV)/.installed ## FoMo-in-Flux recipe + evaluation: make fomo METHOD=ema-merge ORDER=time T=10 [FOMO_ARGS="--option decay=0.7"]
+	$(PY) -m training.fomo --method $(FOMO_METHOD) --order $(ORDER) --tasks $(T) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(FOMO_RUN) $(FOMO_ARGS)
+	$(PY) -m eval.fomo $(FOMO_RUN) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(FOMO_RUN)/eval
+
+fomo-compare: $(VENV)/.installed ## FoMo runs side by side + retention-vs-accumulation scatter: make fomo-compare FOMO_RUNS="runs/fomo-a runs/fomo-b"
+	$(PY) -m eval.fomo $(FOMO_RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/fomo-compare
+
 cil: $(VENV)/.installed ## class-incremental CL: make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
-	$(PY) -m training.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(METHOD) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m training.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
 
 dil: $(VENV)/.installed ## domain-incremental CL: make dil DATASET=domainnet DATA=path METHOD=gcl [MEMORY=...]
-	$(PY) -m training.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(METHOD) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m training.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

@@ -1,0 +1,97 @@
+"""``python -m training.fomo``: run a FoMo-in-Flux recipe on a built benchmark.
+
+    python -m training.fomo --method ema-merge --order time --tasks 10
+    python -m training.fomo --method lora --order reverse-frequency --tasks 5 --option rank=8
+    python -m training.fomo --budget-only --methods full-ft,lora,ewc,ema-merge --tasks 5   # MAF table only
+    python -m training.fomo --stream-only --order semantic --tasks 5                      # print the stream
+
+Evaluate with ``python -m eval.fomo runs/fomo-*``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from training.fomo.mixture import parse_shares
+from training.fomo.runner import FomoConfig, plan_budget, resolve_base, run
+from training.fomo.streams import ALL_ORDERS
+from training.methods import METHODS, UPDATE_METHODS
+from training.schedules import META_SCHEDULES, SCHEDULES
+
+
+def parse(argv=None):
+    d = FomoConfig()
+    p = argparse.ArgumentParser(prog="python -m training.fomo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default=d.method, choices=sorted({*METHODS, *UPDATE_METHODS}))
+    p.add_argument("--order", default=d.order, choices=ALL_ORDERS)
+    p.add_argument("--tasks", "-T", type=int, default=d.tasks)
+    p.add_argument("--data-dir", default=d.data_dir)
+    p.add_argument("--benchmark", default=d.benchmark)
+    p.add_argument("--variant", default=d.variant)
+    p.add_argument("--run-dir", default="", help="default: runs/fomo-<method>-<order>-T<tasks>")
+    p.add_argument("--base-model", default="", help="model spec of the base; default: the embedded filter CLIP")
+    p.add_argument("--pool-years", default=",".join(map(str, d.pool_years)), help="years of the pretraining pool")
+    p.add_argument("--holdout", type=int, default=d.holdout, help="concepts kept out of the stream for retention")
+    p.add_argument("--mixture", default=",".join(map(str, d.shares)), help="shares pool,current,replay")
+    p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay buffer cap in samples (0: all)")
+    p.add_argument("--full-ft-steps", type=int, default=d.full_ft_steps,
+                   help="compute budget: full fine-tuning iterations per task; other methods get the same MAF")
+    p.add_argument("--maf-budget", type=float, default=0.0, help="total budget in GMAF (overrides --full-ft-steps)")
+    p.add_argument("--steps-per-task", type=int, default=0, help="fixed iterations per task (skips the MAF budget)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--cooldown", type=int, default=d.cooldown, help="rsqrt: cooldown iterations at the end of each task")
+    p.add_argument("--schedule", default=d.schedule, choices=sorted(SCHEDULES))
+    p.add_argument("--meta-schedule", default=d.meta_schedule, choices=META_SCHEDULES)
+    p.add_argument("--text", default=d.text, choices=["alt", "generated", "both"], help="caption to train on")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. rank=8 decay=0.7")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--budget-only", action="store_true", help="print the MAF table of --methods and stop")
+    p.add_argument("--methods", default="full-ft,lora,ewc,ema-merge", help="methods of --budget-only")
+    p.add_argument("--stream-only", action="store_true", help="print the stream and stop")
+    a = p.parse_args(argv)
+    options = {}
+    for kv in a.option:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            p.error(f"--option must be KEY=VALUE, got {kv!r}")
+        try:
+            options[k] = json.loads(v)
+        except json.JSONDecodeError:
+            options[k] = v
+    cfg = FomoConfig(
+        method=a.method, order=a.order, tasks=a.tasks, data_dir=a.data_dir, benchmark=a.benchmark, variant=a.variant,
+        run_dir=a.run_dir, base_model=a.base_model, pool_years=tuple(int(y) for y in a.pool_years.split(",") if y),
+        holdout=a.holdout, shares=parse_shares(a.mixture), buffer_size=a.buffer_size, full_ft_steps=a.full_ft_steps, maf_budget=a.maf_budget,
+        steps_per_task=a.steps_per_task, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, cooldown=a.cooldown, schedule=a.schedule,
+        meta_schedule=a.meta_schedule, seed=a.seed, text=a.text, device=a.device, workers=a.workers, options=options,
+    )
+    return cfg, a
+
+
+def main(argv=None) -> int:
+    cfg, a = parse(argv)
+    if a.budget_only:
+        _, table = plan_budget(cfg, resolve_base(cfg), [m for m in a.methods.split(",") if m])
+        print(table)
+        return 0
+    if a.stream_only:
+        from pipelines.models import load_model
+        from training.fomo.streams import build_index, make_stream
+
+        index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)
+        stream = make_stream(index, cfg.order, cfg.tasks, cfg.seed, cfg.holdout, load_model(resolve_base(cfg)))
+        print(json.dumps(stream.to_json(), indent=1))
+        return 0
+    run(cfg, resume=a.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
