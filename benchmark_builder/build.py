@@ -398,6 +398,9 @@ def build(cfg: BuildConfig) -> dict:
     if cfg.runner.dry_run:
         return dry_run(cfg, layout, years)
     todo = [y for y in years if not year_done(cfg, layout, y)]
+    stale = pio.remove_stale_temps(layout.root)
+    if stale:
+        print(f"removed {stale} temp file(s) of an interrupted run")
     if todo:
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)

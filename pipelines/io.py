@@ -136,3 +136,18 @@ def read_parquet(paths: list[str] | str, columns: list[str] | None = None) -> pa
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
+
+
+def remove_stale_temps(root: str) -> int:
+    """Delete the temp files of atomic writes (``.tmp-*``) left under ``root`` by a killed run, so a
+    resumed run ends with exactly the files a clean run writes. Local paths only (object stores
+    have no partial writes). Returns how many were removed."""
+    if not is_local(root) or not os.path.isdir(local_path(root)):
+        return 0
+    n = 0
+    for dirpath, _, files in os.walk(local_path(root)):
+        for f in files:
+            if f.startswith(".tmp-"):
+                os.unlink(os.path.join(dirpath, f))
+                n += 1
+    return n
