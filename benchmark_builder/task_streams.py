@@ -141,7 +141,7 @@ def read_image_folder(root: str, name: str = "imagefolder") -> Dataset:
     return Dataset(name, classes, items(tr), items(te))
 
 
-def synthetic_web(per_class_train: int = 40, per_class_test: int = 10, seed: int = 0, size: int = 64) -> Dataset:
+def synthetic_web(per_class_train: int = 200, per_class_test: int = 50, seed: int = 0, size: int = 64) -> Dataset:
     """The embedded web's concepts, rendered by its generator: the default class-incremental stream."""
     import dataclasses
 
@@ -162,9 +162,11 @@ def synthetic_web(per_class_train: int = 40, per_class_test: int = 10, seed: int
                    items(per_class_train, per_class_train + per_class_test, "test"))
 
 
-def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None, seed: int = 0) -> Dataset:
+def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None, seed: int = 0,
+                 synthetic_per_class: tuple[int, int] = (200, 50)) -> Dataset:
+    """``synthetic_per_class`` = (train, test) renders per concept for ``synthetic-web``."""
     if dataset == "synthetic-web":
-        return synthetic_web(seed=seed)
+        return synthetic_web(*synthetic_per_class, seed=seed)
     if not path:
         raise ValueError(f"--data PATH is needed for {dataset!r} (nothing can be downloaded)")
     if dataset == "cifar100":

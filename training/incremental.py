@@ -60,15 +60,19 @@ class CILConfig:
     data_dir: str = "./data"
     run_dir: str = ""
     model: str = "tic-tiny-32"
-    samples_per_task: int = 2048
+    samples_per_task: int = 4096
     batch_size: int = 64
     lr: float = 1e-3
     device: str = "auto"
     workers: int = 0
     options: dict = field(default_factory=dict)
+    synthetic_per_class: tuple[int, int] = (200, 50)  # (train, test) renders per concept, synthetic-web only
 
     def stream_dir(self) -> str:
-        return pio.join(self.data_dir, "streams", f"{self.dataset}-{self.kind}-T{self.tasks}-s{self.seed}")
+        name = self.dataset
+        if name == "synthetic-web":
+            name += "-{}x{}".format(*self.synthetic_per_class)
+        return pio.join(self.data_dir, "streams", f"{name}-{self.kind}-T{self.tasks}-s{self.seed}")
 
     def default_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", f"{self.kind}-{self.dataset}-{self.method}-m{self.memory}")
@@ -78,7 +82,7 @@ def ensure_stream(cfg: CILConfig) -> dict:
     d = cfg.stream_dir()
     if pio.exists(pio.join(d, "stream.json")):
         return ts.read_manifest(d)
-    ds = ts.load_dataset(cfg.dataset, cfg.data, list(cfg.domains) or None, cfg.seed)
+    ds = ts.load_dataset(cfg.dataset, cfg.data, list(cfg.domains) or None, cfg.seed, tuple(cfg.synthetic_per_class))
     n_tasks = cfg.tasks if cfg.kind == "cil" else len(ds.domains)
     m = ts.write_stream(ds, d, cfg.kind, n_tasks, cfg.seed)
     print(f"stream {d}: {m['n_tasks']} tasks, {len(m['classnames'])} classes, "
@@ -218,6 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--data", default="", help="dataset path (not needed for synthetic-web)")
     p.add_argument("--kind", default=d.kind, choices=["cil", "dil"])
     p.add_argument("--tasks", type=int, default=d.tasks)
+    p.add_argument("--synthetic-per-class", type=int, nargs=2, default=list(d.synthetic_per_class), metavar=("TRAIN", "TEST"),
+                   help="synthetic-web renders per concept")
     p.add_argument("--domains", nargs="*", default=[])
     p.add_argument("--method", default=d.method, choices=list(cil_methods()))
     p.add_argument("--memory", type=int, default=d.memory)
@@ -237,7 +243,7 @@ def main(argv=None) -> int:
     base = CILConfig(dataset=a.dataset, data=a.data, kind=a.kind, tasks=a.tasks, domains=tuple(a.domains), method=a.method,
                      memory=a.memory, seed=a.seed, data_dir=a.data_dir, run_dir=a.run_dir, model=a.model,
                      samples_per_task=a.samples_per_task, batch_size=a.batch_size, lr=a.lr, device=a.device,
-                     workers=a.workers, options=options)
+                     workers=a.workers, options=options, synthetic_per_class=tuple(a.synthetic_per_class))
     if not a.sweep_memory:
         run(base)
         return 0

@@ -59,3 +59,21 @@ def test_domainnet_domain_incremental_run_with_gcl(tmp_path):
     assert r["tasks"] == ["task0-clipart", "task1-sketch"]
     assert all(math.isfinite(v) for v in r["accuracy_matrix"][1])
     assert r["memory_composition"][0]["composition"] == {0: 2, 1: 2, 2: 2}
+
+
+def test_embedded_default_stream_renders_the_webs_concepts_and_trains_with_memory(tmp_path):
+    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
+
+    cfg = CILConfig(dataset="synthetic-web", tasks=4, method="clip-replay", memory=16, synthetic_per_class=(3, 2),
+                    data_dir=str(tmp_path / "d"), run_dir=str(tmp_path / "run"), **TINY)
+    assert cfg.stream_dir().endswith("synthetic-web-3x2-cil-T4-s0")  # the render counts are part of the cache key
+    r = run(cfg)
+    m = __import__("json").load(open(os.path.join(cfg.stream_dir(), "stream.json")))
+    assert m["classnames"] == list(CLASS_NAMES) and len(CLASS_NAMES) == 16
+    assert [len(t["classes"]) for t in m["tasks"]] == [4, 4, 4, 4]
+    assert [(t["train"], t["test"]) for t in m["tasks"]] == [(12, 8)] * 4
+    R = np.array([[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]])
+    assert np.isfinite(R[np.tril_indices(4)]).all() and np.isnan(R[np.triu_indices(4, 1)]).all()
+    # quotas shrink as classes arrive: 16 over 4 classes, then 8, then 5 or 6 (capped by the 3 renders per class)
+    comp = [h["composition"] for h in r["memory_composition"]]
+    assert [len(c) for c in comp] == [4, 8, 12] and max(comp[0].values()) == 3 and max(comp[2].values()) <= 2
