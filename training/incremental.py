@@ -36,15 +36,15 @@ TEMPLATES = ["a photo of a {}."]
 
 
 def cil_methods() -> dict:
-    from training.methods.clip_replay import ClipReplay
+    from training.methods.clip_replay import ClipReplay, for_class_streams
     from training.methods.ewc import EWC
     from training.methods.finetune_ce import FinetuneCE
     from training.methods.gcl import GCL
     from training.methods.gdro import GDRO
     from training.methods.lwf import LwF
 
-    return {"finetune-ce": FinetuneCE, "clip-replay": ClipReplay, "gcl": GCL, "gdro": GDRO, "ewc": EWC, "lwf": LwF,
-            "zero-shot": None}
+    return {"finetune-ce": FinetuneCE, "clip-replay": ClipReplay, "gcl": GCL, "gdro": GDRO,
+            "ewc": for_class_streams(EWC), "lwf": for_class_streams(LwF), "zero-shot": None}
 
 
 @dataclass

@@ -102,6 +102,28 @@ def test_gdro_per_sample_losses_by_hand():
     assert keys == [(5, 1), (7, 2)] and idx.tolist() == [0, 1, 0]
 
 
+def test_ewc_and_lwf_for_class_streams_reuse_the_tic_classes_with_memory_and_class_text_loss():
+    from training.incremental import cil_methods
+    from training.methods.base import Method
+    from training.methods.class_memory import ClassMemoryData
+    from training.methods.clip_replay import ClassTextLoss
+    from training.methods.ewc import EWC
+    from training.methods.lwf import LwF
+
+    methods = cil_methods()
+    for name, tic in (("ewc", EWC), ("lwf", LwF)):
+        m = methods[name]({"memory": 8})
+        assert isinstance(m, tic) and isinstance(m, ClassMemoryData) and isinstance(m, ClassTextLoss) and m.name == name
+    tokens = torch.tensor([[5, 1], [7, 2], [5, 1], [9, 3]])
+    m = methods["ewc"]({})
+    assert m.texts(tokens).tolist() == [[5, 1], [7, 2], [9, 3]]  # distinct class prompts, first-seen order
+    assert Method().texts(tokens) is tokens  # the TiC protocols keep in-batch captions
+    img, txt = _features(4, 8)
+    _, target = class_keys(tokens)
+    assert m.contrastive(None, img, txt[:3], 10.0, tokens).item() == pytest.approx(
+        F.cross_entropy(10.0 * img @ txt[:3].T, target).item())
+
+
 def test_class_balanced_memory_quotas_shrink_and_sample_from_everything():
     mem = ClassBalancedMemory(size=10, seed=1)
     first = {0: [f"a{i}" for i in range(20)], 1: [f"b{i}" for i in range(20)]}

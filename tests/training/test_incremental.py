@@ -24,7 +24,7 @@ def cifar(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("method,memory", [("gdro", 40), ("finetune-ce", 0), ("zero-shot", 0)])
+@pytest.mark.parametrize("method,memory", [("gdro", 40), ("lwf", 40), ("finetune-ce", 0), ("zero-shot", 0)])
 def test_cifar100_class_incremental_run_fills_the_accuracy_matrix(cifar, tmp_path, method, memory):
     cfg = CILConfig(dataset="cifar100", data=cifar, tasks=2, method=method, memory=memory, data_dir=str(tmp_path / "d"),
                     run_dir=str(tmp_path / "run"), **TINY)

@@ -71,9 +71,22 @@ class Method:
         """Called before the step's optimizer is built: freeze towers, add adapters, reset state."""
 
     def loss(self, ctx: StepContext, model: torch.nn.Module, images, tokens, ids) -> tuple[torch.Tensor, dict]:
-        img, txt, scale = clip_features(model, images, tokens)
-        loss = ctx.clip_loss(img, txt, scale)
+        loss, _ = self.task_loss(ctx, model, images, tokens)
         return loss, {"contrastive": float(loss.detach())}
+
+    # -- the task's own loss, which regularisers (EWC, LwF, ...) add to ----------------
+    def texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The texts a batch's images are contrasted with (default: the batch's own captions)."""
+        return tokens
+
+    def contrastive(self, ctx: StepContext, img, txt, scale, tokens) -> torch.Tensor:
+        """The task loss on features of ``images`` and ``self.texts(tokens)`` (default: CLIP's)."""
+        return ctx.clip_loss(img, txt, scale)
+
+    def task_loss(self, ctx: StepContext, model: torch.nn.Module, images, tokens):
+        """(loss, (image features, text features, logit scale)) of the task loss."""
+        feats = clip_features(model, images, self.texts(tokens))
+        return self.contrastive(ctx, *feats, tokens), feats
 
     def end_step(self, ctx: StepContext, model: torch.nn.Module, batches=None) -> None:
         pass

@@ -7,17 +7,35 @@ cross-entropy over the distinct prompts in the batch at the model's learned temp
 (``training.methods.gdro.per_sample_losses`` with ``kind=clip``, unweighted)."""
 from __future__ import annotations
 
-from training.methods.base import Method, clip_features
+from training.methods.base import Method
 from training.methods.class_memory import ClassMemoryData
 from training.methods.gdro import class_keys, per_sample_losses
 
 
-class ClipReplay(ClassMemoryData, Method):
+class ClassTextLoss:
+    """Mixin for ``Method`` subclasses: the task loss is image -> class-text cross-entropy over the
+    distinct class prompts of the batch. Regularisers built on ``Method.task_loss`` (EWC, LwF)
+    pick it up unchanged, which is how the class-incremental ``ewc``/``lwf`` reuse the TiC ones."""
+
+    def texts(self, tokens):
+        keys, target = class_keys(tokens)
+        first = [target.tolist().index(k) for k in range(len(keys))]
+        return tokens[first]
+
+    def contrastive(self, ctx, img, txt, scale, tokens):
+        _, target = class_keys(tokens)
+        return per_sample_losses(img, txt, target, scale, "clip").mean()
+
+
+class ClipReplay(ClassMemoryData, ClassTextLoss, Method):
     name = "clip-replay"
 
     def loss(self, ctx, model, images, tokens, ids):
-        keys, target = class_keys(tokens)
-        first = [target.tolist().index(k) for k in range(len(keys))]
-        img, txt, scale = clip_features(model, images, tokens[first])
-        loss = per_sample_losses(img, txt, target, scale, "clip").mean()
+        loss, _ = self.task_loss(ctx, model, images, tokens)
         return loss, {"clip_replay": float(loss.detach())}
+
+
+def for_class_streams(method: type) -> type:
+    """A TiC method (EWC, LwF, ...) for class/domain-incremental streams: the class-balanced memory
+    as data and the class-text loss as task loss; its own regulariser and state unchanged."""
+    return type(method.__name__ + "ForClasses", (ClassMemoryData, ClassTextLoss, method), {"name": method.name})

@@ -1,6 +1,7 @@
 """EWC: elastic weight consolidation (Kirkpatrick et al. 2017) with a diagonal Fisher.
 
-After each step, the squared gradients of the contrastive loss over ``fisher_samples``
+After each step, the squared gradients of the task loss (``Method.task_loss``: CLIP's
+contrastive loss, or the class-text loss in class-incremental streams) over ``fisher_samples``
 samples of the step's data (default 512) estimate the Fisher; later steps add
 ``weight``/2 * sum F (theta - theta*)^2 (default weight 1000). Fishers of successive steps
 accumulate (online EWC with gamma = 1). The Fisher's forward/backward passes are counted in
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from training.methods.base import Method, clip_features
+from training.methods.base import Method
 
 
 class EWC(Method):
@@ -25,8 +26,7 @@ class EWC(Method):
         return min(self.option("fisher_samples", 512), budget // 4)
 
     def loss(self, ctx, model, images, tokens, ids):
-        img, txt, scale = clip_features(model, images, tokens)
-        contrastive = ctx.clip_loss(img, txt, scale)
+        contrastive, _ = self.task_loss(ctx, model, images, tokens)
         logs = {"contrastive": float(contrastive.detach())}
         if not self.fisher:
             return contrastive, logs
@@ -42,8 +42,7 @@ class EWC(Method):
         count = 0
         for images, tokens in batches:
             model.zero_grad(set_to_none=True)
-            img, txt, scale = clip_features(model, images, tokens)
-            ctx.clip_loss(img, txt, scale).backward()
+            self.task_loss(ctx, model, images, tokens)[0].backward()
             for n, p in _named(model):
                 if p.grad is not None:
                     sums[n] += p.grad.detach() ** 2
