@@ -46,7 +46,7 @@ FOMO_METHOD = $(or $(METHOD),full-ft)
 FOMO_RUN ?= runs/fomo-$(FOMO_METHOD)-$(ORDER)-T$(T)
 FOMO_RUNS ?= $(wildcard runs/fomo-*-T*)
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -111,6 +111,9 @@ fomo-compare: $(VENV)/.installed ## FoMo runs side by side + retention-vs-accumu
 
 cil: $(VENV)/.installed ## class-incremental CL: make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
 	$(PY) -m training.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+
+cil-compare: $(VENV)/.installed ## class/domain-incremental runs side by side + accuracy-vs-memory plot: make cil-compare CL_RUNS="runs/cil-*"
+	$(PY) -m training.incremental --compare $(or $(CL_RUNS),$(filter-out %.png,$(wildcard runs/cil-* runs/dil-*))) --plot runs/cl-memory.png
 
 dil: $(VENV)/.installed ## domain-incremental CL: make dil DATASET=domainnet DATA=path METHOD=gcl [MEMORY=...]
 	$(PY) -m training.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)

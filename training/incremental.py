@@ -4,6 +4,7 @@
     python -m training.incremental --dataset cifar100 --data /data/cifar --tasks 10 --method gcl --memory 2000
     python -m training.incremental --dataset domainnet --data /data/domainnet --kind dil --method clip-replay
     python -m training.incremental --dataset synthetic-web --method clip-replay --sweep-memory 0 64 256
+    python -m training.incremental --compare runs/cil-synthetic-web-* --plot runs/cil-memory.png
 
 1. The stream (``benchmark_builder.task_streams``) is written once under
    ``<data-dir>/streams/<dataset>-<kind>-T<tasks>-s<seed>/`` and reused.
@@ -214,6 +215,28 @@ def memory_plot(results: list[dict], png: str) -> str:
     return png
 
 
+def compare(run_dirs: list[str], png: str = "") -> str:
+    """Markdown table of several runs' ``cl_results.json`` (and the accuracy-vs-memory plot)."""
+    results = []
+    for d in run_dirs:
+        path = os.path.join(d, "cl_results.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{d}: no cl_results.json (run python -m training.incremental first)")
+        results.append(pio.read_json(path))
+    results.sort(key=lambda r: (r["config"]["method"], r["config"]["memory"]))
+    lines = ["| method | memory | final average accuracy | final accuracy on tasks 0..T-2 | avg incremental accuracy "
+             "| forgetting | BWT |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        R = np.array([[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]])
+        early = float(np.mean(R[-1, :-1])) if len(R) > 1 else float("nan")
+        m = r["metrics"]
+        lines.append(f"| {r['config']['method']} | {r['config']['memory']} | {m['final_average_accuracy']:.1%} | {early:.1%} "
+                     f"| {m['average_incremental_accuracy']:.1%} | {m['forgetting']:.3f} | {m['bwt']:.3f} |")
+    if png:
+        lines.append(f"\naccuracy vs memory: {memory_plot([r for r in results if r['config']['method'] != 'zero-shot'], png)}")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.incremental", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -238,7 +261,12 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=d.device)
     p.add_argument("--workers", type=int, default=d.workers)
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (gamma, lambda, ...)")
+    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="print a table of finished runs (no training)")
+    p.add_argument("--plot", default="", help="with --compare: write the accuracy-vs-memory plot here")
     a = p.parse_args(argv)
+    if a.compare:
+        print(compare(a.compare, a.plot))
+        return 0
     options = dict(o.split("=", 1) for o in a.option)
     base = CILConfig(dataset=a.dataset, data=a.data, kind=a.kind, tasks=a.tasks, domains=tuple(a.domains), method=a.method,
                      memory=a.memory, seed=a.seed, data_dir=a.data_dir, run_dir=a.run_dir, model=a.model,

@@ -77,3 +77,9 @@ def test_embedded_default_stream_renders_the_webs_concepts_and_trains_with_memor
     # quotas shrink as classes arrive: 16 over 4 classes, then 8, then 5 or 6 (capped by the 3 renders per class)
     comp = [h["composition"] for h in r["memory_composition"]]
     assert [len(c) for c in comp] == [4, 8, 12] and max(comp[0].values()) == 3 and max(comp[2].values()) <= 2
+    from training.incremental import compare
+
+    table = compare([str(tmp_path / "run")], str(tmp_path / "mem.png"))
+    row = [ln for ln in table.splitlines() if ln.startswith("| clip-replay | 16 |")]
+    assert len(row) == 1 and f"{r['metrics']['final_average_accuracy']:.1%}" in row[0]
+    assert f"{np.mean(R[3, :3]):.1%}" in row[0] and os.path.getsize(tmp_path / "mem.png") > 1000
