@@ -110,13 +110,13 @@ fomo-compare: $(VENV)/.installed ## FoMo runs side by side + retention-vs-accumu
 	$(PY) -m eval.fomo $(FOMO_RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/fomo-compare
 
 cil: $(VENV)/.installed ## class-incremental CL: make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
-	$(PY) -m training.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m eval.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
 
 cil-compare: $(VENV)/.installed ## class/domain-incremental runs side by side + accuracy-vs-memory plot: make cil-compare CL_RUNS="runs/cil-*"
-	$(PY) -m training.incremental --compare $(or $(CL_RUNS),$(filter-out %.png,$(wildcard runs/cil-* runs/dil-*))) --plot runs/cl-memory.png
+	$(PY) -m eval.incremental --compare $(or $(CL_RUNS),$(filter-out %.png,$(wildcard runs/cil-* runs/dil-*))) --plot runs/cl-memory.png
 
 dil: $(VENV)/.installed ## domain-incremental CL: make dil DATASET=domainnet DATA=path METHOD=gcl [MEMORY=...]
-	$(PY) -m training.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m eval.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

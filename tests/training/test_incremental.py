@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from test_cl_losses import _write_cifar100  # noqa: E402
 
-from training.incremental import CILConfig, run  # noqa: E402
+from eval.incremental import run  # noqa: E402
+from training.incremental import CILConfig  # noqa: E402
 
 TINY = dict(samples_per_task=64, batch_size=16, workers=0)
 
@@ -77,7 +78,7 @@ def test_embedded_default_stream_renders_the_webs_concepts_and_trains_with_memor
     # quotas shrink as classes arrive: 16 over 4 classes, then 8, then 5 or 6 (capped by the 3 renders per class)
     comp = [h["composition"] for h in r["memory_composition"]]
     assert [len(c) for c in comp] == [4, 8, 12] and max(comp[0].values()) == 3 and max(comp[2].values()) <= 2
-    from training.incremental import compare
+    from eval.incremental import compare
 
     table = compare([str(tmp_path / "run")], str(tmp_path / "mem.png"))
     row = [ln for ln in table.splitlines() if ln.startswith("| clip-replay | 16 |")]

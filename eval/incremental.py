@@ -1,0 +1,169 @@
+"""Class- and domain-incremental CL with CLIP, end to end: train (``training.incremental``),
+then fill the accuracy matrix.
+
+    python -m eval.incremental --dataset synthetic-web --method gdro --memory 200
+    python -m eval.incremental --dataset cifar100 --data /data/cifar --tasks 10 --method gcl --memory 2000
+    python -m eval.incremental --dataset domainnet --data /data/domainnet --kind dil --method clip-replay
+    python -m eval.incremental --dataset synthetic-web --method clip-replay --sweep-memory 0 64 256
+    python -m eval.incremental --compare runs/cil-synthetic-web-* --plot runs/cl-memory.png
+
+After each task t, the checkpoint is evaluated on the test images of every task j <= t with a
+zero-shot classifier over all classes seen up to t (all classes for domain-incremental), filling
+R[t, j]; ``eval.metrics.continual_metrics`` gives final average accuracy, average incremental
+accuracy, BWT and forgetting. ``--sweep-memory`` runs one method per memory size and plots final
+average accuracy against memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from eval.metrics import continual_metrics
+from eval.tasks import zero_shot_classifier
+from pipelines import io as pio
+from training.data import Source, _raw_samples
+from training.incremental import CILConfig, configs_from_args, parser, seen_classes, task_sources, train_run
+
+TEMPLATES = ["a photo of a {}."]
+
+
+@torch.no_grad()
+def accuracy_row(loaded, manifest: dict, test: list[Source], t: int, device: str) -> list[float]:
+    """Accuracy of a model on the test images of tasks 0..t, classes seen up to t."""
+    from PIL import Image
+
+    model = loaded.model.eval()
+    classes = seen_classes(manifest, t)
+    names = [manifest["classnames"][c].replace("_", " ") for c in classes]
+    clf = zero_shot_classifier(model, loaded.tokenizer, names, TEMPLATES, device)
+    col = {c: i for i, c in enumerate(classes)}
+    row = []
+    for j in range(len(manifest["tasks"])):
+        if j > t:
+            row.append(float("nan"))
+            continue
+        imgs, labels = [], []
+        for shard in test[j].shards:
+            for s in _raw_samples(shard):
+                imgs.append(loaded.preprocess_val(Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
+                labels.append(col[int(json.loads(s["json"])["cls"])])
+        correct = 0
+        for b in range(0, len(imgs), 256):
+            x = torch.stack(imgs[b:b + 256]).to(device)
+            feats = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
+            pred = (feats @ clf).argmax(dim=1).cpu()
+            correct += int((pred == torch.tensor(labels[b:b + 256])).sum())
+        row.append(correct / max(1, len(imgs)))
+    return row
+
+
+def evaluate(cfg: CILConfig, trained: dict) -> dict:
+    """Fill R[t, j] (checkpoint after task t, test images of task j <= t) and its metrics; writes
+    ``<run>/cl_results.json``."""
+    from pipelines.models import load_model
+
+    manifest, run_dir = trained["manifest"], trained["run_dir"]
+    test_src = task_sources(cfg, manifest, "test")
+    T = len(test_src)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    R = np.full((T, T), np.nan)
+    if cfg.method == "zero-shot":
+        torch.manual_seed(cfg.seed)  # a model without pretrained weights is initialised the same every run
+    base = load_model(cfg.model, device=device) if cfg.method == "zero-shot" else None
+    for t in range(T):
+        loaded = base or load_model(f"{cfg.model}:{os.path.join(run_dir, 'checkpoints', f'step_{t}.pt')}", device=device)
+        R[t] = accuracy_row(loaded, manifest, test_src, t, device)
+    result = {"config": dataclasses.asdict(cfg), "run_dir": run_dir, "tasks": [t["name"] for t in manifest["tasks"]],
+              "accuracy_matrix": [[None if np.isnan(v) else v for v in row] for row in R], "metrics": continual_metrics(R),
+              "memory_composition": trained["memory_composition"]}
+    os.makedirs(run_dir, exist_ok=True)
+    pio.write_json(os.path.join(run_dir, "cl_results.json"), result)
+    print(format_result(cfg.method, cfg.memory, result))
+    return result
+
+
+def run(cfg: CILConfig) -> dict:
+    """Train (``training.incremental.train_run``), then evaluate."""
+    return evaluate(cfg, train_run(cfg))
+
+
+def format_result(method: str, memory: int, result: dict) -> str:
+    names = result["tasks"]
+    lines = [f"\n=== {method}, memory {memory}: accuracy after each task (rows) on each task's test set (columns)",
+             f"{'':>12}" + "".join(f"{n[:10]:>11}" for n in names)]
+    for n, row in zip(names, result["accuracy_matrix"]):
+        lines.append(f"{n[:12]:>12}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in row))
+    m = result["metrics"]
+    lines.append("  ".join(f"{k} {v:.4f}" for k, v in m.items()))
+    return "\n".join(lines)
+
+
+def memory_plot(results: list[dict], png: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    by_method: dict[str, list] = {}
+    for r in results:
+        by_method.setdefault(r["config"]["method"], []).append((r["config"]["memory"], r["metrics"]["final_average_accuracy"]))
+    for m, pts in by_method.items():
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=m)
+    ax.set_xlabel("memory size (examples)")
+    ax.set_ylabel("final average accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+    tmp = png + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png
+
+
+def compare(run_dirs: list[str], png: str = "") -> str:
+    """Markdown table of several runs' ``cl_results.json`` (and the accuracy-vs-memory plot)."""
+    results = []
+    for d in run_dirs:
+        path = os.path.join(d, "cl_results.json")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{d}: no cl_results.json (run python -m training.incremental first)")
+        results.append(pio.read_json(path))
+    results.sort(key=lambda r: (r["config"]["method"], r["config"]["memory"]))
+    lines = ["| method | memory | final average accuracy | final accuracy on tasks 0..T-2 | avg incremental accuracy "
+             "| forgetting | BWT |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        R = np.array([[np.nan if v is None else v for v in row] for row in r["accuracy_matrix"]])
+        early = float(np.mean(R[-1, :-1])) if len(R) > 1 else float("nan")
+        m = r["metrics"]
+        lines.append(f"| {r['config']['method']} | {r['config']['memory']} | {m['final_average_accuracy']:.1%} | {early:.1%} "
+                     f"| {m['average_incremental_accuracy']:.1%} | {m['forgetting']:.3f} | {m['bwt']:.3f} |")
+    if png:
+        lines.append(f"\naccuracy vs memory: {memory_plot([r for r in results if r['config']['method'] != 'zero-shot'], png)}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = parser("python -m eval.incremental", __doc__)
+    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="print a table of finished runs (no training)")
+    p.add_argument("--plot", default="", help="with --compare: write the accuracy-vs-memory plot here")
+    a = p.parse_args(argv)
+    if a.compare:
+        print(compare(a.compare, a.plot))
+        return 0
+    results = [run(cfg) for cfg in configs_from_args(a)]
+    if a.sweep_memory:
+        print(f"accuracy vs memory: {memory_plot(results, os.path.join('runs', f'{a.kind}-{a.dataset}-{a.method}-memory.png'))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
