@@ -26,6 +26,7 @@ import torch
 from eval.datasets import benchmark_sets
 from eval.embed import Embedder, file_hash
 from eval.metrics import geometric_mean
+from eval.report import save_figure
 from eval.tasks import retrieval_metrics
 
 
@@ -149,9 +150,7 @@ def scatter(results: list[dict], png: str) -> str:
     ax.set_title("FoMo-in-Flux trade-off: final model per method")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
+    save_figure(fig, png)
     return png
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from eval.metrics import continual_metrics
+from eval.report import save_figure
 from eval.tasks import zero_shot_classifier
 from pipelines import io as pio
 from training.data import Source, _raw_samples
@@ -73,9 +74,10 @@ def evaluate(cfg: CILConfig, trained: dict) -> dict:
     T = len(test_src)
     device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     R = np.full((T, T), np.nan)
+    base = None
     if cfg.method == "zero-shot":
         torch.manual_seed(cfg.seed)  # a model without pretrained weights is initialised the same every run
-    base = load_model(cfg.model, device=device) if cfg.method == "zero-shot" else None
+        base = load_model(cfg.model, device=device)
     for t in range(T):
         loaded = base or load_model(f"{cfg.model}:{os.path.join(run_dir, 'checkpoints', f'step_{t}.pt')}", device=device)
         R[t] = accuracy_row(loaded, manifest, test_src, t, device)
@@ -121,11 +123,7 @@ def memory_plot(results: list[dict], png: str) -> str:
     ax.set_ylabel("final average accuracy")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png)
     return png
 
 
@@ -135,7 +133,7 @@ def compare(run_dirs: list[str], png: str = "") -> str:
     for d in run_dirs:
         path = os.path.join(d, "cl_results.json")
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{d}: no cl_results.json (run python -m training.incremental first)")
+            raise FileNotFoundError(f"{d}: no cl_results.json (run python -m eval.incremental first)")
         results.append(pio.read_json(path))
     results.sort(key=lambda r: (r["config"]["method"], r["config"]["memory"]))
     lines = ["| method | memory | final average accuracy | final accuracy on tasks 0..T-2 | avg incremental accuracy "

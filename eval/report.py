@@ -108,7 +108,7 @@ def heatmap(E: np.ndarray, steps: list[str], title: str, png: str) -> str:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save(fig, png)
+    save_figure(fig, png)
     return png
 
 
@@ -128,11 +128,12 @@ def curves(res, png: str) -> str:
     ax.set_title(f"{res.run}: each checkpoint across time", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    _save(fig, png)
+    save_figure(fig, png)
     return png
 
 
-def _save(fig, png: str) -> None:
+def save_figure(fig, png: str) -> None:
+    """Write a matplotlib figure as PNG atomically (temp then rename) and close it."""
     import matplotlib.pyplot as plt
 
     os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
@@ -199,5 +200,5 @@ def compare_heatmaps(runs: list[tuple[str, dict]], png: str, kind: str = "retrie
             ax.set_ylabel("model step", fontsize=7)
     fig.colorbar(im, ax=flat, fraction=0.02)
     fig.suptitle(f"dynamic {kind} (mean_recall@1)" if kind == "retrieval" else f"dynamic {kind} (top-1)", fontsize=10)
-    _save(fig, png)
+    save_figure(fig, png)
     return png

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from training.methods.base import Method
 from training.methods.class_memory import ClassMemoryData
-from training.methods.gdro import class_keys, per_sample_losses
+from training.methods.gdro import class_keys, class_prompts, per_sample_losses
 
 
 class ClassTextLoss:
@@ -18,9 +18,7 @@ class ClassTextLoss:
     pick it up unchanged, which is how the class-incremental ``ewc``/``lwf`` reuse the TiC ones."""
 
     def texts(self, tokens):
-        keys, target = class_keys(tokens)
-        first = [target.tolist().index(k) for k in range(len(keys))]
-        return tokens[first]
+        return class_prompts(tokens)[2]
 
     def contrastive(self, ctx, img, txt, scale, tokens):
         _, target = class_keys(tokens)

@@ -30,6 +30,13 @@ def class_keys(tokens: torch.Tensor) -> tuple[list[tuple], torch.Tensor]:
     return list(keys), torch.tensor(idx, dtype=torch.long, device=tokens.device)
 
 
+def class_prompts(tokens: torch.Tensor) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
+    """(class keys, class index of every sample, one prompt row per class in key order)."""
+    keys, target = class_keys(tokens)
+    first = [target.tolist().index(k) for k in range(len(keys))]
+    return keys, target, tokens[first]
+
+
 def per_sample_losses(img, class_txt, target, scale, kind: str = "clip", margin: float = 0.5) -> torch.Tensor:
     logits = img @ class_txt.T  # [B, K] cosine similarities
     if kind == "clip":
@@ -76,9 +83,8 @@ class GDRO(ClassMemoryData, Method):
         self.kind, self.margin = self.option("kind", "clip"), self.option("margin", 0.5)
 
     def loss(self, ctx, model, images, tokens, ids):
-        keys, target = class_keys(tokens)
-        first = [target.tolist().index(k) for k in range(len(keys))]  # one prompt per class
-        img, txt, scale = clip_features(model, images, tokens[first])
+        keys, target, prompts = class_prompts(tokens)
+        img, txt, scale = clip_features(model, images, prompts)
         per_sample = per_sample_losses(img, txt, target, scale, self.kind, self.margin)
         class_loss = torch.zeros(len(keys), dtype=per_sample.dtype, device=per_sample.device).index_add(0, target, per_sample)
         class_loss = class_loss / torch.bincount(target, minlength=len(keys)).to(per_sample.dtype)
