@@ -141,7 +141,11 @@ def read_image_folder(root: str, name: str = "imagefolder") -> Dataset:
     return Dataset(name, classes, items(tr), items(te))
 
 
-def synthetic_web(per_class_train: int = 200, per_class_test: int = 50, seed: int = 0, size: int = 64) -> Dataset:
+SYNTHETIC_PER_CLASS = (200, 50)  # (train, test) renders per concept of the embedded default stream
+
+
+def synthetic_web(per_class_train: int = SYNTHETIC_PER_CLASS[0], per_class_test: int = SYNTHETIC_PER_CLASS[1],
+                  seed: int = 0, size: int = 64) -> Dataset:
     """The embedded web's concepts, rendered by its generator: the default class-incremental stream."""
     import dataclasses
 
@@ -163,7 +167,7 @@ def synthetic_web(per_class_train: int = 200, per_class_test: int = 50, seed: in
 
 
 def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None, seed: int = 0,
-                 synthetic_per_class: tuple[int, int] = (200, 50)) -> Dataset:
+                 synthetic_per_class: tuple[int, int] = SYNTHETIC_PER_CLASS) -> Dataset:
     """``synthetic_per_class`` = (train, test) renders per concept for ``synthetic-web``."""
     if dataset == "synthetic-web":
         return synthetic_web(*synthetic_per_class, seed=seed)

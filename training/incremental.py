@@ -54,7 +54,7 @@ class CILConfig:
     device: str = "auto"
     workers: int = 0
     options: dict = field(default_factory=dict)
-    synthetic_per_class: tuple[int, int] = (200, 50)  # (train, test) renders per concept, synthetic-web only
+    synthetic_per_class: tuple[int, int] = ts.SYNTHETIC_PER_CLASS  # (train, test) renders per concept, synthetic-web only
 
     def stream_dir(self) -> str:
         name = self.dataset

@@ -344,15 +344,13 @@ def test_user_eval_set_is_decontaminated(built, tmp_path):
     copy_of = {it.uid: it for it in items}  # "myeval:someclass/<i>.jpg"
     dist = {u: neardup.hamming(neardup.parse_phash(phash[u]), copy_of[f"myeval:someclass/{i}.jpg"].phash)
             for i, (u, _, _) in enumerate(rows)}
-    # every copy within the Hamming threshold of its pool image is found, whatever the bands; a
-    # resize + q70 re-encode of these images lands at 0-16 bits (threshold 20), so all six are
-    within = [u for u in dist if dist[u] <= c.neardup_config().threshold]
-    assert len(within) == 6, dist
-    reasons = {u: got[u] for u in within}
+    # a resize + q70 re-encode of these images lands at 0-16 bits (threshold 20); the distances
+    # and reasons are in the messages so a failure says whether hashing or matching missed
+    assert all(d <= c.neardup_config().threshold for d in dist.values()), dist
+    reasons = {u: got[u] for u in dist}
     assert all(r == "eval_overlap:myeval" for r in reasons.values()), (reasons, dist)
     assert not {u for u, _, _ in rows} & {u for (u,) in sql(lay, "select uid from samples")}
-    n = sum(r == "eval_overlap:myeval" for r in got.values())
-    assert json.load(open(pio.local_path(lay.year_manifest(2014))))["counts"]["eval_overlap"] == {"myeval": n} and n >= 6
+    assert json.load(open(pio.local_path(lay.year_manifest(2014))))["counts"]["eval_overlap"] == {"myeval": 6}
 
 
 def test_clip_filters_runinference_scores_variants_and_audit(built):
