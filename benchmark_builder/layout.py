@@ -1,4 +1,4 @@
-"""Where everything of a built benchmark lives on disk (DESIGN.md), in one place.
+"""Where everything of a built benchmark lives on disk (docs/architecture.md), in one place.
 
 ```
 <data_dir>/<benchmark>/
