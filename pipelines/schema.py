@@ -11,7 +11,7 @@ Tables (all Parquet, hive-partitioned by ``year=YYYY``):
   with a machine-readable ``reason`` (``seen_before:2017``, ``http_404``, ``decode_error``,
   ``duplicate_of:<uid>``, ``caption_too_short`` ...) and the ``stage`` that decided it.
 - ``samples`` (``metadata/``): one row per downloaded and decoded image, the record schema of
-  DESIGN.md. ``filters`` lists the variants that keep it; ``shard``/``key`` locate it in the
+  docs/architecture.md. ``filters`` lists the variants that keep it; ``shard``/``key`` locate it in the
   default variant's training shards (null when that variant drops it).
 
 Every writer imports its schema from here; the DuckDB index reads the same files.
