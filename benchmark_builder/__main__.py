@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from pipelines.options import RunnerConfig, add_runner_arguments
+from pipelines.options import RunnerConfig, add_runner_arguments, reject_unknown_flags
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -105,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args, beam_args = parser.parse_known_args(argv)
+    if args.command in ("build", "reshard", "filter", "caption"):  # the commands that run Beam jobs
+        reject_unknown_flags(parser, beam_args)
+    elif beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "build":
         from benchmark_builder.build import BuildConfig, build
 
@@ -144,8 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         reshard(layout, args.name, select_uids(layout, args.uids, args.where), args.years,
                 RunnerConfig(args.runner, beam_args), args.samples_per_shard)
         return 0
-    if beam_args:
-        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "filter":
         from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
 

@@ -14,7 +14,7 @@ import time
 import apache_beam as beam
 
 from pipelines import io as pio
-from pipelines.options import RunnerConfig, add_runner_arguments, pipeline_options
+from pipelines.options import RunnerConfig, add_runner_arguments, pipeline_options, reject_unknown_flags
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--output", required=True)
     add_runner_arguments(c)
     args, beam_args = parser.parse_known_args(argv)
+    reject_unknown_flags(parser, beam_args)
 
     if args.command == "crawl":
         from pipelines.transforms import crawl

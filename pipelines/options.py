@@ -60,6 +60,50 @@ class RunnerConfig:
             raise ValueError(f"{self.runner} needs {', '.join(missing)} (see infra/README.md)")
 
 
+def _beam_parser():
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    def subclasses(c):
+        for s in c.__subclasses__():
+            yield s
+            yield from subclasses(s)
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    for c in sorted(set(subclasses(PipelineOptions)), key=lambda c: c.__qualname__):
+        c._add_argparse_args(parser)
+    return parser
+
+
+def unknown_flags(args: list[str], own_flags=()) -> list[str]:
+    """The flags in ``args`` that no Beam pipeline option defines, each with a close match from
+    ``own_flags`` (the command's flags) or Beam's when there is one: a typo such as
+    ``--thread-cout 5`` must be an error, not a build with the default."""
+    import difflib
+
+    parser = _beam_parser()
+    _, rest = parser.parse_known_args(list(args))
+    known = [*own_flags, *(o for a in parser._actions for o in a.option_strings)]
+    out = []
+    for a in rest:
+        if not a.startswith("-"):
+            continue
+        flag = a.split("=", 1)[0]
+        near = difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+        out.append(f"{flag} (did you mean {near[0]}?)" if near else flag)
+    return out
+
+
+def reject_unknown_flags(parser, beam_args: list[str]) -> None:
+    """``parser.error`` (exit 2) naming every flag that neither ``parser`` nor Beam understands."""
+    own = [o for a in parser._actions for o in a.option_strings]
+    for action in parser._actions:  # subcommands' flags count as the command's own
+        for sub in (getattr(action, "choices", None) or {}).values() if isinstance(getattr(action, "choices", None), dict) else ():
+            own += [o for a in sub._actions for o in a.option_strings]
+    bad = unknown_flags(beam_args, own)
+    if bad:
+        parser.error(f"unrecognized arguments: {', '.join(bad)} (neither an option of this command nor a Beam pipeline option)")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,6 +162,6 @@ def add_runner_arguments(parser) -> None:
         default=os.environ.get("BEAM_RUNNER", "DirectRunner"),
         choices=RUNNERS,
         help="Beam runner (DirectRunner runs Beam's FnApiRunner in this process tree). "
-        "Unknown flags are passed to Beam, e.g. --direct_running_mode=multi_processing "
+        "Beam pipeline options pass through (a flag that is neither this command's nor Beam's is an error), e.g. --direct_running_mode=multi_processing "
         "--direct_num_workers=2, --job_endpoint, --project/--region/--temp_location, --dry_run=True.",
     )
