@@ -45,6 +45,11 @@ class RunnerConfig:
         return any(a in ("--dry_run", "--dry_run=True", "--dry_run=true") for a in self.beam_args)
 
     @property
+    def external_without_config(self) -> bool:
+        """``--environment_type=EXTERNAL`` with no ``--environment_config``: start a local worker pool."""
+        return any(a in ("--environment_type=EXTERNAL",) for a in self.beam_args) and not self._has("--environment_config")
+
+    @property
     def is_local(self) -> bool:
         return self.runner in ("DirectRunner", "PortableRunner")
 
@@ -120,23 +125,52 @@ def local_job_service() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError("Beam local job service exited at start-up")
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.2)
-        else:
-            raise RuntimeError("Beam local job service did not open its port in 60 s")
+        _wait_for_port(proc, port, "Beam local job service")
         yield f"localhost:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
+
+
+def _wait_for_port(proc: subprocess.Popen, port: int, what: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited at start-up (exit code {proc.returncode})")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what} did not open port {port} in {seconds:.0f} s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def local_worker_pool() -> Iterator[str]:
+    """Beam's SDK worker pool (``apache_beam.runners.worker.worker_pool_main``) as a separate
+    process on loopback, the sidecar a Flink or Spark worker runs: the job service hands it work
+    through ``--environment_type=EXTERNAL --environment_config=<its address>`` and it starts SDK
+    harness processes with the ``python`` found on PATH, so this interpreter's directory goes
+    first on the pool's PATH."""
+    port = _free_port()
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main", "--service_port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        _wait_for_port(proc, port, "Beam worker pool")
+        yield f"localhost:{port}"
+    finally:
+        # the pool's SDK harness children are in its session: end them with it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, 15)
+        _stop(proc)
 
 
 @contextlib.contextmanager
@@ -149,8 +183,11 @@ def pipeline_options(cfg: RunnerConfig, job_name: str | None = None) -> Iterator
     if cfg.runner == "DirectRunner":
         yield PipelineOptions([f"--runner={_LOCAL}", *args])
     elif cfg.runner == "PortableRunner" and not cfg._has("--job_endpoint"):
-        env = [] if cfg._has("--environment_type") else ["--environment_type=LOOPBACK"]
-        with local_job_service() as endpoint:
+        with contextlib.ExitStack() as stack:
+            env = [] if cfg._has("--environment_type") else ["--environment_type=LOOPBACK"]
+            if cfg.external_without_config:  # the cluster topology on this machine: a worker pool of its own
+                env = [f"--environment_config={stack.enter_context(local_worker_pool())}"]
+            endpoint = stack.enter_context(local_job_service())
             yield PipelineOptions(["--runner=PortableRunner", f"--job_endpoint={endpoint}", *env, *args])
     else:
         yield PipelineOptions([f"--runner={cfg.runner}", *args])

@@ -166,7 +166,10 @@ def _year_digest(root: str, year: int) -> dict:
 @pytest.mark.parametrize("runner", [
     RunnerConfig("DirectRunner", ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]),
     RunnerConfig("PortableRunner"),
-], ids=["multi_processing", "portable"])
+    # the cluster topology (Flink/Spark with worker-pool sidecars): job service -> EXTERNAL
+    # environment -> Beam's worker pool and its SDK harnesses, all separate processes
+    RunnerConfig("PortableRunner", ["--environment_type=EXTERNAL"]),
+], ids=["multi_processing", "portable", "external_worker_pool"])
 def test_other_runners_give_identical_outputs(tmp_path, built, runner):
     _, clean_layout = built
     cfg = small_cfg(tmp_path / "d", year=2014, runner=runner)
