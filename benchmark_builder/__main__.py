@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 
+from pipelines import credentials
 from pipelines.options import RunnerConfig, add_runner_arguments, reject_unknown_flags
 
 
@@ -109,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         reject_unknown_flags(parser, beam_args)
     elif beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    try:
+        credentials.require([getattr(args, "data_dir", ""), *getattr(args, "input", [])])
+    except credentials.MissingCredentials as e:
+        parser.exit(2, f"error: {e}\n")
     if args.command == "build":
         from benchmark_builder.build import BuildConfig, build
 

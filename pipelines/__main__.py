@@ -14,6 +14,7 @@ import time
 import apache_beam as beam
 
 from pipelines import io as pio
+from pipelines import credentials
 from pipelines.options import RunnerConfig, add_runner_arguments, pipeline_options, reject_unknown_flags
 
 
@@ -28,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     add_runner_arguments(c)
     args, beam_args = parser.parse_known_args(argv)
     reject_unknown_flags(parser, beam_args)
+    try:
+        credentials.require([*getattr(args, "input", []), getattr(args, "output", "")])
+    except credentials.MissingCredentials as e:
+        parser.exit(2, f"error: {e}\n")
 
     if args.command == "crawl":
         from pipelines.transforms import crawl
