@@ -318,7 +318,10 @@ class _Reader:
             if hits:
                 return min(hits)
             scan = s.end
-            if scan >= limit or not s.fill(min(limit, s.end + _READ)):
+            if scan >= limit:
+                return None
+            s.fill(min(limit, scan + _READ))
+            if s.end == scan:
                 return None
 
     def _resync(self, pos: int) -> int:
@@ -348,9 +351,12 @@ class _Reader:
                 return pos
 
     def _trailer_ok(self, pos: int) -> bool:
-        """After a block: CR/LFs, then the next record or the end of the data."""
+        """After a block: the blank line that ends a record, or else CR/LFs and then the next
+        record or the end of the data. Bytes after a proper end are the next record's problem."""
         s = self.s
         s.fill(pos + 16 + 5)
+        if s.get(pos, pos + 4) == b"\r\n\r\n":
+            return True
         i = pos
         while i < s.end and i < pos + 16 and s.byte(i) in (0x0D, 0x0A):
             i += 1
