@@ -20,6 +20,9 @@ blocks (a response block ``notttp`` comes back with status code ``notttp``). Her
   corrupt or cut gzip member it seeks to the member's start + 1 and scans the compressed bytes
   for the next gzip magic. Nothing is copied; every byte is read about once (twice for a bad
   member).
+- **Checksums.** A record is given out only after its gzip member's CRC checked out when the
+  member ends with the record (Common Crawl's layout); records inside a larger member (whole-file
+  gzip) are given out as they are inflated, before the member's CRC is known.
 - **Reasons.** Every problem is a ``RecordError`` with the byte offset of its record (the gzip
   member's offset in compressed files, the record's own offset in plain ones):
   ``malformed_record`` (headers that are not WARC, bad ``Content-Length``, garbage between
@@ -177,12 +180,10 @@ class _Stream:
             return True
         if self.d is None:
             return self._start_member()
+        at_eof = False
         if not self.pending:
             self.pending = self._read()
-            if not self.pending:
-                self._break("truncated_archive", f"gzip member at byte {self.member_offset} ends before its end "
-                            f"(the file stops at byte {self.file_pos})")
-                return False
+            at_eof = not self.pending  # zlib may still hold output of input it has taken
         try:
             out = self.d.decompress(self.pending, _INFLATE)
         except zlib.error as e:
@@ -192,6 +193,10 @@ class _Stream:
             self.pending, self.d = self.d.unused_data, None
         else:
             self.pending = self.d.unconsumed_tail
+            if at_eof and not out:
+                self._break("truncated_archive", f"gzip member at byte {self.member_offset} ends before its end "
+                            f"(the file stops at byte {self.file_pos})")
+                return False
         self.member_out += len(out)
         if self.member_out > self.max_member:
             self._break("record_too_large", f"gzip member at byte {self.member_offset} inflates past "
@@ -415,7 +420,7 @@ class _Reader:
             low = {k.lower(): v for k, v in headers}
             rid = low.get("warc-record-id")
             clen = low.get("content-length", "")
-            if not _VERSION.match(first) or not clen.isdigit():
+            if not _VERSION.match(first) or not (clen.isascii() and clen.isdigit()):
                 why = "not a WARC version line" if not _VERSION.match(first) else f"bad Content-Length {clen[:40]!r}"
                 yield RecordError(offset, "malformed_record", f"record at {offset}: {why}", rid)
                 pos = self._resync(start + 1)
@@ -436,6 +441,11 @@ class _Reader:
             if not self._trailer_ok(body + n):
                 yield RecordError(offset, "malformed_record", f"record at {offset} is followed by bytes that are not a "
                                   "WARC record (wrong Content-Length?)", rid)
+                pos = self._resync(start + 1)
+                continue
+            if s.brk is not None and s.brk.offset == offset and s.end <= body + n + 21:
+                # the record's own gzip member is corrupt or cut after its data: its checksum failed
+                yield self._error_at_end(offset, rid, "malformed_record", "")
                 pos = self._resync(start + 1)
                 continue
             pos = body + n
@@ -467,6 +477,9 @@ def iter_records(path: str, types: tuple[str, ...] = ("response", "metadata", "w
     with f:
         try:
             head = f.read(len(GZIP_MAGIC))
+            if 0 < len(head) < len(GZIP_MAGIC) and GZIP_MAGIC.startswith(head):
+                yield RecordError(0, "truncated_archive", f"the file ends inside the gzip magic ({len(head)} bytes)")
+                return
             yield from _Reader(_Stream(f, head, max_member_bytes), set(types), max_record_bytes).records()
         except OSError as e:  # the file went away or the network failed mid-read
             yield RecordError(0, "unreadable_file", f"{type(e).__name__}: {e}")
