@@ -294,7 +294,7 @@ def _parse_headers(block: bytes) -> list[tuple[str, str]]:
 def _parse_http(block: bytes) -> tuple[int, dict[str, str], bytes] | None:
     """(status, lower-cased headers, body) of an HTTP response block; None if it is not one."""
     end, sep = block.find(b"\r\n\r\n"), 4
-    lf = block.find(b"\n\n")
+    lf = block.find(b"\n\n", 0, end + 1 if end >= 0 else len(block))
     if lf >= 0 and (end < 0 or lf < end):
         end, sep = lf, 2
     if end < 0:
@@ -317,8 +317,8 @@ class _Reader:
         s, scan = self.s, start
         limit = start + MAX_HEADER_BYTES
         while True:
-            crlf = s.find(b"\r\n\r\n", max(start, scan - 3))
-            lf = s.find(b"\n\n", max(start, scan - 1))
+            crlf = s.find(b"\r\n\r\n", max(start, scan - 3), min(s.end, limit + 4))
+            lf = s.find(b"\n\n", max(start, scan - 1), crlf + 1 if crlf >= 0 else min(s.end, limit + 2))
             hits = [(i, n) for i, n in ((crlf, 4), (lf, 2)) if 0 <= i < limit]
             if hits:
                 return min(hits)
