@@ -4,11 +4,13 @@ resynchronisation, and property-based tests (random HTML, random and broken arch
 the crawl stage: nothing escapes, nothing intact is lost."""
 from __future__ import annotations
 
+import atexit
 import gzip
 import html as htmllib
 import io
 import json
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -75,7 +77,8 @@ def _tmp(data: bytes, suffix: str) -> str:
     return path
 
 
-_TMP = tempfile.mkdtemp(prefix="warc-stream-")
+_TMP = tempfile.mkdtemp(prefix="warc-stream-")  # hypothesis runs many examples per test: no function-scoped tmp_path
+atexit.register(shutil.rmtree, _TMP, True)
 
 
 def _suffix(layout: str) -> str:
