@@ -18,7 +18,8 @@ blocks (a response block ``notttp`` comes back with status code ``notttp``). Her
 - **Resynchronisation in linear time.** After a bad record the reader searches forward for the
   next line that starts ``WARC/1.`` in the bytes it holds and the ones it reads next; after a
   corrupt or cut gzip member it seeks to the member's start + 1 and scans the compressed bytes
-  for the next gzip magic. Nothing is copied; every byte is read about once (twice for a bad
+  for the next gzip magic whose first inflated bytes are ``WARC/`` (a magic inside compressed
+  data is not a member). Nothing is copied; every byte is read about once (twice for a bad
   member).
 - **Checksums.** A record is given out only after its gzip member's CRC checked out when the
   member ends with the record (Common Crawl's layout); records inside a larger member (whole-file
