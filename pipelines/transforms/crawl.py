@@ -7,7 +7,14 @@ collapsed. The image URL is ``src``, else ``data-src`` (lazy loading), else the 
 blob: and other non-http(s) sources, empty alts, and 1x1 tracking pixels. WAT ``metadata``
 records give the same from their ``IMG@/src`` links.
 
-Every unreadable record becomes a ``crawl_status`` row and the file goes on.
+Nothing raises out of this stage for any archive bytes: every failure becomes a ``crawl_status``
+row with a machine-readable reason and the file goes on. Reasons: ``malformed_record``,
+``truncated_archive``, ``record_too_large``, ``unreadable_file`` (the reader, see
+``pipelines.sources.warc``), ``http_parse_error`` (a response block that is not HTTP),
+``decode_error`` (no charset decodes the page; it is read with replacement characters),
+``bad_wat_json``, ``missing_warc_date``, ``invalid_url:<why>`` (one row per image URL that URL
+normalisation refuses: a bad port, an IDNA failure, ...) and ``crawl_error:<ExceptionType>`` as
+the last resort for anything else.
 """
 from __future__ import annotations
 
@@ -22,7 +29,8 @@ from selectolax.lexbor import LexborHTMLParser
 
 from pipelines import io as pio
 from pipelines import schema
-from pipelines.sources.warc import Record, RecordError, iter_records
+from pipelines.sources.warc import (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_RECORD_BYTES, RecordError, iter_records,
+                                    parse_warc_date)
 from pipelines.stats import StageSummary
 from pipelines.uid import make_uid
 from pipelines.urls import is_http_url, normalize_url, resolve
@@ -32,6 +40,7 @@ _WS = re.compile(r"\s+")
 _CRAWL_ID = re.compile(r"CC-MAIN-\d{4}-\d{2}")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset=["']?([A-Za-z0-9_\-]+)""", re.I)
 _HTTP_CHARSET = re.compile(r"charset=([A-Za-z0-9_\-]+)", re.I)
+_WHY = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def clean_text(text: str | None) -> str:
@@ -50,7 +59,7 @@ def decode_html(payload: bytes, content_type: str | None) -> tuple[str, str | No
     for enc in tried + ["utf-8"]:
         try:
             return payload.decode(enc), None
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # unknown codec, bytes it cannot decode (UnicodeError)
             continue
     return payload.decode("utf-8", errors="replace"), "decode_error"
 
@@ -67,8 +76,39 @@ def _is_pixel(attrs: dict) -> bool:
     return str(attrs.get("width", "")).strip() in ("0", "1") and str(attrs.get("height", "")).strip() in ("0", "1")
 
 
-def extract_images(html: str, page_url: str) -> list[tuple[str, str]]:
-    """(absolute normalised image URL, alt text) for every usable ``<img>`` of the page."""
+def _why(e: Exception) -> str:
+    why = getattr(e, "reason", None) or getattr(e, "why", None) or type(e).__name__
+    return _WHY.sub("_", str(why)).strip("_")[:60] or type(e).__name__
+
+
+def candidate_url(src: str | None, base: str, rejected: list[str] | None = None) -> str | None:
+    """The normalised absolute http(s) URL of an image source found on the page at ``base``.
+
+    None for sources that are not web images (data:, javascript:, ...) and for URLs that URL
+    normalisation refuses; the latter add ``invalid_url:<why>`` to ``rejected``."""
+    src = (src or "").strip()
+    if not src:
+        return None
+    url = resolve(src, base)
+    if url is None:
+        if rejected is not None:
+            rejected.append("invalid_url:unresolvable")
+        return None
+    if not is_http_url(url):
+        return None
+    try:
+        out = normalize_url(url)
+        why = "unparseable"
+    except Exception as e:  # normalisation's typed errors, IDNA, ports, anything else
+        out, why = None, _why(e)
+    if not out and rejected is not None:
+        rejected.append(f"invalid_url:{why}")
+    return out or None
+
+
+def extract_images(html: str, page_url: str, rejected: list[str] | None = None) -> list[tuple[str, str]]:
+    """(absolute normalised image URL, alt text) for every usable ``<img>`` of the page; each
+    image URL that normalisation refuses adds its ``invalid_url:<why>`` to ``rejected``."""
     tree = LexborHTMLParser(html)
     base = page_url
     base_node = tree.css_first("base[href]")
@@ -83,17 +123,15 @@ def extract_images(html: str, page_url: str) -> list[tuple[str, str]]:
         src = (attrs.get("src") or "").strip() or (attrs.get("data-src") or "").strip()
         if not src and attrs.get("srcset"):
             src = _first_srcset(attrs["srcset"]) or ""
-        url = resolve(src, base)
-        if not is_http_url(url):
-            continue
-        url = normalize_url(url)
+        url = candidate_url(src, base, rejected)
         if url:
             out.append((url, alt))
     return out
 
 
-def extract_wat_images(payload: bytes) -> tuple[str | None, str | None, list[tuple[str, str]]]:
-    """(page URL, WARC-Date, images) from a Common Crawl WAT JSON record."""
+def extract_wat_images(payload: bytes, rejected: list[str] | None = None) -> tuple[str | None, str | None, list[tuple[str, str]]]:
+    """(page URL, WARC-Date, images) from a Common Crawl WAT JSON record (``rejected`` as in
+    ``extract_images``)."""
     env = json.loads(payload)["Envelope"]
     header = env.get("WARC-Header-Metadata", {})
     page_url = header.get("WARC-Target-URI")
@@ -106,11 +144,11 @@ def extract_wat_images(payload: bytes) -> tuple[str | None, str | None, list[tup
         if not str(link.get("path", "")).upper().startswith("IMG@"):
             continue
         alt = clean_text(link.get("alt"))
-        url = resolve(link.get("url") or "", base or "")
-        if alt and is_http_url(url):
-            url = normalize_url(url)
-            if url:
-                out.append((url, alt))
+        if not alt:
+            continue
+        url = candidate_url(link.get("url") or "", base or "", rejected)
+        if url:
+            out.append((url, alt))
     return page_url, header.get("WARC-Date"), out
 
 
@@ -141,10 +179,39 @@ def source_name(path: str, root: str | None) -> str:
     return path
 
 
-def crawl_file(path: str, source_root: str | None = None) -> Iterator[tuple[str, dict]]:
-    """("candidate", row) and ("status", row) for one WARC/WAT file; never raises on bad input."""
-    from pipelines.sources.warc import parse_warc_date
+def _page_images(rec, rejected: list[str]) -> tuple[str | None, object, list[tuple[str, str]], str | None] | str | None:
+    """(page URL, crawl time, images, problem) of a record; None when it holds no page; a reason
+    when it holds a page that cannot be read. ``problem``: a reason to report for a page that
+    still gives its images."""
+    if rec.warc_type == "response":
+        if not rec.http_ok:
+            return "http_parse_error"
+        ctype = rec.http_headers.get("content-type", "")
+        if rec.http_status != 200 or ("html" not in ctype.lower() and not rec.payload.lstrip()[:20].lower().startswith((b"<!doctype", b"<html"))):
+            return None
+        html, problem = decode_html(rec.payload, ctype)
+        return rec.target_uri, rec.date, extract_images(html, rec.target_uri or "", rejected), problem
+    if rec.warc_type == "metadata" and rec.payload.lstrip()[:1] == b"{":
+        try:
+            page_url, date, images = extract_wat_images(rec.payload, rejected)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            rejected.clear()
+            return "bad_wat_json"
+        return page_url, parse_warc_date(date) or rec.date, images, None
+    return None
 
+
+def _page_norm(page_url) -> str | None:
+    try:
+        return normalize_url(page_url) or page_url
+    except Exception:  # the page's own URL is only recorded, never fetched
+        return page_url if isinstance(page_url, str) else None
+
+
+def crawl_file(path: str, source_root: str | None = None, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+               max_member_bytes: int = DEFAULT_MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict]]:
+    """("candidate", row) and ("status", row) for one WARC/WAT file; never raises on bad input.
+    The last row is the file's ("status", ok) row with its candidate count."""
     source = source_name(path, source_root)
     crawl_id = crawl_id_of(path)
     n_total, years = 0, set()
@@ -153,45 +220,47 @@ def crawl_file(path: str, source_root: str | None = None) -> Iterator[tuple[str,
         m = re.search(r"CC-MAIN-(\d{4})", crawl_id)
         return min(years) if years else (int(m.group(1)) if m else None)
 
-    def _status(path, offset, record_id, status, reason, n):
-        return {"source": source, "record_offset": offset, "record_id": record_id, "status": status, "reason": reason,
-                "n_candidates": n, "year": file_year()}
+    def _status(offset, record_id, reason):
+        return {"source": source, "record_offset": offset, "record_id": record_id, "status": "error", "reason": reason,
+                "n_candidates": 0, "year": file_year()}
 
-    for rec in iter_records(path):
-        if isinstance(rec, RecordError):
-            yield "status", _status(path, rec.offset, rec.record_id, "error", rec.reason, 0)
-            continue
-        if rec.warc_type == "warcinfo":
-            crawl_id = crawl_id_of(path, _warcinfo_fields(rec.payload))
-            continue
+    records = iter_records(path, max_record_bytes=max_record_bytes, max_member_bytes=max_member_bytes)
+    offset = None
+    while True:
         try:
-            if rec.warc_type == "response":
-                if not rec.http_ok:
-                    yield "status", _status(path, rec.offset, rec.record_id, "error", "http_parse_error", 0)
-                    continue
-                ctype = rec.http_headers.get("content-type", "")
-                if rec.http_status != 200 or ("html" not in ctype.lower() and not rec.payload.lstrip()[:20].lower().startswith((b"<!doctype", b"<html"))):
-                    continue
-                html, problem = decode_html(rec.payload, ctype)
-                if problem:
-                    yield "status", _status(path, rec.offset, rec.record_id, "error", problem, 0)
-                page_url, when, images = rec.target_uri, rec.date, extract_images(html, rec.target_uri or "")
-            elif rec.warc_type == "metadata" and rec.payload.lstrip()[:1] == b"{":
-                try:
-                    page_url, date, images = extract_wat_images(rec.payload)
-                except (ValueError, KeyError, TypeError, AttributeError) as e:
-                    yield "status", _status(path, rec.offset, rec.record_id, "error", "bad_wat_json", 0)
-                    continue
-                when = parse_warc_date(date) or rec.date
-            else:
+            rec = next(records)
+        except StopIteration:
+            break
+        except Exception as e:  # a reader bug must not cost the file its accounting
+            yield "status", _status(offset, None, f"crawl_error:{type(e).__name__}")
+            break
+        offset = rec.offset
+        if isinstance(rec, RecordError):
+            yield "status", _status(rec.offset, rec.record_id, rec.reason)
+            continue
+        rejected: list[str] = []
+        try:
+            if rec.warc_type == "warcinfo":
+                crawl_id = crawl_id_of(path, _warcinfo_fields(rec.payload))
                 continue
+            page = _page_images(rec, rejected)
+            if page is None:
+                continue
+            if isinstance(page, str):
+                yield "status", _status(rec.offset, rec.record_id, page)
+                continue
+            page_url, when, images, problem = page
+            page_norm = _page_norm(page_url)
         except Exception as e:  # a parser bug must not lose the rest of the file
-            yield "status", _status(path, rec.offset, rec.record_id, "error", f"malformed_record", 0)
+            yield "status", _status(rec.offset, rec.record_id, f"crawl_error:{type(e).__name__}")
             continue
+        if problem:
+            yield "status", _status(rec.offset, rec.record_id, problem)
+        for reason in rejected:
+            yield "status", _status(rec.offset, rec.record_id, reason)
         if when is None:
-            yield "status", _status(path, rec.offset, rec.record_id, "error", "missing_warc_date", 0)
+            yield "status", _status(rec.offset, rec.record_id, "missing_warc_date")
             continue
-        page_norm = normalize_url(page_url) or page_url
         for url, text in images:
             n_total += 1
             years.add(when.year)
@@ -199,7 +268,8 @@ def crawl_file(path: str, source_root: str | None = None) -> Iterator[tuple[str,
                 "uid": make_uid(url, text), "url": url, "text": text, "page_url": page_norm, "crawl_id": crawl_id,
                 "crawl_time": when, "source": source, "record_offset": rec.offset, "year": when.year, "month": when.month,
             }
-    yield "status", _status(path, None, None, "ok", None, n_total)
+    yield "status", {"source": source, "record_offset": None, "record_id": None, "status": "ok", "reason": None,
+                     "n_candidates": n_total, "year": file_year()}
 
 
 class _CrawlFile(beam.DoFn):

@@ -158,3 +158,17 @@ def test_cli_writes_partitioned_candidates_and_status(tmp_path):
     assert cands.num_rows == 5 and set(cands.column("crawl_id").to_pylist()) == {"CC-MAIN-2019-09", "cut"}
     status = pq.read_table(out / "crawl_status" / "year=2019" / "part-00000.parquet").to_pylist()
     assert any(r["reason"] == "truncated_archive" for r in status)
+
+
+def test_image_urls_normalisation_refuses_are_status_rows(tmp_path):
+    p = tmp_path / "bad-urls.warc.gz"
+    html = ('<img src="http://example.com:99999/port.jpg" alt="a port out of range">'
+            '<img src="http://[::1/open-bracket.jpg" alt="an unclosed IPv6 bracket">'
+            '<img src="ok.jpg" alt="a fine picture after them">').encode()
+    with open(p, "wb") as f:
+        _response(WARCWriter(f, gzip=True), PAGE, html)
+    rows = list(crawl_file(str(p)))
+    assert [r["text"] for k, r in rows if k == "candidate"] == ["a fine picture after them"]
+    errors = [r for k, r in rows if k == "status" and r["status"] == "error"]
+    assert len(errors) == 2 and all(r["reason"].startswith("invalid_url:") and r["record_id"] for r in errors)
+    assert errors[1]["reason"] == "invalid_url:unresolvable"
