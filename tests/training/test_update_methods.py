@@ -103,6 +103,64 @@ def test_dora_starts_at_the_base_and_trains_magnitudes(model, loaded):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_outputs(model, loaded), before))
 
 
+def _mha_pair(batch_first, seed=0):
+    """An nn.MultiheadAttention wrapped with trained (random) adapters on q/k/v and out, and a
+    copy of it whose weights are the adapted ones: torch's own attention is the oracle."""
+    import copy
+
+    from training.methods.peft import LoRA, AdaptedAttention
+
+    torch.manual_seed(seed)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    a_in, a_out = LoRA(mha.in_proj_weight.detach(), 2, 4.0), LoRA(mha.out_proj.weight.detach(), 2, 4.0)
+    with torch.no_grad():
+        a_in.B.normal_(0, 0.3)
+        a_out.B.normal_(0, 0.3)
+    oracle = copy.deepcopy(mha)
+    with torch.no_grad():
+        oracle.in_proj_weight.add_(a_in.scale * a_in.B @ a_in.A)
+        oracle.out_proj.weight.add_(a_out.scale * a_out.B @ a_out.A)
+    return AdaptedAttention(mha, a_in, a_out).eval(), oracle
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_adapted_attention_is_the_attention_of_the_adapted_weights(batch_first):
+    adapted, oracle = _mha_pair(batch_first)
+    g = torch.Generator().manual_seed(1)
+    shape = (3, 5, 16) if batch_first else (5, 3, 16)
+    x, kv = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    causal = torch.full((5, 5), float("-inf")).triu(1)  # open_clip's text mask
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True], [False] * 4 + [True]])
+    for args, kw in [((x, x, x), {}), ((x, x, x), {"attn_mask": causal}), ((x, x, x), {"attn_mask": causal.isinf()}),
+                     ((x, kv, kv), {"key_padding_mask": pad}), ((x, x, x), {"attn_mask": torch.zeros(12, 5, 5)})]:
+        with torch.no_grad():
+            got = adapted(*args, need_weights=False, **kw)[0]
+            want = oracle(*args, need_weights=False, **kw)[0]
+        assert torch.allclose(got, want, atol=1e-5), kw.keys()
+
+
+def test_dora_output_is_the_decomposed_weight_and_the_base_weight_gets_no_gradient():
+    from training.methods.peft import AdaptedLinear, DoRA
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4)
+    lin.requires_grad_(False)
+    d = DoRA(lin.weight.detach(), 2, 4.0)
+    with torch.no_grad():
+        d.B.normal_(0, 0.5)
+        d.magnitude.mul_(torch.tensor([0.5, 1.0, 2.0, 1.5]))
+    layer = AdaptedLinear(lin, d)
+    x = torch.randn(7, 6)
+    V = lin.weight + 2.0 * d.B @ d.A  # scale alpha / rank = 2
+    W = d.magnitude[:, None] * V / V.norm(dim=1, keepdim=True)  # DoRA's weight, by hand
+    y = layer(x)
+    assert torch.allclose(y, x @ W.T + lin.bias, atol=1e-5)
+    y.sum().backward()
+    assert lin.weight.grad is None and d.A.grad is not None and d.magnitude.grad is not None
+    # the norm is a constant in backward (DoRA Sec. 4.3): dL/dm_i = sum over x of (x V^T)_i / ||V_i||
+    assert torch.allclose(d.magnitude.grad, (x @ V.T).sum(0) / V.norm(dim=1), atol=1e-4)
+
+
 @pytest.mark.parametrize("name,check", [
     ("bitfit", lambda n: n.endswith("bias")),
     ("layernorm-only", lambda n: ".ln_" in n or n.startswith(("ln_", "visual.ln_"))),
