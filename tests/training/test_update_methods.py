@@ -280,3 +280,38 @@ def test_running_merge_slerp_operator():
     out = m.combine(a, b, 0)
     assert torch.allclose(out["w"], merging.slerp(a, b, 0.5)["w"])
     assert torch.allclose(out["w"], torch.tensor([2 ** -0.5, 2 ** -0.5]), atol=1e-6)
+
+
+def test_zeroshot_merge_with_task_arithmetic():
+    # every task trains from the base 0: task models 4 and 2, task vectors 4 and 2
+    starts, ev = _run_scheme("zeroshot-merge", [4.0, 2.0], operator="task_arithmetic")
+    assert starts == [0.0, 0.0] and ev == pytest.approx([4.0, 6.0])  # 0 + 1 * (4), 0 + 1 * (4 + 2)
+    assert _run_scheme("zeroshot-merge", [4.0, 2.0], operator="task_arithmetic", scale="mean")[1] == pytest.approx([4.0, 3.0])
+
+
+def test_ema_merge_with_ties():
+    # task 0: 0 -> 4, ties of [4] = 4; task 1 from the merge 4 -> 4 - 5 = -1: task vectors 4 and -1,
+    # density 1, elected sign + (sum 3), disjoint mean of the agreeing entries: 4
+    starts, ev = _run_scheme("ema-merge", [4.0, -5.0], operator="ties", density=1.0)
+    assert starts == [0.0, 4.0] and ev == pytest.approx([4.0, 4.0])
+    # scale 0.5: 2, then 0.5 * 4 = 2 again (task 1 starts at 2 -> -3: vectors 4, -3, sign +)
+    assert _run_scheme("ema-merge", [4.0, -5.0], operator="ties", density=1.0, scale=0.5)[1] == pytest.approx([2.0, 2.0])
+
+
+def test_offline_merge_with_task_arithmetic():
+    # checkpoints 2 and 4 (each task from the previous checkpoint), task vectors against the base 0
+    starts, ev = _run_scheme("offline-merge", [2.0, 2.0], operator="task_arithmetic", scale=0.5)
+    assert starts == [0.0, 2.0] and ev == pytest.approx([1.0, 3.0])  # 0.5 * 2, 0.5 * (2 + 4)
+
+
+def test_merge_operator_option_from_the_command_line():
+    from training.fomo.__main__ import parse
+
+    cfg, _ = parse(["--method", "ema-merge", "--option", "operator=ties", "--option", "density=0.1"])
+    m = get_method(cfg.method, cfg.options)
+    assert m.operator == "ties" and m.option("density", 0.2) == 0.1
+    assert get_method("offline-merge", {"operator": "task_arithmetic"}).operator == "task_arithmetic"
+    with pytest.raises(ValueError, match="operator must be one of ema, slerp, task_arithmetic, ties"):
+        get_method("finetune-merge", {"operator": "tie"})
+    with pytest.raises(ValueError, match="operator must be one of linear, task_arithmetic, ties"):
+        get_method("offline-merge", {"operator": "ema"})
