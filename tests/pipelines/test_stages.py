@@ -186,3 +186,14 @@ def test_bad_lid_model_is_a_clear_error(tmp_path):
         check_lid(LidConfig(model=str(tmp_path / "missing.bin")))
     with pytest.raises(ValueError, match="unknown language identifier"):
         LidConfig("cld3")
+
+
+def test_compare_english_counts_changed_decisions():
+    from pipelines.transforms.annotate import LidConfig, compare_english
+
+    texts = ["picture of a green plus sign", "a photo of a red circle on a sky background",
+             "une photo d'un carré bleu devant la mer", ""]
+    out = compare_english(texts, LidConfig("fasttext"), LidConfig("langid"))
+    # fastText: fr, en, fr, none; langid: en, en, fr, none -> one caption changes side, towards langid
+    assert (out["captions"], out["english_a"], out["english_b"], out["changed"], out["only_a"], out["only_b"]) == (4, 1, 2, 1, 0, 1)
+    assert out["examples"] == ["picture of a green plus sign"]
