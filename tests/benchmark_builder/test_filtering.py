@@ -92,3 +92,13 @@ def test_kmeans_clusters_only_caption_filtered_samples():
     nearest_pole = np.argmax(centroids @ poles.T, axis=1)
     assert sorted(nearest_pole.tolist()) == [0, 1]  # no centroid for the caption-filtered blob
     assert (np.max(centroids @ poles.T, axis=1) > 0.9).all()
+
+
+def test_build_rejects_a_bad_language_id_model_before_any_work(tmp_path):
+    bad = tmp_path / "lid.176.bin"
+    bad.write_bytes(b"not a fastText model")
+    data = tmp_path / "data"
+    r = subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2014",
+                        "--data-dir", str(data), "--lid-model", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "is not a fastText model" in r.stderr and "Traceback" not in r.stderr
+    assert not data.exists()

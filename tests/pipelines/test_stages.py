@@ -186,6 +186,8 @@ def test_bad_lid_model_is_a_clear_error(tmp_path):
         check_lid(LidConfig(model=str(tmp_path / "missing.bin")))
     with pytest.raises(ValueError, match="unknown language identifier"):
         LidConfig("cld3")
+    with pytest.raises(ValueError, match="only applies to --lid fasttext"):
+        LidConfig("langid", str(bad))
 
 
 def test_compare_english_counts_changed_decisions():
