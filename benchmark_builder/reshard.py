@@ -72,9 +72,6 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
     """Write variant ``name`` from ``selected`` uids (a set, or uid -> copies to write).
     ``rewrite=True`` re-writes an existing variant in place (also the build's own), e.g. after
     new annotation columns such as ``caption_generated`` were added to the metadata."""
-    selected = selected if isinstance(selected, Mapping) else collections.Counter(set(selected))
-    if any(int(c) < 1 for c in selected.values()):
-        raise ValueError("every selected uid is written at least once")
     if not name or "/" in name:
         raise ValueError(f"bad variant name {name!r}")
     built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
@@ -84,6 +81,9 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
     meta_cols = pio.read_parquet(
         [f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))], ["uid", "year", "split", "dedup_reason"]
     ).to_pylist()
+    selected = selected if isinstance(selected, Mapping) else collections.Counter(set(selected))
+    if any(int(c) < 1 for c in selected.values()):
+        raise ValueError("every selected uid is written at least once")
     why = collections.Counter()
     found = set()
     for r in meta_cols:

