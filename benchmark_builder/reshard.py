@@ -8,12 +8,17 @@ and written through the same reshard stage as the build (uid order, img2dataset 
 pipeline. Held-out evaluation samples and removed duplicates are never written to training
 shards even when selected; the report says how many were excluded and why. The variant's
 eval sets are the benchmark's (copied), and ``uids.npy`` records exactly what was written.
+
+A uid file may repeat uids: as DataComp's ``resharder.py``, a uid found ``count`` times is
+written ``count`` times, keyed ``<uid>-<j>`` (DataComp's resharder keys, used for every variant
+written from a selection; a ``rewrite`` keeps the key style the variant was written with).
 """
 from __future__ import annotations
 
 import collections
 import os
 import shutil
+from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
 import numpy as np
@@ -27,16 +32,18 @@ from pipelines.sinks import webdataset as wds
 from pipelines.transforms import reshard as rs
 
 
-def select_uids(layout: Layout, uids_file: str | None = None, where: str | None = None) -> set[str]:
+def select_uids(layout: Layout, uids_file: str | None = None, where: str | None = None) -> collections.Counter:
+    """uid -> how many times to write it: a uid file's repeats count (DataComp's upsampling);
+    an SQL selection writes each uid once."""
     if bool(uids_file) == bool(where):
         raise ValueError("give exactly one of --uids FILE.npy or --where SQL")
     if uids_file:
-        return set(uidcodec.decode(uidcodec.load(uids_file)))
+        return collections.Counter(uidcodec.decode(uidcodec.load(uids_file)))
     _, rows = query(layout, f"select uid from metadata where {where}")
-    return {r[0] for r in rows}
+    return collections.Counter({r[0]: 1 for r in rows})
 
 
-def _rows_of(path: str, year: int, selected: set, name: str, pool_dir: str):
+def _rows_of(path: str, year: int, selected: Mapping, name: str, pool_dir: str):
     table = pio.read_parquet([path])
     rows = [r for r in table.to_pylist() if r["uid"] in selected and not r["dedup_reason"] and (r["split"] or "train") == "train"]
     if not rows:
@@ -44,15 +51,27 @@ def _rows_of(path: str, year: int, selected: set, name: str, pool_dir: str):
     shard = os.path.basename(path).removesuffix(".parquet")
     images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
     for r in rows:
-        yield {**r, "jpg": images[r["uid"]], "filters": [name], "shard": None, "key": None}
+        yield {**r, "jpg": images[r["uid"]], "filters": [name], "shard": None, "key": None, "copies": selected[r["uid"]]}
 
 
-def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | None = None,
+def _key_style(layout: Layout, name: str, years: list[int], rewrite: bool) -> str:
+    """DataComp's ``<uid>-<j>`` keys for a new variant; a rewrite keeps the variant's own style
+    (the build's variants have img2dataset keys, which their metadata rows record)."""
+    if rewrite:
+        for y in years:
+            meta = pio.join(layout.train_shards(name, y), "meta.json")
+            if pio.exists(meta):
+                return pio.read_json(meta).get("keys", "img2dataset")
+        return "img2dataset"
+    return "uid"
+
+
+def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, int], years: list[int] | None = None,
             runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic",
             rewrite: bool = False) -> dict:
-    """Write variant ``name`` from ``selected`` uids. ``rewrite=True`` re-writes an existing
-    variant in place (also the build's own), e.g. after new annotation columns such as
-    ``caption_generated`` were added to the metadata."""
+    """Write variant ``name`` from ``selected`` uids (a set, or uid -> copies to write).
+    ``rewrite=True`` re-writes an existing variant in place (also the build's own), e.g. after
+    new annotation columns such as ``caption_generated`` were added to the metadata."""
     if not name or "/" in name:
         raise ValueError(f"bad variant name {name!r}")
     built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
@@ -62,17 +81,22 @@ def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | No
     meta_cols = pio.read_parquet(
         [f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))], ["uid", "year", "split", "dedup_reason"]
     ).to_pylist()
+    selected = selected if isinstance(selected, Mapping) else collections.Counter(set(selected))
+    if any(int(c) < 1 for c in selected.values()):
+        raise ValueError("every selected uid is written at least once")
     why = collections.Counter()
     found = set()
     for r in meta_cols:
         if r["uid"] in selected:
             found.add(r["uid"])
-            why["written" if not r["dedup_reason"] and (r["split"] or "train") == "train"
-                else ("excluded_duplicate" if r["dedup_reason"] else "excluded_eval")] += 1
-    why["not_in_pool"] = len(selected - found)
+            ok = not r["dedup_reason"] and (r["split"] or "train") == "train"
+            why["written" if ok else ("excluded_duplicate" if r["dedup_reason"] else "excluded_eval")] += 1
+            why["copies_written"] += selected[r["uid"]] if ok else 0
+    why["not_in_pool"] = len(set(selected) - found)
     runner = runner or RunnerConfig()
     if name == default_variant and not rewrite:
         raise ValueError(f"{name!r} is the build's own variant; choose another name")
+    keys = _key_style(layout, name, years, rewrite)
     for y in years:  # a re-run with another selection must not leave shards of the last one
         shutil.rmtree(pio.local_path(layout.train_shards(name, y)), ignore_errors=True)
     with pipeline_options(runner, job_name=f"tic-reshard-{name}") as opts:
@@ -85,21 +109,22 @@ def reshard(layout: Layout, name: str, selected: set[str], years: list[int] | No
                     | f"Rows{y}" >> beam.FlatMap(_rows_of, y, selected, name, layout.pool(y))
                 )
                 _ = rows | f"Write{y}" >> rs.WriteVariant(
-                    name, layout.train_shards(name, y), {"variant": name, "year": y, "benchmark": layout.benchmark},
-                    rs.ReshardConfig(samples_per_shard),
+                    name, layout.train_shards(name, y), {"variant": name, "year": y, "benchmark": layout.benchmark,
+                                                         "keys": keys},
+                    rs.ReshardConfig(samples_per_shard, keys=keys),
                 )
     written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
                for s in wds.read_shard(tar)]
     src = pio.local_path(pio.join(layout.variant(default_variant), "eval"))
     if os.path.isdir(src) and name != default_variant and not rewrite:
         shutil.copytree(src, pio.local_path(pio.join(layout.variant(name), "eval")), dirs_exist_ok=True)
-    report = {"variant": name, "selected": len(selected), **dict(why), "years": years}
+    report = {"variant": name, "selected": sum(selected.values()), "distinct": len(selected), **dict(why), "years": years}
     if not rewrite:  # a rewrite keeps the variant's own record of how it was selected
         with pio.atomic_open(pio.join(layout.variant(name), "uids.npy")) as f:
             np.save(f, uidcodec.encode(written))
         pio.write_json(pio.join(layout.variant(name), "reshard.json"), report)
     build_index(layout)
-    print(f"variant {name}: {why['written']} samples written under {layout.variant(name)}/train; "
+    print(f"variant {name}: {why['written']} samples ({why['copies_written']} with repeats) written under {layout.variant(name)}/train; "
           f"excluded: {why['excluded_eval']} held-out eval, {why['excluded_duplicate']} duplicates; "
           f"{why['not_in_pool']} selected uids not in the pool")
     return report

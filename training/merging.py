@@ -115,32 +115,38 @@ def task_arithmetic(base: dict, finetuned: list[dict], scale: float = 1.0) -> di
 
 def ties(base: dict, finetuned: list[dict], density: float = 0.2, scale: float = 1.0) -> dict:
     """TIES-merging (Yadav et al. 2023): task arithmetic without the interference of small
-    updates and sign conflicts. Per tensor, trim each task vector to its top ``density`` fraction
-    of entries by magnitude (at least one; entries tied with the cut-off are kept), elect each
-    entry's sign as the sign of the sum of the trimmed vectors, and average only the nonzero
-    trimmed entries that agree with it (disjoint mean); return base + scale * merged."""
+    updates and sign conflicts. As the reference implementation (``ties_merging`` over
+    ``state_dict_to_vector``), each task vector is the concatenation of all floating tensors,
+    flattened: (1) trim each task vector to its top ``density`` fraction of entries by
+    magnitude over the whole vector (global top-k; at least one entry; entries tied with the
+    cut-off are kept), (2) elect each entry's sign as the sign of the sum of the trimmed vectors
+    (an entry whose sum is 0 takes the majority sign, the sign of the sum of all elected signs),
+    (3) average only the nonzero trimmed entries that agree with it (disjoint mean); return
+    base + scale * merged, split back into the tensors."""
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
     _task_vectors(base, finetuned)
-    out = {}
-    for k, v in base.items():
-        if not _merges(v):
-            out[k] = _keep(v)
-            continue
-        b = v.flatten().to(torch.float64)
-        tvs = torch.stack([f[k].flatten().to(torch.float64) - b for f in finetuned])
-        n = tvs.shape[1]
-        if n == 0:
-            out[k] = v.clone()
-            continue
+    keys = [k for k, v in base.items() if _merges(v)]
+    out = {k: _keep(v) for k, v in base.items() if k not in keys}
+    if not keys:
+        return out
+    b = torch.cat([base[k].flatten().to(torch.float64) for k in keys])
+    tvs = torch.stack([torch.cat([f[k].flatten().to(torch.float64) for k in keys]) - b for f in finetuned])
+    n = tvs.shape[1]
+    if n > 0:
         keep = max(1, int(round(density * n)))
-        cut = tvs.abs().topk(keep, dim=1).values[:, -1:]
+        cut = tvs.abs().kthvalue(n - keep + 1, dim=1, keepdim=True).values  # the keep-th largest magnitude
         trimmed = torch.where(tvs.abs() >= cut, tvs, torch.zeros_like(tvs))
         sign = torch.sign(trimmed.sum(0))
+        sign[sign == 0] = torch.sign(sign.sum())
         agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
-        merged = (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
-        out[k] = (b + scale * merged).view_as(v).to(v.dtype)
-    return out
+        b = b + scale * (trimmed * agree).sum(0) / agree.sum(0).clamp(min=1)
+    offset = 0
+    for k in keys:
+        v = base[k]
+        out[k] = b[offset:offset + v.numel()].view_as(v).to(v.dtype, copy=True)
+        offset += v.numel()
+    return {k: out[k] for k in base}
 
 
 def ema(running: dict, new: dict, decay: float) -> dict:

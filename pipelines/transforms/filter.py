@@ -6,9 +6,17 @@ sample with the variants that keep it (``filters``) and give the reason a varian
 characters, original image's shorter side >= 200 px, aspect ratio <= 3. ``none`` keeps every
 sample that survived deduplication. CLIP-based variants (``clip_score``, ``image_based``,
 ``bestpool``) register here the same way.
+
+``caption_reason`` is DataComp's caption filter (``caption_filter`` in its
+``baselines/apply_filter.py``), the text-only rule its ``image_based`` baseline applies before
+clustering and before selection (also inside ``image_based ∩ clip_score``): fastText says
+English, more than 1 fastText token, more than 5 characters. The language is the sample's
+``language`` column, written by the annotate stage with fastText lid.176 unless the build chose
+``--lid langid``.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -40,6 +48,34 @@ def basic_reason(row: dict, cfg: BasicFilterConfig = BasicFilterConfig()) -> str
         return f"image_too_small:{cfg.min_image_side}"
     if max(w, h) / max(1, min(w, h)) > cfg.max_aspect_ratio:
         return f"aspect_ratio_above:{cfg.max_aspect_ratio:g}"
+    return None
+
+
+@dataclass(frozen=True)
+class CaptionFilterConfig:
+    language: str = "en"
+    min_tokens: int = 2  # "more than 1" fastText token
+    min_chars: int = 6  # "more than 5 characters"
+
+
+_FASTTEXT_SPACE = re.compile("[ \n\r\t\v\f\0]+")
+
+
+def fasttext_token_count(text: str) -> int:
+    """``len(fasttext.tokenize(text))``: fastText splits on space, newline, CR, tab, VT, FF and
+    NUL, and reads every newline as one end-of-sentence token ``</s>``."""
+    return sum(1 for t in _FASTTEXT_SPACE.split(text) if t) + text.count("\n")
+
+
+def caption_reason(row: dict, cfg: CaptionFilterConfig = CaptionFilterConfig()) -> str | None:
+    """First rule of DataComp's caption filter that ``row`` fails, or None if it passes."""
+    text = row.get("text") or ""
+    if row.get("language") != cfg.language:
+        return f"caption_not_english:{row.get('language') or 'unknown'}"
+    if fasttext_token_count(text) < cfg.min_tokens:
+        return "caption_too_few_words"
+    if len(text) < cfg.min_chars:
+        return "caption_too_short"
     return None
 
 

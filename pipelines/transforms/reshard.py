@@ -5,6 +5,12 @@ Samples are ordered by uid (DataComp's subset order), cut into shards of at most
 img2dataset layout with reproducible tars, a ``_stats.json`` per shard, ``sizes.json`` and
 ``meta.json`` for the directory. Every sample's ``shard`` and ``key`` go back into its
 metadata row.
+
+Upsampling, as DataComp's ``resharder.py``: a row with ``copies = c`` (the number of times its
+uid occurs in a subset file, ``count = b - a`` of the two binary searches there) is written
+``c`` times, consecutively in uid order. Keys are img2dataset's (shard id + index, the build's
+own variants) or, with ``ReshardConfig(keys="uid")``, DataComp's resharder keys
+``<uid>-<j>`` for copy ``j`` (0-based), so every copy is a distinct WebDataset sample.
 """
 from __future__ import annotations
 
@@ -26,19 +32,36 @@ SHARD_JSON_FIELDS = (
 )
 
 
+KEY_STYLES = ("img2dataset", "uid")
+
+
 @dataclass(frozen=True)
 class ReshardConfig:
     samples_per_shard: int = 10_000
     shard_digits: int = 5  # digits of the shard id inside a sample key, as img2dataset
+    keys: str = "img2dataset"  # or "uid": DataComp's resharder keys <uid>-<j>
+
+    def __post_init__(self):
+        if self.keys not in KEY_STYLES:
+            raise ValueError(f"unknown key style {self.keys!r}; known: {KEY_STYLES}")
 
 
-def locate(sorted_uids: list[str], uid: str, cfg: ReshardConfig) -> tuple[str, str]:
-    """(shard name, sample key) of ``uid`` in the variant's uid-sorted order."""
-    i = bisect.bisect_left(sorted_uids, uid)
-    if i == len(sorted_uids) or sorted_uids[i] != uid:
-        raise KeyError(uid)
+def locate(sorted_uids: list[str], uid: str, cfg: ReshardConfig, copy: int = 0) -> tuple[str, str]:
+    """(shard name, sample key) of copy ``copy`` of ``uid`` in the variant's uid-sorted order
+    (``sorted_uids`` holds a uid once per copy)."""
+    i = bisect.bisect_left(sorted_uids, uid) + copy
+    if copy < 0 or i >= len(sorted_uids) or sorted_uids[i] != uid:
+        raise KeyError(uid if not copy else f"{uid} copy {copy}")
     shard, idx = divmod(i, cfg.samples_per_shard)
+    if cfg.keys == "uid":
+        return wds.shard_name(shard), f"{uid}-{copy}"
     return wds.shard_name(shard), wds.sample_key(shard, idx, cfg.samples_per_shard, cfg.shard_digits)
+
+
+def copies(row: dict) -> int:
+    """How many times ``row`` is written (1 unless a subset file repeats its uid)."""
+    c = row.get("copies")
+    return 1 if c is None else int(c)
 
 
 def shard_sample(row: dict) -> dict:
@@ -51,7 +74,7 @@ def shard_sample(row: dict) -> dict:
 
 
 def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str) -> tuple[str, int]:
-    rows = sorted(rows, key=lambda r: r["key"])
+    rows = sorted(rows, key=lambda r: (r["uid"], r.get("copy") or 0))  # the variant's order: uid, then copy
     stats = {
         "count": len(rows),
         "successes": len(rows),
@@ -86,7 +109,7 @@ class WriteVariant(beam.PTransform):
         kept = samples | "Kept" >> beam.Filter(in_variant, variant)
         order = (
             kept
-            | "Uids" >> beam.Map(lambda r: r["uid"])
+            | "Uids" >> beam.FlatMap(lambda r: [r["uid"]] * copies(r))
             | "AllUids" >> beam.combiners.ToList()
             | "Sort" >> beam.Map(sorted)
         )
@@ -100,10 +123,17 @@ class WriteVariant(beam.PTransform):
                 out["shard"], out["key"] = None, None
             return out
 
+        def copies_of(row, sorted_uids):  # the first copy is ``row`` itself
+            yield row
+            for j in range(1, copies(row)):
+                shard, key = locate(sorted_uids, row["uid"], cfg, j)
+                yield {**row, "shard": shard, "key": key, "copy": j}
+
         placed = samples | "Place" >> beam.Map(place, beam.pvalue.AsSingleton(order))
         sizes = (
             placed
             | "InVariant" >> beam.Filter(lambda r: r["shard"] is not None)
+            | "Copies" >> beam.FlatMap(copies_of, beam.pvalue.AsSingleton(order))
             | "ByShard" >> beam.Map(lambda r: (r["shard"], r))
             | "GroupShard" >> beam.GroupByKey()
             | "WriteShard" >> beam.MapTuple(lambda shard, rows: write_shard_group(out_dir, shard, list(rows), variant))

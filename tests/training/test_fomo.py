@@ -117,9 +117,13 @@ def test_maf_and_steps_per_task_by_hand():
 
 
 def test_measured_cost_of_lora_is_below_full_fine_tuning():
-    costs = maf_lib.measure_costs({"full-ft": {}, "lora": {}, "lock-image": {}}, "tic-tiny-32", 32, repeats=1)
-    full, lora, lock = costs["full-ft"], costs["lora"], costs["lock-image"]
+    costs = maf_lib.measure_costs({"full-ft": {}, "lora": {}, "dora": {}, "lock-image": {}}, "tic-tiny-32", 16, repeats=1)
+    full, lora, dora, lock = costs["full-ft"], costs["lora"], costs["dora"], costs["lock-image"]
     assert full.flops > 0 and full.memory > 0
+    # adapters are low-rank products beside the frozen weights: no dW matmul for any adapted weight
+    assert lora.flops < full.flops and dora.flops < full.flops
+    rows, table = maf_lib.budget_table(costs, full, 100 * full.flops, 5)
+    assert rows["lora"]["maf"] < rows["full-ft"]["maf"] and rows["lora"]["steps_per_task"] > rows["full-ft"]["steps_per_task"]
     assert lora.trainable < 0.01 * full.trainable
     assert lora.memory < full.memory  # no AdamW moments or gradient for the 3M-element token embedding
     assert lock.flops < full.flops  # no backward through the locked image tower

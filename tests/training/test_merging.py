@@ -80,6 +80,29 @@ def test_ties_by_hand():
         ties(base, fts, density=0.0)
 
 
+def test_ties_trims_over_the_whole_flattened_task_vector():
+    base = {"a": torch.tensor([1.0, 1.0, 1.0]), "b": torch.tensor([[1.0, 1.0]]), "n": torch.tensor(5)}
+    tvs = [([10.0, 5.0, 1.0], [2.0, 0.5]), ([8.0, -6.0, 0.5], [-1.0, 0.2])]
+    fts = [{"a": base["a"] + torch.tensor(a), "b": base["b"] + torch.tensor([b]), "n": torch.tensor(9)} for a, b in tvs]
+    # density 0.4 of the 5 entries of the whole vector [a, b] keeps 2 per task, all in "a":
+    #   [10, 5, 0 | 0, 0] and [8, -6, 0 | 0, 0]; sum [18, -1, 0, 0, 0] elects [+, -, 0, 0, 0]
+    #   (the elected signs sum to 0: no majority sign for the zero entries)
+    # disjoint mean: [(10 + 8) / 2, -6, 0 | 0, 0]; scale 0.5 -> a = 1 + [4.5, -3, 0], b unchanged
+    # (per tensor, "b" would have kept its largest entry of each task and moved to 1 + 0.5 * 2)
+    out = ties(base, fts, density=0.4, scale=0.5)
+    close(out["a"], [5.5, -2.0, 1.0])
+    close(out["b"], [[1.0, 1.0]])
+    assert int(out["n"]) == 5 and list(out) == ["a", "b", "n"]
+
+
+def test_ties_zero_sum_entries_take_the_majority_sign():
+    base = sd(w=[0.0, 0.0, 0.0])
+    fts = [sd(w=[3.0, 1.0, 2.0]), sd(w=[-3.0, 2.0, 1.0])]
+    # density 1: sum [0, 3, 3] elects [0, +, +]; majority sign of the elected signs: + (sum 2)
+    # entry 0 takes +: only 3 agrees -> 3; entries 1, 2: (1 + 2) / 2 = 1.5 and (2 + 1) / 2 = 1.5
+    close(ties(base, fts, density=1.0)["w"], [3.0, 1.5, 1.5])
+
+
 def test_ema():
     close(ema(sd(w=[0.0, 10.0]), sd(w=[10.0, 0.0]), 0.9)["w"], [1.0, 9.0])  # 0.9 * running + 0.1 * new
 

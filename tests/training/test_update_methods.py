@@ -103,6 +103,64 @@ def test_dora_starts_at_the_base_and_trains_magnitudes(model, loaded):
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(_outputs(model, loaded), before))
 
 
+def _mha_pair(batch_first, seed=0):
+    """An nn.MultiheadAttention wrapped with trained (random) adapters on q/k/v and out, and a
+    copy of it whose weights are the adapted ones: torch's own attention is the oracle."""
+    import copy
+
+    from training.methods.peft import LoRA, AdaptedAttention
+
+    torch.manual_seed(seed)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=batch_first).eval()
+    a_in, a_out = LoRA(mha.in_proj_weight.detach(), 2, 4.0), LoRA(mha.out_proj.weight.detach(), 2, 4.0)
+    with torch.no_grad():
+        a_in.B.normal_(0, 0.3)
+        a_out.B.normal_(0, 0.3)
+    oracle = copy.deepcopy(mha)
+    with torch.no_grad():
+        oracle.in_proj_weight.add_(a_in.scale * a_in.B @ a_in.A)
+        oracle.out_proj.weight.add_(a_out.scale * a_out.B @ a_out.A)
+    return AdaptedAttention(mha, a_in, a_out).eval(), oracle
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_adapted_attention_is_the_attention_of_the_adapted_weights(batch_first):
+    adapted, oracle = _mha_pair(batch_first)
+    g = torch.Generator().manual_seed(1)
+    shape = (3, 5, 16) if batch_first else (5, 3, 16)
+    x, kv = torch.randn(*shape, generator=g), torch.randn(*shape, generator=g)
+    causal = torch.full((5, 5), float("-inf")).triu(1)  # open_clip's text mask
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True], [False] * 4 + [True]])
+    for args, kw in [((x, x, x), {}), ((x, x, x), {"attn_mask": causal}), ((x, x, x), {"attn_mask": causal.isinf()}),
+                     ((x, kv, kv), {"key_padding_mask": pad}), ((x, x, x), {"attn_mask": torch.zeros(12, 5, 5)})]:
+        with torch.no_grad():
+            got = adapted(*args, need_weights=False, **kw)[0]
+            want = oracle(*args, need_weights=False, **kw)[0]
+        assert torch.allclose(got, want, atol=1e-5), kw.keys()
+
+
+def test_dora_output_is_the_decomposed_weight_and_the_base_weight_gets_no_gradient():
+    from training.methods.peft import AdaptedLinear, DoRA
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(6, 4)
+    lin.requires_grad_(False)
+    d = DoRA(lin.weight.detach(), 2, 4.0)
+    with torch.no_grad():
+        d.B.normal_(0, 0.5)
+        d.magnitude.mul_(torch.tensor([0.5, 1.0, 2.0, 1.5]))
+    layer = AdaptedLinear(lin, d)
+    x = torch.randn(7, 6)
+    V = lin.weight + 2.0 * d.B @ d.A  # scale alpha / rank = 2
+    W = d.magnitude[:, None] * V / V.norm(dim=1, keepdim=True)  # DoRA's weight, by hand
+    y = layer(x)
+    assert torch.allclose(y, x @ W.T + lin.bias, atol=1e-5)
+    y.sum().backward()
+    assert lin.weight.grad is None and d.A.grad is not None and d.magnitude.grad is not None
+    # the norm is a constant in backward (DoRA Sec. 4.3): dL/dm_i = sum over x of (x V^T)_i / ||V_i||
+    assert torch.allclose(d.magnitude.grad, (x @ V.T).sum(0) / V.norm(dim=1), atol=1e-4)
+
+
 @pytest.mark.parametrize("name,check", [
     ("bitfit", lambda n: n.endswith("bias")),
     ("layernorm-only", lambda n: ".ln_" in n or n.startswith(("ln_", "visual.ln_"))),
@@ -222,3 +280,38 @@ def test_running_merge_slerp_operator():
     out = m.combine(a, b, 0)
     assert torch.allclose(out["w"], merging.slerp(a, b, 0.5)["w"])
     assert torch.allclose(out["w"], torch.tensor([2 ** -0.5, 2 ** -0.5]), atol=1e-6)
+
+
+def test_zeroshot_merge_with_task_arithmetic():
+    # every task trains from the base 0: task models 4 and 2, task vectors 4 and 2
+    starts, ev = _run_scheme("zeroshot-merge", [4.0, 2.0], operator="task_arithmetic")
+    assert starts == [0.0, 0.0] and ev == pytest.approx([4.0, 6.0])  # 0 + 1 * (4), 0 + 1 * (4 + 2)
+    assert _run_scheme("zeroshot-merge", [4.0, 2.0], operator="task_arithmetic", scale="mean")[1] == pytest.approx([4.0, 3.0])
+
+
+def test_ema_merge_with_ties():
+    # task 0: 0 -> 4, ties of [4] = 4; task 1 from the merge 4 -> 4 - 5 = -1: task vectors 4 and -1,
+    # density 1, elected sign + (sum 3), disjoint mean of the agreeing entries: 4
+    starts, ev = _run_scheme("ema-merge", [4.0, -5.0], operator="ties", density=1.0)
+    assert starts == [0.0, 4.0] and ev == pytest.approx([4.0, 4.0])
+    # scale 0.5: 2, then 0.5 * 4 = 2 again (task 1 starts at 2 -> -3: vectors 4, -3, sign +)
+    assert _run_scheme("ema-merge", [4.0, -5.0], operator="ties", density=1.0, scale=0.5)[1] == pytest.approx([2.0, 2.0])
+
+
+def test_offline_merge_with_task_arithmetic():
+    # checkpoints 2 and 4 (each task from the previous checkpoint), task vectors against the base 0
+    starts, ev = _run_scheme("offline-merge", [2.0, 2.0], operator="task_arithmetic", scale=0.5)
+    assert starts == [0.0, 2.0] and ev == pytest.approx([1.0, 3.0])  # 0.5 * 2, 0.5 * (2 + 4)
+
+
+def test_merge_operator_option_from_the_command_line():
+    from training.fomo.__main__ import parse
+
+    cfg, _ = parse(["--method", "ema-merge", "--option", "operator=ties", "--option", "density=0.1"])
+    m = get_method(cfg.method, cfg.options)
+    assert m.operator == "ties" and m.option("density", 0.2) == 0.1
+    assert get_method("offline-merge", {"operator": "task_arithmetic"}).operator == "task_arithmetic"
+    with pytest.raises(ValueError, match="operator must be one of ema, slerp, task_arithmetic, ties"):
+        get_method("finetune-merge", {"operator": "tie"})
+    with pytest.raises(ValueError, match="operator must be one of linear, task_arithmetic, ties"):
+        get_method("offline-merge", {"operator": "ema"})

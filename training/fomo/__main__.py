@@ -16,7 +16,7 @@ import sys
 from training.fomo.mixture import parse_shares
 from training.fomo.runner import FomoConfig, plan_budget, resolve_base, run
 from training.fomo.streams import ALL_ORDERS
-from training.methods import METHODS, UPDATE_METHODS
+from training.methods import METHODS, UPDATE_METHODS, get_method
 from training.schedules import META_SCHEDULES, SCHEDULES
 
 
@@ -65,6 +65,10 @@ def parse(argv=None):
             options[k] = json.loads(v)
         except json.JSONDecodeError:
             options[k] = v
+    try:  # a bad option value (e.g. operator=tie) fails here, with the method's message
+        get_method(a.method, options)
+    except ValueError as e:
+        p.error(str(e))
     cfg = FomoConfig(
         method=a.method, order=a.order, tasks=a.tasks, data_dir=a.data_dir, benchmark=a.benchmark, variant=a.variant,
         run_dir=a.run_dir, base_model=a.base_model, pool_years=tuple(int(y) for y in a.pool_years.split(",") if y),
