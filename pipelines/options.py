@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from apache_beam.options.pipeline_options import PipelineOptions
+if TYPE_CHECKING:  # imported where used: a CLI that only parses arguments (or fails on a lock) starts fast
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ def local_job_service() -> Iterator[str]:
 @contextlib.contextmanager
 def pipeline_options(cfg: RunnerConfig, job_name: str | None = None) -> Iterator[PipelineOptions]:
     """PipelineOptions for ``cfg``, with whatever local service the runner needs kept alive."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     cfg.validate()
     args = list(cfg.beam_args)
     if job_name and cfg.runner == "DataflowRunner" and not cfg._has("--job_name"):
