@@ -191,3 +191,15 @@ def test_sql_string_round_trips_quotes():
 
     for s in ["it's", "''", "a'; drop table x; --", "x\\'y", "\"q\""]:
         assert duckdb.connect().execute(f"select {sql_string(s)}").fetchone()[0] == s
+
+
+def test_training_cli_refuses_a_crafted_cifar_file_in_one_line(tmp_path):
+    base = tmp_path / "cifar" / "cifar-100-python"
+    base.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    (base / "meta").write_bytes(_exploits(str(marker))[0])
+    r = subprocess.run([sys.executable, "-m", "training.incremental", "--dataset", "cifar100", "--data", str(tmp_path / "cifar"),
+                        "--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "run")],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr[-2000:]
+    assert "refused pickle: it refers to posix.system" in r.stderr and not marker.exists()
