@@ -116,7 +116,7 @@ def acquire(data_dir: str, command: str) -> dict | None:
         if not holder:  # created but not yet written by its owner, or damaged
             time.sleep(0.1)
             if read_holder(path) == {}:
-                with _guard(path):
+                with _guard(path), contextlib.suppress(FileNotFoundError):
                     if read_holder(path) == {} and time.time() - os.path.getmtime(path) > 5:
                         raise LockHeld(f"{data_dir} has an unreadable writer lock {path}; if no command writes this "
                                        "data dir, remove that file")

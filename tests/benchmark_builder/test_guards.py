@@ -152,6 +152,17 @@ def test_lock_of_another_host_is_never_taken_over(tmp_path):
             pass
 
 
+def test_unreadable_lock_is_refused_not_guessed(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / LOCK_NAME).write_bytes(b"")  # a writer died between creating and filling it, long ago
+    os.utime(data / LOCK_NAME, (time.time() - 60, time.time() - 60))
+    with pytest.raises(LockHeld, match=r"unreadable writer lock .*\.writer\.lock; if no command writes this data dir"):
+        with writer_lock(str(data), "mine"):
+            pass
+    assert (data / LOCK_NAME).read_bytes() == b""
+
+
 def test_racing_take_overs_of_one_stale_lock_leave_one_writer(tmp_path):
     data = str(tmp_path / "data")
     _write_lock(data)
