@@ -3,6 +3,11 @@
     python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data \
         [--input 'crawl/*.warc.gz' ...] [--runner DirectRunner|PortableRunner|DataflowRunner|SparkRunner|FlinkRunner] [beam options]
     python -m benchmark_builder sql --data-dir ./data "select year, count(*) from samples group by 1"
+    python -m benchmark_builder index --data-dir ./data      # rebuild index.duckdb (e.g. after moving ./data)
+
+Every command that writes the data dir holds its writer lock (``<data dir>/.writer.lock``); a
+second writer fails at once (exit 2) naming the holder. Refused input also exits 2 with one
+``error: ...`` line.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default="./data")
     r.add_argument("--benchmark", default="tic-datacomp")
     r.add_argument("--samples-per-shard", type=int, default=10_000)
+    r.add_argument("--overwrite", action="store_true", help="replace a variant the build wrote (e.g. basic)")
     add_runner_arguments(r)
 
     f = sub.add_parser("filter", help="CLIP-based variants (clip_score, image_based, bestpool) from the pool")
@@ -98,12 +104,19 @@ def _build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--data-dir", default="./data")
     rep.add_argument("--benchmark", default="tic-datacomp")
 
+    ix = sub.add_parser("index", help="rebuild index.duckdb from the files on disk (e.g. after the data dir moved)")
+    ix.add_argument("--data-dir", default="./data")
+    ix.add_argument("--benchmark", default="tic-datacomp")
+
     q = sub.add_parser("sql", help="run SQL on index.duckdb")
     q.add_argument("query")
     q.add_argument("--data-dir", default="./data")
     q.add_argument("--benchmark", default="tic-datacomp")
     q.add_argument("--json", action="store_true", help="one JSON object per row")
     return parser
+
+
+WRITING_COMMANDS = ("build", "reshard", "filter", "caption", "filter-audit", "report", "index")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +131,21 @@ def main(argv: list[str] | None = None) -> int:
         credentials.require([getattr(args, "data_dir", ""), *getattr(args, "input", [])])
     except credentials.MissingCredentials as e:
         parser.exit(2, f"error: {e}\n")
+    from benchmark_builder.lock import LockHeld, writer_lock
+    from pipelines.safe_inputs import InputError
+
+    try:
+        if args.command in WRITING_COMMANDS:
+            argv = sys.argv[1:] if argv is None else list(argv)
+            with writer_lock(args.data_dir, " ".join(["benchmark_builder", *argv])):
+                return _run(parser, args, beam_args)
+        return _run(parser, args, beam_args)
+    except (LockHeld, InputError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
     if args.command == "build":
         from benchmark_builder.build import BuildConfig, build
 
@@ -157,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
             audit(args.data_dir, args.benchmark)
         return 0
     if args.command == "reshard":
+        from pipelines.safe_inputs import check_name
+
+        check_name(args.name, "variant name")  # before anything is imported or selected
         from benchmark_builder.layout import Layout
         from benchmark_builder.reshard import reshard, select_uids
 
         layout = Layout(args.data_dir, args.benchmark)
         reshard(layout, args.name, select_uids(layout, args.uids, args.where), args.years,
-                RunnerConfig(args.runner, beam_args), args.samples_per_shard)
+                RunnerConfig(args.runner, beam_args), args.samples_per_shard, overwrite=args.overwrite)
         return 0
     if args.command == "filter":
         from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
@@ -192,6 +223,19 @@ def main(argv: list[str] | None = None) -> int:
         from benchmark_builder.report import report
 
         report(Layout(args.data_dir, args.benchmark))
+        return 0
+    if args.command == "index":
+        from benchmark_builder.index import build_index, query
+        from benchmark_builder.layout import Layout
+        from pipelines import io as pio
+
+        layout = Layout(args.data_dir, args.benchmark)
+        if not pio.exists(layout.root):
+            print(f"error: no {args.benchmark} benchmark under {args.data_dir} ({layout.root} does not exist)", file=sys.stderr)
+            return 2
+        path = build_index(layout)
+        _, [(n_shards, n_samples)] = query(layout, "select count(*), coalesce(sum(count), 0) from shards")
+        print(f"{path}: {n_shards} shard files ({n_samples} samples) under {layout.root}")
         return 0
     if args.command == "sql":
         from benchmark_builder.index import format_table, query, to_json_rows

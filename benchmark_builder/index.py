@@ -8,30 +8,53 @@ added) and a ``shards`` table read from the variants' ``sizes.json``. Every view
 - ``metadata``: every downloaded sample (the record schema), in any variant or none
 - ``samples``: the samples in the default variant's training shards (``shard``/``key`` set)
 - ``shards``: variant, split, year, shard file, sample count
+- ``index_info``: the benchmark root the paths point into, when the index was built
+
+Every path in the index (the views' Parquet files, ``shards.path``) is absolute, so it opens
+from any working directory. After the data dir moved or was copied,
+``python -m benchmark_builder index --data-dir D`` rebuilds it there; :func:`query` refuses an
+index whose recorded root is not where it now lies. Paths enter SQL only as quoted literals
+(:func:`pipelines.safe_inputs.sql_string`), never spliced in.
 """
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import glob as _glob
 import json
 import os
+import shlex
 
 import duckdb
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
+from pipelines.safe_inputs import InputError, sql_identifier, sql_string
 
 
-def _parquet_view(con, name: str, pattern: str, where: str = "") -> None:
-    if pio.glob(pattern):
-        src = f"read_parquet('{pattern}', hive_partitioning=false, union_by_name=true)"
-        con.execute(f"create or replace view {name} as select * from {src} {where}")
-    else:
+def _parquet_view(con, name: str, root: str, table: str, where: str = "") -> None:
+    files = pio.glob(pio.join(root, table, "*", "*.parquet"))
+    if not files:
         con.execute(f"create or replace view {name} as select null::integer as year where false")
+        return
+    if _glob.has_magic(root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
+        src = "[" + ", ".join(sql_string(f) for f in files) + "]"
+    else:  # a pattern: the view also sees years added later
+        src = sql_string(pio.join(root, table, "*", "*.parquet"))
+    con.execute(f"create or replace view {name} as select * from "
+                f"read_parquet({src}, hive_partitioning=false, union_by_name=true) {where}")
 
 
-def _shard_rows(layout: Layout) -> list[tuple]:
+def benchmark_root(layout: Layout) -> str:
+    """The benchmark root as recorded in the index: absolute for a local data dir."""
+    root = layout.root
+    return os.path.abspath(pio.local_path(root)) if pio.is_local(root) else root
+
+
+def _shard_rows(root: str) -> list[tuple]:
     rows = []
-    for sizes_path in pio.glob(pio.join(layout.root, "variants", "*", "*", "*", "sizes.json")) + pio.glob(
-        pio.join(layout.root, "variants", "*", "eval", "*", "*", "sizes.json")
+    for sizes_path in pio.glob(pio.join(root, "variants", "*", "*", "*", "sizes.json")) + pio.glob(
+        pio.join(root, "variants", "*", "eval", "*", "*", "sizes.json")
     ):
         parts = sizes_path.split("/")
         if parts[-4] == "eval":
@@ -41,7 +64,7 @@ def _shard_rows(layout: Layout) -> list[tuple]:
         for shard, count in pio.read_json(sizes_path).items():
             year = int(step) if step.isdigit() else None
             rows.append((variant, split, step, year, os.path.join(os.path.dirname(sizes_path), shard), int(count)))
-    for count_path in pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", "*", "test", "count.txt")):
+    for count_path in pio.glob(pio.join(root, "variants", "*", "eval", "*", "*", "test", "count.txt")):
         parts = count_path.split("/")
         variant, kind, step = parts[-6], parts[-4], parts[-3]
         rows.append((variant, f"eval_{kind}", step, int(step) if step.isdigit() else None, os.path.dirname(count_path),
@@ -50,38 +73,56 @@ def _shard_rows(layout: Layout) -> list[tuple]:
 
 
 def build_index(layout: Layout) -> str:
-    """(Re)write ``index.duckdb`` atomically; returns its path."""
+    """(Re)write ``index.duckdb`` atomically; returns its path. Tables other tools added (the
+    evaluator's ``results``) are carried over. Call it holding the data dir's writer lock."""
     path = pio.local_path(layout.index)
-    tmp = path + ".tmp"
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-    root = os.path.abspath(pio.local_path(layout.root))
+    root = benchmark_root(layout)
+    tmp = pio.temp_path(path)  # this process's own temp: concurrent callers never share one
     con = duckdb.connect(tmp)
     try:
-        _parquet_view(con, "candidates", f"{root}/candidates/*/*.parquet")
-        _parquet_view(con, "crawl_status", f"{root}/crawl_status/*/*.parquet")
-        _parquet_view(con, "status", f"{root}/status/*/*.parquet")
-        _parquet_view(con, "metadata", f"{root}/metadata/*/*.parquet")
-        _parquet_view(con, "samples", f"{root}/metadata/*/*.parquet", "where shard is not null")
+        _parquet_view(con, "candidates", root, "candidates")
+        _parquet_view(con, "crawl_status", root, "crawl_status")
+        _parquet_view(con, "status", root, "status")
+        _parquet_view(con, "metadata", root, "metadata")
+        _parquet_view(con, "samples", root, "metadata", "where shard is not null")
         con.execute(
             "create table shards (variant varchar, split varchar, step varchar, year integer, path varchar, count bigint)"
         )
-        rows = _shard_rows(layout)
+        rows = _shard_rows(root)
         if rows:
             con.executemany("insert into shards values (?, ?, ?, ?, ?, ?)", rows)
+        con.execute("create table index_info (root varchar, built_at varchar)")
+        con.execute("insert into index_info values (?, ?)",
+                    [root, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")])
         if os.path.exists(path):  # keep tables other tools added (e.g. eval results)
-            con.execute(f"attach '{path}' as old (read_only)")
+            con.execute(f"attach {sql_string(path)} as old (read_only)")
             keep = con.execute(
                 "select table_name from information_schema.tables where table_catalog = 'old' and table_type = 'BASE TABLE' "
-                "and table_name not in ('shards')"
+                "and table_name not in ('shards', 'index_info')"
             ).fetchall()
             for (t,) in keep:
-                con.execute(f"create table {t} as select * from old.{t}")
+                con.execute(f"create table {sql_identifier(t)} as select * from old.{sql_identifier(t)}")
             con.execute("detach old")
+        con.close()
+        os.replace(tmp, path)
     finally:
         con.close()
-    os.replace(tmp, path)
+        for leftover in (tmp, tmp + ".wal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
     return path
+
+
+def check_root(con, layout: Layout, path: str) -> None:
+    """Refuse an index whose paths point into another copy of the benchmark (the data dir moved)."""
+    try:
+        (recorded,) = con.execute("select root from index_info").fetchone()
+    except duckdb.Error:  # not written by build_index (e.g. only eval results so far): nothing to check
+        return
+    here = benchmark_root(layout)
+    if recorded != here and os.path.realpath(recorded) != os.path.realpath(here):
+        raise InputError(f"{path} lists the files of {recorded}, not of {here} (the data dir "
+                         f"moved or was copied): run python -m benchmark_builder index --data-dir {shlex.quote(layout.data_dir)}")
 
 
 def query(layout: Layout, sql: str):
@@ -91,6 +132,7 @@ def query(layout: Layout, sql: str):
         raise FileNotFoundError(f"{path} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
     con = duckdb.connect(path, read_only=True)
     try:
+        check_root(con, layout, path)
         cur = con.execute(sql)
         cols = [d[0] for d in cur.description] if cur.description else []
         return cols, cur.fetchall()

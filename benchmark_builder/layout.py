@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipelines.io import join
+from pipelines.safe_inputs import check_name
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Layout:
         return self._year("metadata", year)
 
     def variant(self, name: str) -> str:
-        return join(self.root, "variants", name)
+        return join(self.root, "variants", check_name(name, "variant name"))
 
     def train_shards(self, variant: str, step: str | int) -> str:
         return join(self.variant(variant), "train", str(step))

@@ -28,6 +28,7 @@ from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines import uid as uidcodec
 from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.safe_inputs import InputError, check_name
 from pipelines.sinks import webdataset as wds
 from pipelines.transforms import reshard as rs
 
@@ -66,14 +67,29 @@ def _key_style(layout: Layout, name: str, years: list[int], rewrite: bool) -> st
     return "uid"
 
 
+def built_variants(layout: Layout) -> set[str]:
+    """The variants the build writes: the manifest's ``--filter`` shards, and every variant
+    directory that no reshard made (no ``reshard.json``: a build still running or killed)."""
+    names = set()
+    if pio.exists(layout.manifest):
+        names |= set((pio.read_json(layout.manifest).get("config") or {}).get("write_variants") or ())
+    for d in pio.glob(pio.join(layout.root, "variants", "*")):
+        if os.path.isdir(pio.local_path(d)) and not pio.exists(pio.join(d, "reshard.json")):
+            names.add(d.rstrip("/").rsplit("/", 1)[-1])
+    return names
+
+
 def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, int], years: list[int] | None = None,
             runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic",
-            rewrite: bool = False) -> dict:
+            rewrite: bool = False, overwrite: bool = False) -> dict:
     """Write variant ``name`` from ``selected`` uids (a set, or uid -> copies to write).
     ``rewrite=True`` re-writes an existing variant in place (also the build's own), e.g. after
-    new annotation columns such as ``caption_generated`` were added to the metadata."""
-    if not name or "/" in name:
-        raise ValueError(f"bad variant name {name!r}")
+    new annotation columns such as ``caption_generated`` were added to the metadata. A variant the
+    build wrote is replaced by another selection only with ``overwrite=True`` (``reshard --overwrite``)."""
+    check_name(name, "variant name")
+    if not rewrite and not overwrite and name in built_variants(layout):
+        raise InputError(f"variant {name!r} was written by the build (variants/{name}); resharding it would replace "
+                         "the build's own shards: choose another --name, or pass --overwrite")
     built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
     years = [y for y in (years or built) if y in built]
     if not years:
@@ -94,8 +110,6 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
             why["copies_written"] += selected[r["uid"]] if ok else 0
     why["not_in_pool"] = len(set(selected) - found)
     runner = runner or RunnerConfig()
-    if name == default_variant and not rewrite:
-        raise ValueError(f"{name!r} is the build's own variant; choose another name")
     keys = _key_style(layout, name, years, rewrite)
     for y in years:  # a re-run with another selection must not leave shards of the last one
         shutil.rmtree(pio.local_path(layout.train_shards(name, y)), ignore_errors=True)

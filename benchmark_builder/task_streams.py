@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import pickle
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -31,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines import io as pio
+from pipelines.safe_inputs import InputError, load_pickle
 from pipelines.sinks import webdataset as wds
 
 PROMPT = "a photo of a {}."
@@ -67,52 +67,84 @@ def _file(path: str) -> Callable[[], bytes]:
     return lambda: pio.read_bytes(path)
 
 
+def _cifar_field(d, key: bytes, path: str):
+    if not isinstance(d, dict) or key not in d:
+        raise InputError(f"{path}: not a CIFAR-100 python batch (no {key!r} entry)")
+    return d[key]
+
+
 def read_cifar100(root: str) -> Dataset:
+    """CIFAR-100's pickles are read through a restricted unpickler (plain data only): a crafted
+    file cannot run code, it is refused with an :class:`InputError` naming it."""
     base = root if os.path.exists(os.path.join(root, "meta")) else os.path.join(root, "cifar-100-python")
     if not os.path.exists(os.path.join(base, "meta")):
         raise FileNotFoundError(f"{root}: no cifar-100-python/{{train,test,meta}} (CIFAR-100 python version)")
-    with open(os.path.join(base, "meta"), "rb") as f:
-        names = [n.decode() for n in pickle.load(f, encoding="bytes")[b"fine_label_names"]]
+    meta = os.path.join(base, "meta")
+    names = [n.decode() if isinstance(n, bytes) else str(n)
+             for n in _cifar_field(load_pickle(meta), b"fine_label_names", meta)]
 
     def split(name: str) -> list[Item]:
-        with open(os.path.join(base, name), "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        data = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        labels = d[b"fine_labels"]
+        path = os.path.join(base, name)
+        d = load_pickle(path)
+        raw = np.asarray(_cifar_field(d, b"data", path))
+        if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3072:
+            raise InputError(f"{path}: b'data' must be N x 3072 uint8, got {raw.shape} {raw.dtype}")
+        data = raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        labels = _cifar_field(d, b"fine_labels", path)
         if len(labels) != len(data):
-            raise ValueError(f"{base}/{name}: {len(data)} images but {len(labels)} labels")
+            raise InputError(f"{path}: {len(data)} images but {len(labels)} labels")
+        bad = next((i for i, c in enumerate(labels) if not 0 <= int(c) < len(names)), None)
+        if bad is not None:
+            raise InputError(f"{path}: label {labels[bad]} of image {bad} is not one of the {len(names)} classes in {meta}")
         return [Item(f"{name}/{i}", int(labels[i]), "cifar100", (lambda a=data[i]: _jpeg(a))) for i in range(len(data))]
 
     return Dataset("cifar100", names, split("train"), split("test"))
 
 
 def read_domainnet(root: str, domains: list[str] | None = None) -> Dataset:
+    """Split lines are ``<domain>/<class>/<image> <label>``; each is checked (shape, a label >= 0, a
+    relative path inside ``root`` of that domain to an existing file, one label per class) and a
+    bad one fails as ``<split file>:<line>: ...``."""
     found = sorted(f[: -len("_train.txt")] for f in os.listdir(root) if f.endswith("_train.txt"))
     domains = list(domains or found)
     missing = [d for d in domains if d not in found]
     if not domains or missing:
         raise FileNotFoundError(f"{root}: no DomainNet split files for {missing or 'any domain'} (<domain>_train.txt)")
     label_names: dict[int, str] = {}
+    class_labels: dict[str, tuple[int, str]] = {}
 
     def split(kind: str) -> list[Item]:
         items = []
         for d in domains:
             path = os.path.join(root, f"{d}_{kind}.txt")
-            with open(path) as f:
+            with open(path, encoding="utf-8", errors="replace") as f:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    try:
-                        rel, label = line.split()
-                        label = int(label)
-                    except ValueError:
-                        raise ValueError(f"{path}:{n}: expected 'domain/class/image label', got {line.strip()!r}") from None
-                    label_names.setdefault(label, rel.split("/")[1])
-                    items.append(Item(rel, label, d, _file(os.path.join(root, rel))))
+                    where = f"{path}:{n}"
+                    fields = line.split()
+                    if len(fields) != 2 or not fields[1].isdigit():
+                        raise InputError(f"{where}: expected 'domain/class/image label', got {line.strip()[:200]!r}")
+                    rel, label = fields[0], int(fields[1])
+                    parts = rel.split("/")
+                    if len(parts) != 3 or any(p in ("", ".", "..") for p in parts) or "\\" in rel:
+                        raise InputError(f"{where}: image path {rel!r} is not 'domain/class/image' inside {root}")
+                    if parts[0] != d:
+                        raise InputError(f"{where}: image {rel!r} is not in domain {d!r}")
+                    first = class_labels.setdefault(parts[1], (label, where))
+                    if first[0] != label or label_names.setdefault(label, parts[1]) != parts[1]:
+                        other = first[1] if first[0] != label else f"class {label_names[label]!r}"
+                        raise InputError(f"{where}: label {label} for class {parts[1]!r} conflicts with {other}")
+                    file = os.path.join(root, rel)
+                    if not os.path.isfile(file):
+                        raise InputError(f"{where}: image {rel!r} does not exist under {root}")
+                    items.append(Item(rel, label, d, _file(file)))
         return items
 
     train, test = split("train"), split("test")
-    n = max(label_names) + 1
+    n = max(label_names) + 1 if label_names else 0
+    if not train:
+        raise InputError(f"{root}: the split files of {domains} list no training images")
     return Dataset("domainnet", [label_names.get(i, f"class_{i}") for i in range(n)], train, test)
 
 

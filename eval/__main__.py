@@ -13,13 +13,15 @@ import sys
 
 def _evaluate(run_dir, args):
     from benchmark_builder.layout import Layout
+    from benchmark_builder.lock import writer_lock
     from eval.dynamic import evaluate_run
     from eval.report import format_run, load_into_duckdb, write_outputs
 
     res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks)
     out = write_outputs(res, run_dir)
     index = Layout(args.data_dir, args.benchmark).index
-    n = load_into_duckdb(res.rows, index, res.run)
+    with writer_lock(args.data_dir, f"eval run {run_dir} (loading results into {index})"):  # index.duckdb has one writer
+        n = load_into_duckdb(res.rows, index, res.run)
     print(format_run(res))
     print(f"{len(res.rows)} result rows -> {out['dir']}/results.jsonl and the results table of {index} ({n} rows for {res.run})")
     print("pictures: " + ", ".join(out["pngs"]))
@@ -41,6 +43,16 @@ def main(argv=None) -> int:
         if name == "compare":
             s.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    from benchmark_builder.lock import LockHeld
+
+    try:
+        return _main(args)
+    except LockHeld as e:  # the evaluation itself is saved in <run>/eval; re-running reloads it from the cache
+        print(f"error: {e}; the results are in each run's eval/results.jsonl, re-running loads them (embeddings are cached)", file=sys.stderr)
+        return 2
+
+
+def _main(args) -> int:
     if args.command == "run":
         for r in args.runs:
             _evaluate(r, args)

@@ -9,9 +9,13 @@ Flink workers.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import logging
 import os
+import re
+import socket
 import uuid
 from typing import Iterator
 
@@ -58,14 +62,67 @@ def makedirs(path: str) -> None:
         os.makedirs(local_path(path), exist_ok=True)
 
 
+def _literal_dirs(pattern: str) -> str:
+    """``pattern`` with its leading components that exist as named escaped: a data dir called
+    ``runs [v2]`` is that directory, not a character class."""
+    import glob as _glob
+
+    parts = pattern.split("/")
+    for i, part in enumerate(parts):
+        if not _glob.has_magic(part):
+            continue
+        literal = "/".join(parts[: i + 1])
+        if not os.path.exists(literal):
+            break
+        parts[i] = _glob.escape(part)
+    return "/".join(parts)
+
+
 def glob(pattern: str) -> list[str]:
     if is_local(pattern):
         import glob as _glob
 
-        return sorted(_glob.glob(local_path(pattern), recursive=True))
+        return sorted(_glob.glob(_literal_dirs(local_path(pattern)), recursive=True))
     from apache_beam.io.filesystems import FileSystems
 
     return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+
+
+# Temp names carry their owner: ``.tmp-<name>-<host tag>-<pid>-<random>`` (DuckDB may add ``.wal``),
+# so clean-up can tell a dead writer's temps from a live one's, also across hosts sharing a disk.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_TEMP_OWNER = re.compile(r"-([0-9a-f]{8})-(\d+)-[0-9a-f]{8}(?:\.wal)?$")
+
+
+def temp_path(path: str) -> str:
+    """A fresh temp name next to local ``path`` that names this host and process as its owner."""
+    d, base = os.path.split(local_path(path))
+    return os.path.join(d, f".tmp-{base}-{HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:  # with procfs: it just exited; without (macOS): kill(0) said it runs
+        return not os.path.isdir("/proc/self")
+    except (OSError, IndexError):
+        return True
+
+
+def temp_owner(name: str) -> tuple[str, int] | None:
+    """(host tag, pid) of a temp file name written by :func:`temp_path`; None for other names."""
+    m = _TEMP_OWNER.search(name) if name.startswith(".tmp-") else None
+    return (m.group(1), int(m.group(2))) if m else None
 
 
 @contextlib.contextmanager
@@ -73,9 +130,8 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
     """Open ``path`` for writing; it appears under its name only if the block succeeds."""
     if is_local(path):
         path = local_path(path)
-        d = os.path.dirname(path) or "."
-        os.makedirs(d, exist_ok=True)
-        tmp = os.path.join(d, f".tmp-{os.path.basename(path)}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = temp_path(path)
         try:
             with open(tmp, mode) as f:
                 yield f
@@ -139,15 +195,27 @@ def read_parquet(paths: list[str] | str, columns: list[str] | None = None) -> pa
 
 
 def remove_stale_temps(root: str) -> int:
-    """Delete the temp files of atomic writes (``.tmp-*``) left under ``root`` by a killed run, so a
-    resumed run ends with exactly the files a clean run writes. Local paths only (object stores
-    have no partial writes). Returns how many were removed."""
+    """Delete the temp files of atomic writes (``.tmp-*``) under ``root`` whose owner is dead: a
+    process of this host that no longer runs. A resumed run then ends with exactly the files a
+    clean run writes, and a live writer's temps are never touched. Temps of other hosts or of
+    unknown owners (an older naming) are left, with a warning. Local paths only (object stores have no
+    partial writes). Returns how many were removed."""
     if not is_local(root) or not os.path.isdir(local_path(root)):
         return 0
-    n = 0
+    n, kept = 0, []
     for dirpath, _, files in os.walk(local_path(root)):
         for f in files:
-            if f.startswith(".tmp-"):
-                os.unlink(os.path.join(dirpath, f))
-                n += 1
+            if not f.startswith(".tmp-"):
+                continue
+            owner = temp_owner(f)
+            path = os.path.join(dirpath, f)
+            if owner and owner[0] == HOST_TAG and not pid_alive(owner[1]):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    n += 1
+            elif not (owner and owner[0] == HOST_TAG):
+                kept.append(path)
+    if kept:
+        logging.getLogger(__name__).warning(
+            "left %d temp file(s) whose owner cannot be checked from this host (e.g. %s)", len(kept), kept[0])
     return n

@@ -17,9 +17,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from apache_beam.options.pipeline_options import PipelineOptions
+if TYPE_CHECKING:  # imported where used: a CLI that only parses arguments (or fails on a lock) starts fast
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class RunnerConfig:
 
 
 def _beam_parser():
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
+    from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
     def subclasses(c):
         for s in c.__subclasses__():
@@ -85,6 +86,8 @@ def unknown_flags(args: list[str], own_flags=()) -> list[str]:
     ``--thread-cout 5`` must be an error, not a build with the default."""
     import difflib
 
+    if not [a for a in args if a.startswith("-")]:
+        return []  # nothing to check: Beam is not even imported
     parser = _beam_parser()
     _, rest = parser.parse_known_args(list(args))
     known = [*own_flags, *(o for a in parser._actions for o in a.option_strings)]
@@ -176,6 +179,8 @@ def local_worker_pool() -> Iterator[str]:
 @contextlib.contextmanager
 def pipeline_options(cfg: RunnerConfig, job_name: str | None = None) -> Iterator[PipelineOptions]:
     """PipelineOptions for ``cfg``, with whatever local service the runner needs kept alive."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     cfg.validate()
     args = list(cfg.beam_args)
     if job_name and cfg.runner == "DataflowRunner" and not cfg._has("--job_name"):

@@ -161,8 +161,14 @@ def configs_from_args(a) -> list[CILConfig]:
 
 
 def main(argv=None) -> int:
-    for cfg in configs_from_args(parser().parse_args(argv)):
-        print(f"trained: {train_run(cfg)['run_dir']}")
+    from pipelines.safe_inputs import InputError
+
+    try:
+        for cfg in configs_from_args(parser().parse_args(argv)):
+            print(f"trained: {train_run(cfg)['run_dir']}")
+    except InputError as e:  # a refused dataset file (crafted pickle, bad split line): one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
