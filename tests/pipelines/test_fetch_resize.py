@@ -44,6 +44,7 @@ ROUTES = {
     "/r1": (302, [("Location", "/r2")], b""),
     "/r2": (301, [("Location", "/ok.jpg")], b""),
     "/loop": (302, [("Location", "/loop")], b""),
+    **{f"/chain{i}": (302, [("Location", f"/chain{i + 1}")], b"") for i in range(10)},
     "/private": (302, [("Location", "http://10.0.0.7/x.jpg")], b""),
     "/metadata": (302, [("Location", "http://169.254.169.254/latest/meta-data")], b""),
     "/huge.png": (200, [("Content-Type", "image/png")], None),
@@ -100,7 +101,7 @@ def fetcher():
 @pytest.mark.parametrize("path,reason", [
     ("/ok.jpg", None), ("/missing.jpg", "http_404"), ("/page.jpg", "not_an_image:text/html"),
     ("/noai.jpg", "opt_out:noai"), ("/noimageai.jpg", "opt_out:noimageai"), ("/otherbot.jpg", None),
-    ("/r1", None), ("/loop", "too_many_redirects"), ("/private", "blocked_address:private"),
+    ("/r1", None), ("/loop", "redirect_loop"), ("/chain0", "too_many_redirects"), ("/private", "blocked_address:private"),
     ("/metadata", "blocked_address:link_local"), ("/slow.jpg", "timeout"), ("/flaky.jpg", None),
 ])
 def test_fetch_reasons(server, fetcher, path, reason):
@@ -132,7 +133,7 @@ def test_allow_loopback_lifts_nothing_else():
     assert address_kind("93.184.216.34") is None
     f = Fetcher(FetchConfig(timeout=0.5, allow_loopback=True))
     assert f.fetch("http://10.0.0.7/x.jpg").reason == "blocked_address:private"
-    assert f.fetch("ftp://example.com/x.jpg").reason == "unsupported_scheme"
+    assert f.fetch("ftp://example.com/x.jpg").reason == "invalid_url:scheme"
 
 
 def test_opt_out_rule_matches_img2dataset():
