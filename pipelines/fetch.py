@@ -182,10 +182,10 @@ def _loopback_allowed(ip: str) -> bool:
     return addr.is_loopback and not (isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None)
 
 
-def resolve_checked(host: str, port: int, cfg: FetchConfig) -> str:
+def resolve_checked(host: str, port: int, cfg: FetchConfig, getaddrinfo=socket.getaddrinfo) -> str:
     """Resolve ``host`` and return an allowed address; raise ``FetchError`` otherwise."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FetchError("dns_error", str(e)) from e
     except UnicodeError as e:  # check_url ran before: only a host the resolver's codec still refuses
@@ -355,8 +355,10 @@ class _Budget:
 class Fetcher:
     """Fetches URLs with per-thread keep-alive connections and per-host slots. Thread-safe."""
 
-    def __init__(self, cfg: FetchConfig = FetchConfig()):
-        self.cfg = cfg
+    def __init__(self, cfg: FetchConfig = FetchConfig(), getaddrinfo=socket.getaddrinfo):
+        """``getaddrinfo``: the resolver (``socket.getaddrinfo``'s signature); tests give one that
+        answers from a table, so no lookup leaves the machine."""
+        self.cfg, self._getaddrinfo = cfg, getaddrinfo
         self.user_agent = user_agent(cfg.user_agent_contact)
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
@@ -369,7 +371,7 @@ class Fetcher:
         key = (scheme, host, port)
         conn = conns.get(key)
         if conn is None:
-            ip = resolve_checked(host, port, self.cfg)
+            ip = resolve_checked(host, port, self.cfg, self._getaddrinfo)
             conn = _TLSConn(host, ip, port, self._ssl) if scheme == "https" else _Conn(host, ip, port)
             conns[key] = conn
         return conn
