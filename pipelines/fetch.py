@@ -77,7 +77,8 @@ DECODED_ENCODINGS = ("gzip", "x-gzip", "deflate")
 
 def user_agent(contact: str = USER_AGENT_CONTACT) -> str:
     """``tic-benchmarks/<version> (+<contact>)``: who is crawling and how to reach them."""
-    return f"tic-benchmarks/{VERSION} (+{contact or USER_AGENT_CONTACT})"
+    contact = "".join(c if " " <= c <= "~" else "?" for c in (contact or USER_AGENT_CONTACT))  # one printable ASCII line
+    return f"tic-benchmarks/{VERSION} (+{contact})"
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 A raw-socket HTTP/1.1 server (keep-alive, one thread per connection) so it can lie, stall,
 drip, truncate and reset. ``ROUTES`` maps a path to a behaviour; ``EXPECTED`` gives the reason
 the download stage must record for each path (None: a successful download). Paths under
-``/script/<hex of JSON>`` run a behaviour given in the URL (used by the property tests).
+``/script/<id>`` run a behaviour registered with ``add_script`` (used by the property tests).
 Binds 127.0.0.1 only; redirects to blocked addresses point at this server's port, so a client
 that failed to block them before connecting would show up in ``hits`` (they must stay 0).
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import gzip
 import io
-import json
 import socket
 import struct
 import threading
@@ -64,6 +63,7 @@ class HostileServer:
         self.active: Counter = Counter()
         self.peak: Counter = Counter()
         self.files: dict[str, bytes] = {}  # served at /file/<name> as image/png
+        self.scripts: dict[str, dict] = {}  # behaviours served at /script/<id> (see add_script)
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -255,15 +255,22 @@ class HostileServer:
             self._send(conn, "200 OK", img, JPEG)
         elif path.startswith("/file/") and path[len("/file/"):] in self.files:
             self._send(conn, "200 OK", [("Content-Type", "image/png")], self.files[path[len("/file/"):]])
-        elif path.startswith("/script/"):
-            return self._script(conn, json.loads(bytes.fromhex(path[len("/script/"):]).decode()))
+        elif path.startswith("/script/") and path[len("/script/"):] in self.scripts:
+            return self._script(conn, self.scripts[path[len("/script/"):]])
         else:
             self._send(conn, "404 Not Found", [("Content-Type", "text/plain")], b"no")
         return True
 
+    def add_script(self, spec: dict) -> str:
+        """Register a behaviour (status, headers, body, mode, length, gzip); returns its URL."""
+        with self._lock:
+            key = str(len(self.scripts))
+            self.scripts[key] = spec
+        return f"{self.base}/script/{key}"
+
     def _script(self, conn, s: dict) -> bool:
-        """A behaviour from the URL: status, headers, body (hex), how it is sent."""
-        body = bytes.fromhex(s.get("body", ""))
+        """A registered behaviour: status, headers, body, how it is sent."""
+        body = s.get("body", b"")
         if s.get("gzip"):
             body = gzip.compress(body)
         headers = [(k, v.encode("utf-8", "surrogateescape")) for k, v in s.get("headers", [])]
