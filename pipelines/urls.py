@@ -7,7 +7,7 @@ encoded); the query is kept as written (its order can matter to the server).
 ``check_url`` is the strict form the download stage uses (for crawl URLs and every redirect
 target): it returns the canonical URL or a reason ``invalid_url:<why>`` (``scheme``,
 ``no_host``, ``port``, ``ipv6``, ``empty_label``, ``label_too_long``, ``host_too_long``,
-``idna``, ``host_chars``). ``normalize_url`` is the crawl's lenient form: it keeps a URL whose
+``idna``, ``host_chars``, ``netloc``). ``normalize_url`` is the crawl's lenient form: it keeps a URL whose
 host fails IDNA (lower-cased as written), so the candidate reaches the download stage and is
 accounted for there with its reason instead of vanishing at the crawl.
 """
@@ -103,8 +103,8 @@ def _normalize(url: str | None, strict: bool) -> tuple[str | None, str | None]:
             port = parts.port
         except ValueError:
             return None, "invalid_url:port"
-    except ValueError:  # e.g. an unbalanced IPv6 bracket
-        return None, "invalid_url:ipv6"
+    except ValueError as e:  # an unbalanced IPv6 bracket; characters NFKC turns into URL delimiters
+        return None, "invalid_url:ipv6" if "IPv6" in str(e) else "invalid_url:netloc"
     netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
     path = parts.path or "/"
     trailing = path.endswith("/")
