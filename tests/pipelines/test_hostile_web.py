@@ -130,19 +130,19 @@ def test_timeout_is_a_total_deadline(web, guard):
     f = Fetcher(FetchConfig(timeout=1.0, retries=0, allow_loopback=True))
     for path in ("/drip.jpg", "/drip-headers.jpg", "/stall.jpg", "/lying-length.jpg"):
         res, secs = _timed(f, web.base + path)
-        assert res.reason == "timeout" and 0.9 <= secs < 1.6, (path, res.reason, secs)
+        assert res.reason == "timeout" and 0.9 <= secs < 1.0 + 2, (path, res.reason, secs)  # a drip alone would take minutes
     f2 = Fetcher(FetchConfig(timeout=1.0, retries=2, backoff=0.1, allow_loopback=True))
     res, secs = _timed(f2, web.base + "/stall.jpg")
-    assert res.reason == "timeout" and secs < 3 * 1.0 + 0.5, secs  # all attempts and backoffs: timeout x (retries + 1)
+    assert res.reason == "timeout" and 2.9 <= secs < 3 * 1.0 + 1, secs  # all attempts and backoffs: timeout x (retries + 1)
     assert guard == []
 
 
 def test_unwanted_bodies_are_not_read(web):
-    f = Fetcher(FetchConfig(timeout=5.0, retries=0, allow_loopback=True))
+    f = Fetcher(FetchConfig(timeout=10.0, retries=0, allow_loopback=True))
     for path, reason in (("/404-endless.jpg", "http_404"), ("/404-huge.jpg", "http_404"), ("/redirect-endless", None),
                          ("/huge-length.jpg", "too_large")):
         res, secs = _timed(f, web.base + path)
-        assert res.reason == reason and secs < 1.0, (path, res.reason, secs)
+        assert res.reason == reason and secs < 3.0, (path, res.reason, secs)  # reading the body would run into the 10 s
     res = Fetcher(FetchConfig(timeout=5.0, retries=0, allow_loopback=True, max_bytes=1 << 20)).fetch(web.base + "/endless.jpg")
     assert res.reason == "too_large" and res.body is None
 
@@ -152,7 +152,7 @@ def test_retry_after_is_honoured_within_the_deadline(web):
     res, secs = _timed(f, web.base + "/429-once.jpg")
     assert res.ok and res.body == JPEG and secs >= 1.0, secs  # waited the server's Retry-After: 1, not the 0.01 s backoff
     res, secs = _timed(f, web.base + "/429-long.jpg")
-    assert res.reason == "http_429" and secs < 0.5 and "Retry-After" in res.error_message  # 3600 s does not fit: no wait
+    assert res.reason == "http_429" and secs < 1.5 and "Retry-After" in res.error_message  # 3600 s does not fit: no wait
     assert web.hits["/429-long.jpg"] == 1
 
 
@@ -178,7 +178,7 @@ def test_watchdog_cuts_a_shard_at_its_budget(web, tmp_path):
     t0 = time.monotonic()
     out, images = process_shard(str(tmp_path), "00000", rows, cfg)
     elapsed = time.monotonic() - t0
-    assert 2.0 <= elapsed < 4.0, elapsed
+    assert 2.0 <= elapsed < 6.0, elapsed
     assert [r["reason"] for r in sorted(out, key=lambda r: r["uid"])] == [None, "shard_deadline", "shard_deadline", None, "shard_deadline"]
     table = pio.read_parquet(os.path.join(str(tmp_path), "status", "00000.parquet"))
     assert table.num_rows == 5 and len(images) == 2
