@@ -31,12 +31,34 @@ def jpeg(size=(320, 240), seed=0) -> bytes:
     return buf.getvalue()
 
 
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def png_rgb(width: int, height: int) -> bytes:
+    """A valid 8-bit RGB PNG with a pattern (R = x, G = y, B = x xor y, mod 256), written row block
+    by row block (no full-size array, no Pillow encode)."""
+    x = np.arange(width, dtype=np.uint16)
+    z = zlib.compressobj(1)
+    parts = []
+    for y0 in range(0, height, 256):
+        y = np.arange(y0, min(height, y0 + 256), dtype=np.uint16)[:, None]
+        rows = np.empty((len(y), 1 + 3 * width), np.uint8)
+        rows[:, 0] = 0  # filter: none
+        px = rows[:, 1:].reshape(len(y), width, 3)
+        px[..., 0] = x % 256
+        px[..., 1] = y % 256
+        px[..., 2] = (x ^ y) % 256
+        parts.append(z.compress(rows.tobytes()))
+    parts.append(z.flush())
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"".join(parts)) + _chunk(b"IEND", b"")
+
+
 @functools.lru_cache(maxsize=None)
 def png_bomb(side: int = 30000) -> bytes:
     """A valid 1-bit PNG of ``side`` x ``side`` zero pixels: ~100 KB that decode to ``side**2`` pixels."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
+    chunk = _chunk
     row = b"\x00" * (1 + (side + 7) // 8)  # filter byte + packed bits
     z = zlib.compressobj(9)
     parts = [z.compress(row * 1000) for _ in range(side // 1000)] + [z.compress(row * (side % 1000)), z.flush()]

@@ -21,7 +21,7 @@ from PIL import Image
 from pipelines import io as pio
 from pipelines.fetch import FetchConfig, Fetcher
 from pipelines.transforms.download import DownloadConfig, download_rows, process_shard, shard_budget
-from tests.pipelines.hostile_server import EXPECTED, INVALID_URLS, JPEG, NON_ASCII_REQUESTED, HostileServer
+from tests.pipelines.hostile_server import EXPECTED, INVALID_URLS, JPEG, NON_ASCII_REQUESTED, HostileServer, png_rgb
 
 T, RETRIES = 1.0, 1
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -188,24 +188,10 @@ def test_watchdog_cuts_a_shard_at_its_budget(web, tmp_path):
     assert not [t for t in threading.enumerate() if t.name.startswith("download")], "abandoned download threads still blocked"
 
 
-def _png_9000x7000(path: str) -> None:
-    import numpy as np
-
-    y = np.linspace(0, 255, 7000, dtype=np.float32)[:, None]
-    x = np.linspace(0, 255, 9000, dtype=np.float32)[None, :]
-    arr = np.empty((7000, 9000, 3), np.uint8)
-    arr[..., 0] = (x + y) / 2
-    arr[..., 1] = x
-    arr[..., 2] = ((x * y) % 256)
-    Image.fromarray(arr).save(path, "PNG", compress_level=1)
-
-
 def test_peak_memory_of_huge_and_bomb_images(web, tmp_path):
     """A 9000x7000 PNG (refused by the pixel limit, and decoded when the limit allows it) and a
     30000x30000 PNG bomb: the download stage's peak RSS (its own process) stays under 1 GiB."""
-    big = str(tmp_path / "big.png")
-    _png_9000x7000(big)
-    web.files["big.png"] = open(big, "rb").read()
+    web.files["big.png"] = png_rgb(9000, 7000)
     port_base = web.base
     code = textwrap.dedent(f"""
         import json, resource, sys
