@@ -22,8 +22,8 @@ from PIL import Image
 
 from pipelines.fetch import FetchConfig, Fetcher
 from pipelines.transforms.download import DownloadConfig, download_rows, shard_budget
-from tests.pipelines.hostile_server import HostileServer
-from tests.pipelines.test_hostile_web import _GUARD, table_resolver
+from hostile_server import HostileServer
+from test_hostile_web import _GUARD, table_resolver
 
 CFG = DownloadConfig(fetch=FetchConfig(timeout=0.5, retries=1, backoff=0.01, allow_loopback=True, max_bytes=1 << 20),
                      thread_count=8, shard_slack=10.0)

@@ -21,7 +21,7 @@ from PIL import Image
 from pipelines import io as pio
 from pipelines.fetch import FetchConfig, Fetcher
 from pipelines.transforms.download import DownloadConfig, download_rows, process_shard, shard_budget
-from tests.pipelines.hostile_server import EXPECTED, INVALID_URLS, JPEG, NON_ASCII_REQUESTED, HostileServer, png_rgb
+from hostile_server import EXPECTED, INVALID_URLS, JPEG, NON_ASCII_REQUESTED, HostileServer, png_rgb
 
 T, RETRIES = 1.0, 1
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
