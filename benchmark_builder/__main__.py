@@ -41,9 +41,12 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--image-size", type=int, default=256)
     b.add_argument("--resize-mode", default="keep_ratio_largest")
-    b.add_argument("--timeout", type=float, default=2.0, help="seconds per HTTP request")
+    b.add_argument("--timeout", type=float, default=2.0, help="seconds per download attempt in total (connect, redirects, body)")
     b.add_argument("--retries", type=int, default=1)
     b.add_argument("--thread-count", type=int, default=32)
+    b.add_argument("--max-per-host", type=int, default=16, help="concurrent requests per host")
+    b.add_argument("--user-agent-contact", default="", help="URL or mailto: named in the User-Agent "
+                   "(tic-benchmarks/<version> (+<contact>)); default: the project's URL")
     b.add_argument("--allow-loopback", action="store_true",
                    help="allow downloads from 127.0.0.0/8 (set automatically for the embedded synthetic web)")
     b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
@@ -171,6 +174,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
             pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
             image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
             thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
+            max_per_host=args.max_per_host, user_agent_contact=args.user_agent_contact,
             eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
             classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
             lid=args.lid, lid_model=args.lid_model,

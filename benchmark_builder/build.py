@@ -61,6 +61,8 @@ class BuildConfig:
     retries: int = 1
     thread_count: int = 32
     allow_loopback: bool = False
+    max_per_host: int = 16  # concurrent requests per host (politeness; not an output setting)
+    user_agent_contact: str = ""  # URL or mailto: in the User-Agent; "" = the project's URL
     eval_retrieval_size: int = 1000  # held-out image-text pairs per year
     eval_classification_size: int = 500  # held-out labelled images per year
     classes: str = ""  # class list of the classification sets; "" = synthetic-web or imagenet
@@ -82,7 +84,7 @@ class BuildConfig:
     def output_config(self) -> dict:
         """What determines the output bytes (the runner does not)."""
         d = dataclasses.asdict(self)
-        for k in ("runner", "data_dir", "year", "thread_count"):
+        for k in ("runner", "data_dir", "year", "thread_count", "max_per_host", "user_agent_contact"):
             d.pop(k)
         return d
 
@@ -104,7 +106,8 @@ class BuildConfig:
 
     def download_config(self) -> download.DownloadConfig:
         return download.DownloadConfig(
-            fetch=download.FetchConfig(timeout=self.timeout, retries=self.retries, allow_loopback=self.allow_loopback),
+            fetch=download.FetchConfig(timeout=self.timeout, retries=self.retries, allow_loopback=self.allow_loopback,
+                                       max_per_host=self.max_per_host, user_agent_contact=self.user_agent_contact),
             resize=download.ResizeConfig(image_size=self.image_size, resize_mode=self.resize_mode),
             thread_count=self.thread_count,
             shard_size=self.pool_shard_size,

@@ -1,35 +1,97 @@
-"""HTTP fetching for the download stage: address blocking, opt-outs, retries, keep-alive.
+"""HTTP fetching for the download stage: address blocking, opt-outs, deadlines, caps, politeness.
+
+Every outcome is a ``FetchResult``; nothing raises out of ``Fetcher.fetch``. Reasons:
+
+- ``invalid_url:<why>`` (``pipelines.urls.check_url``: scheme, host, IDNA, label length, port),
+  checked for the crawl URL and for every redirect target, which is normalised like a crawl URL
+  (a non-ASCII ``Location`` is read as the UTF-8 bytes the server sent and percent-encoded);
+- ``dns_error``, ``blocked_address:<kind>``, ``connection_error``, ``connection_reset``,
+  ``tls_error``, ``bad_response`` (unparseable status line or headers), ``timeout``;
+- ``http_<code>``, ``too_many_redirects``, ``redirect_loop``, ``opt_out:<directive>``,
+  ``not_an_image:<content-type>``, ``too_large``, ``unsupported_encoding:<enc>``,
+  ``bad_content_encoding:<enc>``;
+- ``shard_deadline`` when the shard's watchdog cancelled the download (see ``Cancel``);
+- ``fetch_error:<ExceptionType>`` as the last resort, the message in ``error_message``.
 
 Destinations are checked after DNS resolution and on every redirect hop, and the connection
 goes to the address that was checked (no second lookup a rebinding DNS server could answer
 differently). Private, loopback, link-local, multicast, reserved and unspecified addresses
-are refused with ``blocked_address:<kind>``; ``allow_loopback`` lifts the block for
-127.0.0.0/8 and ::1 only. ``X-Robots-Tag`` directives are honoured with img2dataset's rule
-(``noai``, ``noimageai``, ``noindex``, ``noimageindex``, optionally scoped to a user agent).
-Connections are reused per thread and host (HTTP/1.1 keep-alive).
+are refused with ``blocked_address:<kind>`` before connecting; ``allow_loopback`` lifts the
+block for 127.0.0.0/8 and ::1 only (not for their IPv4-mapped form ``::ffff:127.0.0.1``).
+``X-Robots-Tag`` directives are honoured with img2dataset's rule (``noai``, ``noimageai``,
+``noindex``, ``noimageindex``, optionally scoped to a user agent).
+
+Deadlines: ``timeout`` bounds a whole attempt (DNS excepted: connect, TLS, every redirect hop,
+headers, body): every socket read and write runs with the time left as its timeout and fails
+once it is spent, so a server dripping a byte a second cannot hold a download longer. All
+attempts together (backoff sleeps included) end within ``timeout x (retries + 1)`` of the
+first request. A download waits for its host's slot (``max_per_host`` concurrent requests per
+host name) before its clock starts.
+
+Memory: an image body is read up to ``max_bytes`` (``too_large`` beyond, also after gzip
+decoding); bodies of redirects, errors and refused answers are read only when announced with
+a ``Content-Length`` of at most ``max_error_body`` (to keep the connection), otherwise the
+connection is closed unread, so an endless chunked 404 costs nothing. ``gzip``/``deflate``
+``Content-Encoding`` is decoded (streaming, capped): the stored bytes are the image the
+server meant; other encodings get ``unsupported_encoding:<enc>``.
+
+Retries: ``timeout``, connection errors, 429 and 5xx are retried ``retries`` times after a
+backoff; on 429/503 a ``Retry-After`` (seconds or HTTP date) longer than the backoff is
+honoured when it fits in the download's deadline, else the download ends at once with
+``http_429``/``http_503``. Connections are reused per thread and host (HTTP/1.1 keep-alive);
+a request that fails on a reused connection is tried once more on a fresh one.
 """
 from __future__ import annotations
 
+import email.utils
 import http.client
+import io
 import ipaddress
+import math
 import socket
 import ssl
 import threading
 import time
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
-USER_AGENT = "Mozilla/5.0 (compatible; tic-benchmarks/0.1; +https://github.com/tic-benchmarks)"
+from pipelines.urls import check_url
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("tic-benchmarks")
+    except Exception:  # not installed (a plain checkout on PYTHONPATH)
+        return "0.1.0"
+
+
+VERSION = _version()
+USER_AGENT_CONTACT = "https://github.com/tic-benchmarks"
+REDIRECTS = (301, 302, 303, 307, 308)
+DECODED_ENCODINGS = ("gzip", "x-gzip", "deflate")
+
+
+def user_agent(contact: str = USER_AGENT_CONTACT) -> str:
+    """``tic-benchmarks/<version> (+<contact>)``: who is crawling and how to reach them."""
+    contact = "".join(c if " " <= c <= "~" else "?" for c in (contact or USER_AGENT_CONTACT))  # one printable ASCII line
+    return f"tic-benchmarks/{VERSION} (+{contact})"
 
 
 @dataclass(frozen=True)
 class FetchConfig:
-    timeout: float = 2.0  # seconds per socket operation
-    retries: int = 1  # extra attempts after a timeout, connection error or 5xx
-    backoff: float = 0.2  # seconds before a retry
-    max_bytes: int = 20 << 20
+    timeout: float = 2.0  # seconds per attempt in total: connect, every redirect hop, headers and body
+    retries: int = 1  # extra attempts after a timeout, connection error, 429 or 5xx
+    backoff: float = 0.2  # seconds before a retry (x attempt number); Retry-After may ask for longer
+    max_bytes: int = 20 << 20  # image body cap (after Content-Encoding decoding)
+    max_error_body: int = 64 << 10  # redirect/error bodies announced at most this long are read (keep-alive)
     max_redirects: int = 5
     allow_loopback: bool = False
+    max_per_host: int = 16  # concurrent requests per host name, across the Fetcher's threads
+    user_agent_contact: str = USER_AGENT_CONTACT
     user_agent_token: str | None = "tic-bot"
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
 
@@ -50,14 +112,53 @@ class FetchResult:
 
 
 class FetchError(Exception):
-    def __init__(self, reason: str, message: str = "", http_status: int | None = None, retry: bool = False):
+    def __init__(self, reason: str, message: str = "", http_status: int | None = None, retry: bool = False,
+                 retry_after: float | None = None):
         super().__init__(message or reason)
-        self.reason, self.http_status, self.retry = reason, http_status, retry
+        self.reason, self.http_status, self.retry, self.retry_after = reason, http_status, retry, retry_after
+
+
+class Cancel:
+    """A watchdog's handle on the downloads it may give up on: ``fire`` shuts the sockets they
+    are blocked on and wakes their sleeps; they end with ``shard_deadline``."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self._socks: set = set()
+        self._lock = threading.Lock()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.event.is_set()
+
+    def track(self, sock) -> None:
+        with self._lock:
+            self._socks.add(sock)
+        if self.cancelled:
+            _shut(sock)
+
+    def untrack(self, sock) -> None:
+        with self._lock:
+            self._socks.discard(sock)
+
+    def fire(self) -> None:
+        self.event.set()
+        with self._lock:
+            socks = list(self._socks)
+        for s in socks:
+            _shut(s)
+
+
+def _shut(sock) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv on it
+    except OSError:
+        pass
 
 
 def address_kind(ip: str) -> str | None:
     """Why ``ip`` must not be fetched from, or None if it is a public address."""
-    addr = ipaddress.ip_address(ip)
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     if addr.is_loopback:
@@ -77,16 +178,25 @@ def address_kind(ip: str) -> str | None:
     return None
 
 
-def resolve_checked(host: str, port: int, cfg: FetchConfig) -> str:
+def _loopback_allowed(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    return addr.is_loopback and not (isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None)
+
+
+def resolve_checked(host: str, port: int, cfg: FetchConfig, getaddrinfo=socket.getaddrinfo) -> str:
     """Resolve ``host`` and return an allowed address; raise ``FetchError`` otherwise."""
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         raise FetchError("dns_error", str(e)) from e
+    except UnicodeError as e:  # check_url ran before: only a host the resolver's codec still refuses
+        raise FetchError("invalid_url:idna", str(e)) from e
     addrs = list(dict.fromkeys(i[4][0] for i in infos))
+    if not addrs:
+        raise FetchError("dns_error", f"{host} has no address")
     for ip in addrs:  # every answer must be allowed, or a rebinding answer could slip through
         kind = address_kind(ip)
-        if kind is None or (kind == "loopback" and cfg.allow_loopback):
+        if kind is None or (kind == "loopback" and cfg.allow_loopback and _loopback_allowed(ip)):
             continue
         raise FetchError(f"blocked_address:{kind}", f"{host} resolves to {ip}")
     return addrs[0]
@@ -108,138 +218,363 @@ def is_disallowed(headers, user_agent_token: str | None, directives: tuple[str, 
     return None
 
 
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host, ip, port, timeout, context):
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+def retry_after_seconds(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date), None if absent/unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when is None:
+        return None
+    if when.tzinfo is None:
+        import datetime as dt
+
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return max(0.0, when.timestamp() - time.time())
+
+
+class _Clock:
+    """A connection's current deadline (monotonic seconds)."""
+
+    def __init__(self):
+        self.at = math.inf
+
+    def left(self) -> float:
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("download deadline passed")
+        return left
+
+
+class _DeadlineReader(io.RawIOBase):
+    def __init__(self, sock, clock: _Clock):
+        self._sock, self._clock = sock, clock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        self._sock.settimeout(self._clock.left())
+        return self._sock.recv_into(b)
+
+
+class _DeadlineSocket:
+    """What http.client sees as its socket: every read and write gets the time left."""
+
+    def __init__(self, raw, clock: _Clock):
+        self.raw, self._clock = raw, clock
+
+    def sendall(self, data) -> None:
+        self.raw.settimeout(self._clock.left())
+        self.raw.sendall(data)
+
+    def makefile(self, mode="rb", *args, **kwargs):
+        return io.BufferedReader(_DeadlineReader(self.raw, self._clock))
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+
+class _Conn(http.client.HTTPConnection):
+    """HTTP to the address that was checked, under a deadline."""
+
+    def __init__(self, host: str, ip: str, port: int):
+        super().__init__(host, port)
+        self._ip, self.clock = ip, _Clock()
+
+    def _open(self):
+        raw = socket.create_connection((self._ip, self.port), timeout=self.clock.left())
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return raw
 
     def connect(self):
-        sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        self.sock = _DeadlineSocket(self._open(), self.clock)
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, host, ip, port, timeout):
-        super().__init__(host, port, timeout=timeout)
-        self._ip = ip
+class _TLSConn(_Conn):
+    def __init__(self, host: str, ip: str, port: int, context: ssl.SSLContext):
+        super().__init__(host, ip, port)
+        self._context = context
 
     def connect(self):
-        self.sock = socket.create_connection((self._ip, self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = self._open()
+        try:
+            raw.settimeout(self.clock.left())
+            raw = self._context.wrap_socket(raw, server_hostname=self.host)
+        except BaseException:
+            raw.close()
+            raise
+        self.sock = _DeadlineSocket(raw, self.clock)
+
+
+def classify(e: BaseException) -> FetchError | None:
+    """The reason for an exception raised by a request, or None for an unexpected one."""
+    if isinstance(e, FetchError):
+        return e
+    msg = f"{type(e).__name__}: {e}"[:300]
+    if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError
+        return FetchError("timeout", msg, retry=True)
+    if isinstance(e, http.client.RemoteDisconnected):
+        return FetchError("connection_error", msg, retry=True)
+    if isinstance(e, ConnectionResetError):
+        return FetchError("connection_reset", msg, retry=True)
+    if isinstance(e, http.client.IncompleteRead):
+        return FetchError("connection_error", f"IncompleteRead: body ended early ({len(e.partial)} bytes)", retry=True)
+    if isinstance(e, ssl.SSLError):
+        return FetchError("tls_error", msg)
+    if isinstance(e, OSError):
+        return FetchError("connection_error", msg, retry=True)
+    if isinstance(e, http.client.HTTPException):  # bad status line, header line too long, too many headers
+        return FetchError("bad_response", msg)
+    return None
+
+
+@dataclass
+class _Budget:
+    """Deadlines of one ``fetch``: all attempts end by ``end``; the clock starts at the first slot."""
+
+    timeout: float
+    attempts: int
+    end: float | None = None
+    attempt_end: float | None = None
+
+    def start_attempt(self) -> None:
+        now = time.monotonic()
+        if self.end is None:
+            self.end = now + self.timeout * self.attempts
+        self.attempt_end = min(now + self.timeout, self.end)
 
 
 class Fetcher:
-    """Fetches URLs with per-thread keep-alive connections. Thread-safe."""
+    """Fetches URLs with per-thread keep-alive connections and per-host slots. Thread-safe."""
 
-    def __init__(self, cfg: FetchConfig = FetchConfig()):
-        self.cfg = cfg
+    def __init__(self, cfg: FetchConfig = FetchConfig(), getaddrinfo=socket.getaddrinfo):
+        """``getaddrinfo``: the resolver (``socket.getaddrinfo``'s signature); tests give one that
+        answers from a table, so no lookup leaves the machine."""
+        self.cfg, self._getaddrinfo = cfg, getaddrinfo
+        self.user_agent = user_agent(cfg.user_agent_contact)
         self._local = threading.local()
         self._ssl = ssl.create_default_context()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._slots_lock = threading.Lock()
 
-    def _conn(self, scheme: str, host: str, port: int):
+    # connections -------------------------------------------------------------------------
+    def _conn(self, scheme: str, host: str, port: int) -> _Conn:
         conns = self._local.__dict__.setdefault("conns", {})
         key = (scheme, host, port)
         conn = conns.get(key)
         if conn is None:
-            ip = resolve_checked(host, port, self.cfg)
-            if scheme == "https":
-                conn = _PinnedHTTPSConnection(host, ip, port, self.cfg.timeout, self._ssl)
-            else:
-                conn = _PinnedHTTPConnection(host, ip, port, self.cfg.timeout)
+            ip = resolve_checked(host, port, self.cfg, self._getaddrinfo)
+            conn = _TLSConn(host, ip, port, self._ssl) if scheme == "https" else _Conn(host, ip, port)
             conns[key] = conn
         return conn
 
-    def _drop(self, scheme, host, port):
+    def _drop(self, scheme: str, host: str, port: int) -> None:
         conn = self._local.__dict__.get("conns", {}).pop((scheme, host, port), None)
         if conn is not None:
-            conn.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
 
-    def _once(self, url: str) -> FetchResult:
+    @contextmanager
+    def _slot(self, host: str, budget: _Budget, cancel: Cancel):
+        """At most ``max_per_host`` requests to ``host`` at once. The first hop of an attempt waits
+        as long as it takes (the shard's watchdog bounds that); later hops within the attempt's deadline."""
+        with self._slots_lock:
+            sem = self._slots.setdefault(host, threading.BoundedSemaphore(max(1, self.cfg.max_per_host)))
+        first = budget.attempt_end is None
+        while True:
+            if cancel.cancelled:
+                raise FetchError("shard_deadline", "cancelled while waiting for a host slot")
+            wait = 0.25 if first else min(0.25, budget.attempt_end - time.monotonic())
+            if wait <= 0:
+                raise FetchError("timeout", "download deadline passed waiting for a host slot", retry=True)
+            if sem.acquire(timeout=wait):
+                break
+        try:
+            if first:
+                budget.start_attempt()
+            yield
+        finally:
+            sem.release()
+
+    def _request(self, scheme: str, host: str, port: int, target: str, headers: dict, deadline: float, cancel: Cancel):
+        """Send the request and read the response head; one fresh retry if a reused connection fails."""
+        for fresh_try in (False, True):
+            conn = self._conn(scheme, host, port)
+            conn.clock.at = deadline
+            reused = conn.sock is not None
+            raw = None
+            try:
+                if not reused:
+                    conn.connect()
+                raw = conn.sock.raw
+                cancel.track(raw)
+                conn.request("GET", target, headers=headers)
+                return raw, conn.getresponse()
+            except Exception as e:
+                if raw is not None:
+                    cancel.untrack(raw)
+                self._drop(scheme, host, port)
+                if cancel.cancelled:
+                    raise FetchError("shard_deadline", f"cancelled: {type(e).__name__}") from e
+                if reused and not fresh_try and not isinstance(e, TimeoutError):
+                    continue  # a kept-alive connection the server closed (or left in a bad state)
+                raise
+
+    def _discard(self, resp, key: tuple) -> None:
+        """Finish with a response whose body we do not want: read it only if it is announced small."""
+        if not resp.chunked and resp.length is not None and resp.length <= self.cfg.max_error_body and not resp.will_close:
+            resp.read()
+        else:
+            self._drop(*key)
+
+    def _read_body(self, resp, key: tuple, encoding: str) -> bytes:
+        cap = self.cfg.max_bytes
+        inflate = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in DECODED_ENCODINGS else None
+        chunks, n = [], 0
+        while True:
+            data = resp.read1(1 << 16)  # one socket read at most: the deadline is checked per read
+            if not data:
+                break
+            if inflate is not None:
+                try:
+                    data = inflate.decompress(data, cap + 1 - n)
+                except zlib.error as e:
+                    self._drop(*key)
+                    raise FetchError(f"bad_content_encoding:{encoding}", str(e)) from e
+                if inflate.unconsumed_tail:
+                    n = cap + 1
+            n += len(data)
+            if n > cap:
+                self._drop(*key)
+                raise FetchError("too_large", f"more than {cap} bytes" + (" after decoding" if inflate else ""), 200)
+            chunks.append(data)
+        if resp.length:  # the connection ended before Content-Length bytes came
+            self._drop(*key)
+            raise FetchError("connection_error", f"body ended {resp.length} bytes short of its Content-Length", retry=True)
+        if not resp.isclosed():
+            resp.read()  # zero bytes left: lets http.client release the connection for the next request
+        if inflate is not None and not inflate.eof:
+            self._drop(*key)
+            raise FetchError(f"bad_content_encoding:{encoding}", "compressed body is truncated")
+        if resp.will_close:
+            self._drop(*key)
+        return b"".join(chunks)
+
+    # one attempt -------------------------------------------------------------------------
+    def _attempt(self, url: str, budget: _Budget, cancel: Cancel) -> FetchResult:
+        budget.attempt_end = None
+        seen = {url}
         for _hop in range(self.cfg.max_redirects + 1):
             parts = urlsplit(url)
-            scheme = parts.scheme.lower()
-            if scheme not in ("http", "https"):
-                raise FetchError("unsupported_scheme", url)
-            if not parts.hostname:
-                raise FetchError("invalid_url", url)
-            try:
-                port = parts.port or (443 if scheme == "https" else 80)
-            except ValueError as e:
-                raise FetchError("invalid_url", str(e)) from e
+            scheme, host = parts.scheme, parts.hostname
+            port = parts.port or (443 if scheme == "https" else 80)
+            key = (scheme, host, port)
             target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            host_header = parts.netloc.rsplit("@", 1)[-1]
-            conn = self._conn(scheme, parts.hostname, port)
-            try:
-                conn.request("GET", target, headers={"Host": host_header, "User-Agent": USER_AGENT,
-                                                     "Accept": "image/*,*/*;q=0.8", "Connection": "keep-alive"})
-                resp = conn.getresponse()
-            except (socket.timeout, TimeoutError) as e:
-                self._drop(scheme, parts.hostname, port)
-                raise FetchError("timeout", str(e), retry=True) from e
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, http.client.CannotSendRequest,
-                    http.client.ResponseNotReady) as e:
-                # a kept-alive connection the server closed: one fresh try on a new connection
-                self._drop(scheme, parts.hostname, port)
-                conn = self._conn(scheme, parts.hostname, port)
+            headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": self.user_agent,
+                       "Accept": "image/*,*/*;q=0.8", "Connection": "keep-alive"}
+            with self._slot(host, budget, cancel):
+                if budget.attempt_end <= time.monotonic():
+                    raise FetchError("timeout", "download deadline passed", retry=True)
+                raw, resp = self._request(scheme, host, port, target, headers, budget.attempt_end, cancel)
                 try:
-                    conn.request("GET", target, headers={"Host": host_header, "User-Agent": USER_AGENT, "Accept": "image/*,*/*;q=0.8"})
-                    resp = conn.getresponse()
-                except (socket.timeout, TimeoutError) as e2:
-                    self._drop(scheme, parts.hostname, port)
-                    raise FetchError("timeout", str(e2), retry=True) from e2
-                except (OSError, http.client.HTTPException) as e2:
-                    self._drop(scheme, parts.hostname, port)
-                    raise FetchError("connection_error", f"{type(e2).__name__}: {e2}", retry=True) from e2
-            except (OSError, http.client.HTTPException) as e:
-                self._drop(scheme, parts.hostname, port)
-                raise FetchError("connection_error", f"{type(e).__name__}: {e}", retry=True) from e
-            try:
-                status = resp.status
-                if status in (301, 302, 303, 307, 308):
-                    resp.read()
-                    location = resp.getheader("Location")
-                    if not location:
-                        raise FetchError(f"http_{status}", "redirect without Location", status)
-                    url = urljoin(url, location)
-                    continue
-                if status != 200:
-                    resp.read()
-                    raise FetchError(f"http_{status}", resp.reason, status, retry=status >= 500)
-                directive = is_disallowed(resp.headers, self.cfg.user_agent_token, self.cfg.disallowed_header_directives)
-                if directive:
-                    resp.read()
-                    raise FetchError(f"opt_out:{directive}", "X-Robots-Tag", status)
-                ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
-                length = resp.getheader("Content-Length")
-                if length and length.isdigit() and int(length) > self.cfg.max_bytes:
-                    self._drop(scheme, parts.hostname, port)
-                    raise FetchError("too_large", f"Content-Length {length}", status)
-                if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
-                    resp.read(self.cfg.max_bytes + 1)
-                    raise FetchError(f"not_an_image:{ctype}", "", status)
-                body = resp.read(self.cfg.max_bytes + 1)
-                if len(body) > self.cfg.max_bytes:
-                    self._drop(scheme, parts.hostname, port)
-                    raise FetchError("too_large", f"more than {self.cfg.max_bytes} bytes", status)
-                if resp.will_close:
-                    self._drop(scheme, parts.hostname, port)
-                return FetchResult(body, None, status, ctype, url)
-            except (socket.timeout, TimeoutError) as e:
-                self._drop(scheme, parts.hostname, port)
-                raise FetchError("timeout", str(e), retry=True) from e
-            except http.client.IncompleteRead as e:
-                self._drop(scheme, parts.hostname, port)
-                raise FetchError("connection_error", "incomplete read", retry=True) from e
+                    result = self._response(url, resp, key)
+                except Exception as e:
+                    self._drop(*key)
+                    if cancel.cancelled:
+                        raise FetchError("shard_deadline", f"cancelled: {type(e).__name__}") from e
+                    raise
+                finally:
+                    cancel.untrack(raw)
+            if isinstance(result, FetchResult):
+                return result
+            if result in seen:
+                raise FetchError("redirect_loop", f"{result} was visited before")
+            seen.add(result)
+            url = result
         raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects}")
 
-    def fetch(self, url: str) -> FetchResult:
+    def _response(self, url: str, resp, key: tuple) -> FetchResult | str:
+        """A finished result, or the next URL of a redirect."""
+        status = resp.status
+        if status in REDIRECTS:
+            location = resp.getheader("Location")
+            self._discard(resp, key)
+            if not location:
+                raise FetchError(f"http_{status}", "redirect without Location", status)
+            # http.client decodes header bytes as latin-1: recover them, read them as UTF-8
+            location = location.strip().encode("latin-1", "replace").decode("utf-8", "surrogateescape")
+            try:
+                nxt = urljoin(url, location)
+            except ValueError as e:
+                raise FetchError("invalid_url:ipv6", f"redirect to {location!r}: {e}", status) from e
+            nxt, why = check_url(nxt)
+            if why:
+                raise FetchError(why, f"redirect to {location!r}"[:300], status)
+            return nxt
+        if status != 200:
+            retry_after = retry_after_seconds(resp.getheader("Retry-After")) if status in (429, 503) else None
+            self._discard(resp, key)
+            raise FetchError(f"http_{status}", resp.reason, status, retry=status == 429 or status >= 500, retry_after=retry_after)
+        directive = is_disallowed(resp.headers, self.cfg.user_agent_token, self.cfg.disallowed_header_directives)
+        if directive:
+            self._discard(resp, key)
+            raise FetchError(f"opt_out:{directive}", "X-Robots-Tag", status)
+        ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip().lower()
+        if ctype and not (ctype.startswith("image/") or ctype in ("application/octet-stream", "binary/octet-stream")):
+            self._discard(resp, key)
+            raise FetchError(f"not_an_image:{ctype}"[:100], "", status)
+        encoding = (resp.getheader("Content-Encoding") or "identity").strip().lower()
+        if encoding not in ("identity", "") + DECODED_ENCODINGS:
+            self._discard(resp, key)
+            raise FetchError(f"unsupported_encoding:{encoding}"[:100], "", status)
+        if resp.length is not None and resp.length > self.cfg.max_bytes and encoding in ("identity", ""):
+            self._drop(*key)
+            raise FetchError("too_large", f"Content-Length {resp.length}", status)
+        body = self._read_body(resp, key, encoding)
+        return FetchResult(body, None, status, ctype, url)
+
+    # public ------------------------------------------------------------------------------
+    def fetch(self, url: str, cancel: Cancel | None = None) -> FetchResult:
+        """Download ``url``; never raises."""
+        try:
+            return self._fetch(url, cancel or Cancel())
+        except Exception as e:  # a failure no rule above names: still an answer, never an escape
+            return FetchResult(None, f"fetch_error:{type(e).__name__}", error_message=f"{type(e).__name__}: {e}"[:300])
+
+    def _fetch(self, url: str, cancel: Cancel) -> FetchResult:
+        norm, why = check_url(url)
+        if why:
+            return FetchResult(None, why, error_message=repr(url)[:300])
+        budget = _Budget(self.cfg.timeout, self.cfg.retries + 1)
         err = None
         for attempt in range(self.cfg.retries + 1):
             try:
-                return self._once(url)
-            except FetchError as e:
-                err = e
-                if not e.retry or attempt == self.cfg.retries:
-                    break
-                time.sleep(self.cfg.backoff * (attempt + 1))
+                return self._attempt(norm, budget, cancel)
+            except Exception as e:
+                err = classify(e)
+                if err is None:
+                    raise
+                if cancel.cancelled:
+                    err = FetchError("shard_deadline", str(err), err.http_status)
+            if not err.retry or attempt == self.cfg.retries or budget.end is None:
+                break
+            wait = max(self.cfg.backoff * (attempt + 1), err.retry_after or 0.0)
+            if time.monotonic() + wait >= budget.end:
+                if err.retry_after:
+                    err = FetchError(err.reason, f"{err} (Retry-After {err.retry_after:.0f} s is past the deadline)", err.http_status)
+                break
+            if cancel.event.wait(wait):
+                err = FetchError("shard_deadline", str(err), err.http_status)
+                break
         return FetchResult(None, err.reason, err.http_status, error_message=str(err)[:300])

@@ -21,11 +21,14 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy.fft import dct
 
-Image.MAX_IMAGE_PIXELS = None  # the area guard below decides, with a reason instead of an exception
-
+# Pillow's process-wide decompression-bomb guard (``Image.MAX_IMAGE_PIXELS``) is left as it is:
+# ``max_image_area`` is checked for every image from its header, before any pixel is decoded
+# (``image_too_large``), and only the formats of ``ALLOWED_FORMATS`` are opened
+# (``unsupported_format:<fmt>`` for another image format, ``not_an_image:text/html`` for a web page).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 _ADDRESS = re.compile(r" (object )?at 0x[0-9a-fA-F]+")
 MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 
@@ -97,10 +100,28 @@ def _flatten(img: Image.Image) -> Image.Image:
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
+def _not_allowed(body: bytes) -> tuple[str, str]:
+    """(reason, message) for bytes no allowed format opens."""
+    head = body[:512].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<meta", b"<script", b"<title")):
+        return "not_an_image:text/html", "an HTML page"
+    if head.startswith(b"<svg") or (head.startswith(b"<?xml") and b"<svg" in body[:4096].lower()):
+        return "unsupported_format:svg", "SVG"
+    try:  # name the format (header only; no pixels are decoded)
+        with Image.open(io.BytesIO(body)) as other:
+            return f"unsupported_format:{(other.format or 'unknown').lower()}", f"{other.format} {other.size}"
+    except Exception:
+        return "decode_error", "cannot identify image file"
+
+
 def resize_image(body: bytes, cfg: ResizeConfig = ResizeConfig()) -> Resized:
     sha = hashlib.sha256(body).hexdigest()
     try:
-        img = Image.open(io.BytesIO(body))
+        try:
+            img = Image.open(io.BytesIO(body), formats=ALLOWED_FORMATS)
+        except UnidentifiedImageError:
+            reason, message = _not_allowed(body)
+            return Resized(None, sha256=sha, reason=reason, error_message=message)
         ow, oh = img.size
         if ow * oh > cfg.max_image_area:
             return Resized(None, original_width=ow, original_height=oh, sha256=sha, reason="image_too_large",

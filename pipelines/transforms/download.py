@@ -6,10 +6,18 @@ waits and Pillow's GIL-free decode overlap), written as ``pool/shards/NNNNN.tar`
 uids) and ``pool/status/NNNNN.parquet`` (every candidate with its outcome), atomically. A
 shard already on disk from an earlier, killed run is read back instead of downloaded again,
 and yields exactly the rows a fresh download would.
+
+No exception escapes a candidate: every failure of fetch, decode or resize is a ``reason`` in the
+status row (``fetch_error:<ExceptionType>`` with ``error_message`` as the last resort), so a
+shard is always written complete. A watchdog bounds each shard: candidates not finished when
+its budget (``shard_budget``) runs out end with ``shard_deadline`` and their downloads are
+cancelled (sockets shut, threads abandoned); the shard is still written with every row.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import math
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -17,7 +25,7 @@ import apache_beam as beam
 
 from pipelines import io as pio
 from pipelines import schema
-from pipelines.fetch import Fetcher, FetchConfig
+from pipelines.fetch import Cancel, Fetcher, FetchConfig
 from pipelines.resize import ResizeConfig, resize_image
 from pipelines.sinks import webdataset as wds
 from pipelines.stats import mark
@@ -34,11 +42,38 @@ class DownloadConfig:
     resize: ResizeConfig = field(default_factory=ResizeConfig)
     thread_count: int = 32
     shard_size: int = 500
+    shard_slack: float = 30.0  # seconds the watchdog adds to a shard's download budget (decode, scheduling)
+    shard_budget: float | None = None  # seconds; None: computed from the timeouts (see shard_budget())
 
 
-def _one(fetcher: Fetcher, cfg: DownloadConfig, row: dict) -> tuple[dict, bytes | None]:
-    res = fetcher.fetch(row["url"])
-    out = {"status": "error", "reason": res.reason, "http_status": res.http_status, "error_message": res.error_message}
+def shard_budget(n: int, cfg: DownloadConfig) -> float:
+    """Seconds one shard of ``n`` candidates may take. A download takes at most
+    ``timeout x (retries + 1)``; at least ``k = min(threads, max_per_host)`` run at once while
+    ``k`` or more are left, so all end within ``(n / k + 1)`` such spans (one when ``n <= k``)."""
+    if cfg.shard_budget is not None:
+        return cfg.shard_budget
+    per_download = cfg.fetch.timeout * (cfg.fetch.retries + 1)
+    k = max(1, min(cfg.thread_count, cfg.fetch.max_per_host))
+    waves = 1 if n <= k else math.ceil(n / k) + 1
+    return waves * per_download + cfg.shard_slack
+
+
+def _failed(reason: str, message: str | None = None, http_status: int | None = None) -> dict:
+    return {"status": "error", "reason": reason, "http_status": http_status, "error_message": message}
+
+
+def _one(fetcher: Fetcher, cfg: DownloadConfig, row: dict, cancel: Cancel | None = None) -> tuple[dict, bytes | None]:
+    try:
+        return _fetch_resize(fetcher, cfg, row, cancel)
+    except Exception as e:  # a failure no rule names: the candidate still gets its row
+        return _failed(f"fetch_error:{type(e).__name__}", f"{type(e).__name__}: {e}"[:300]), None
+
+
+def _fetch_resize(fetcher: Fetcher, cfg: DownloadConfig, row: dict, cancel: Cancel | None) -> tuple[dict, bytes | None]:
+    if cancel is not None and cancel.cancelled:
+        return _failed("shard_deadline", "not started before the shard's deadline"), None
+    res = fetcher.fetch(row["url"], cancel)
+    out = _failed(res.reason, res.error_message, res.http_status)
     if not res.ok:
         return out, None
     img = resize_image(res.body, cfg.resize)
@@ -52,16 +87,31 @@ def _one(fetcher: Fetcher, cfg: DownloadConfig, row: dict) -> tuple[dict, bytes 
 
 
 def download_rows(rows: list[dict], cfg: DownloadConfig, fetcher: Fetcher | None = None, progress: bool = False):
-    """Fetch and resize ``rows``; returns [(row + outcome fields, jpg bytes or None)] in input order."""
+    """Fetch and resize ``rows``; returns [(row + outcome fields, jpg bytes or None)] in input order,
+    within ``shard_budget`` seconds whatever the servers do (late candidates: ``shard_deadline``)."""
     fetcher = fetcher or Fetcher(cfg.fetch)
-    with ThreadPoolExecutor(max_workers=max(1, min(cfg.thread_count, len(rows) or 1))) as pool:
-        futures = [pool.submit(_one, fetcher, cfg, r) for r in rows]
-        it = futures
-        if progress:
-            from tqdm import tqdm
+    deadline = time.monotonic() + shard_budget(len(rows), cfg)
+    cancel = Cancel()
+    pool = ThreadPoolExecutor(max_workers=max(1, min(cfg.thread_count, len(rows) or 1)), thread_name_prefix="download")
+    futures = [pool.submit(_one, fetcher, cfg, r, cancel) for r in rows]
+    pending = set(futures)
+    if progress:
+        from tqdm import tqdm
 
-            it = tqdm(futures, desc="download", unit="img")
-        return [({**row, **f.result()[0]}, f.result()[1]) for row, f in zip(rows, it)]
+        with tqdm(total=len(futures), desc="download", unit="img") as bar:
+            while pending and time.monotonic() < deadline:
+                done, pending = wait(pending, timeout=min(1.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
+                bar.update(len(done))
+    else:
+        pending = wait(futures, timeout=max(0.0, deadline - time.monotonic()))[1]
+    if pending:  # the watchdog: cut what is left, shut its sockets, do not wait for its threads
+        cancel.fire()
+        pool.shutdown(wait=False, cancel_futures=True)
+    else:
+        pool.shutdown(wait=True)
+    late = _failed("shard_deadline", "not finished within the shard's deadline")
+    return [({**row, **(late if f in pending else f.result()[0])}, None if f in pending else f.result()[1])
+            for row, f in zip(rows, futures)]
 
 
 def shard_name(shard_id: int) -> str:

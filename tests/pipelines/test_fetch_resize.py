@@ -44,6 +44,7 @@ ROUTES = {
     "/r1": (302, [("Location", "/r2")], b""),
     "/r2": (301, [("Location", "/ok.jpg")], b""),
     "/loop": (302, [("Location", "/loop")], b""),
+    **{f"/chain{i}": (302, [("Location", f"/chain{i + 1}")], b"") for i in range(10)},
     "/private": (302, [("Location", "http://10.0.0.7/x.jpg")], b""),
     "/metadata": (302, [("Location", "http://169.254.169.254/latest/meta-data")], b""),
     "/huge.png": (200, [("Content-Type", "image/png")], None),
@@ -100,7 +101,7 @@ def fetcher():
 @pytest.mark.parametrize("path,reason", [
     ("/ok.jpg", None), ("/missing.jpg", "http_404"), ("/page.jpg", "not_an_image:text/html"),
     ("/noai.jpg", "opt_out:noai"), ("/noimageai.jpg", "opt_out:noimageai"), ("/otherbot.jpg", None),
-    ("/r1", None), ("/loop", "too_many_redirects"), ("/private", "blocked_address:private"),
+    ("/r1", None), ("/loop", "redirect_loop"), ("/chain0", "too_many_redirects"), ("/private", "blocked_address:private"),
     ("/metadata", "blocked_address:link_local"), ("/slow.jpg", "timeout"), ("/flaky.jpg", None),
 ])
 def test_fetch_reasons(server, fetcher, path, reason):
@@ -132,7 +133,7 @@ def test_allow_loopback_lifts_nothing_else():
     assert address_kind("93.184.216.34") is None
     f = Fetcher(FetchConfig(timeout=0.5, allow_loopback=True))
     assert f.fetch("http://10.0.0.7/x.jpg").reason == "blocked_address:private"
-    assert f.fetch("ftp://example.com/x.jpg").reason == "unsupported_scheme"
+    assert f.fetch("ftp://example.com/x.jpg").reason == "invalid_url:scheme"
 
 
 def test_opt_out_rule_matches_img2dataset():
@@ -196,3 +197,50 @@ def test_download_rows_every_row_has_one_outcome_in_order(server):
         assert (jpg is not None) == (r["status"] == "success")
         if jpg is not None:
             assert max(Image.open(io.BytesIO(jpg)).size) == 256 and len(r["phash"]) == 64 and len(r["sha256"]) == 64
+
+
+def test_format_allowlist_and_per_decode_pixel_limit():
+    from PIL import Image as PILImage
+
+    import pipelines.resize as resize_module
+
+    assert PILImage.MAX_IMAGE_PIXELS is not None and resize_module.ALLOWED_FORMATS == ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+    for fmt in ("BMP", "TIFF"):
+        r = resize_image(_img(fmt, (300, 200)))
+        assert r.reason is None and (r.width, r.height) == (256, 171), fmt
+    for fmt, name in (("ICO", "ico"), ("TGA", "tga"), ("PPM", "ppm"), ("PCX", "pcx")):
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 48), (10, 200, 30)).save(buf, fmt)
+        assert resize_image(buf.getvalue()).reason == f"unsupported_format:{name}", fmt
+    assert resize_image(b"\n  <!DOCTYPE html><html><body>404</body></html>").reason == "not_an_image:text/html"
+    assert resize_image(b"<?xml version='1.0'?><svg xmlns='http://www.w3.org/2000/svg'/>").reason == "unsupported_format:svg"
+    assert resize_image(b"plain text, not an image").reason == "decode_error"
+    # the limit is the config's, per image: 640x480 = 307,200 pixels
+    assert resize_image(JPEG, ResizeConfig(max_image_area=307_199)).reason == "image_too_large"
+    assert resize_image(JPEG, ResizeConfig(max_image_area=307_200)).reason is None
+
+
+@pytest.mark.parametrize("url,expected", [
+    ("HTTP://Café.EXAMPLE:80/a/../b/%7e?q=1#frag", ("http://xn--caf-dma.example/b/~?q=1", None)),
+    ("https://example.com:8443/x y.jpg", ("https://example.com:8443/x%20y.jpg", None)),
+    ("http://[::1]:8080/x", ("http://[::1]:8080/x", None)),
+    ("http://a..b/x.jpg", (None, "invalid_url:empty_label")),
+    ("http://" + "a" * 64 + ".com/", (None, "invalid_url:label_too_long")),
+    ("http://" + ".".join(["a" * 60] * 5) + "/", (None, "invalid_url:host_too_long")),
+    ("http://a\u200f.com/", (None, "invalid_url:idna")),
+    ("http://exa mple.com/", (None, "invalid_url:host_chars")),
+    ("http://\u2100.com/", (None, "invalid_url:netloc")),  # NFKC turns it into 'a/c'
+    ("http://x\u2100/", (None, "invalid_url:netloc")),
+    ("http://h:99999/", (None, "invalid_url:port")),
+    ("http://h:x/", (None, "invalid_url:port")),
+    ("http://[::1/", (None, "invalid_url:ipv6")),
+    ("ftp://h/", (None, "invalid_url:scheme")),
+    ("http:///x", (None, "invalid_url:no_host")),
+    ("", (None, "invalid_url:empty")),
+])
+def test_check_url(url, expected):
+    from pipelines.urls import check_url, normalize_url
+
+    assert check_url(url) == expected
+    if expected[0]:
+        assert check_url(expected[0]) == expected and normalize_url(url) == expected[0]  # canonical is a fixed point
