@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     results = {}
     for name in names:
         print(f"\n### {name}")
-        results[name] = BENCHMARKS[name]()
+        results[name] = BENCHMARKS[name]([])  # the sub-benchmark must not read this command's own argv
     print("\n### summary")
     if "download" in results:
         print(f"download+resize+write vs img2dataset: {results['download']['ratio']:.2f}x")
