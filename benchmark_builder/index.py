@@ -18,14 +18,24 @@ import duckdb
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
+from pipelines import schema
 
 
-def _parquet_view(con, name: str, pattern: str, where: str = "") -> None:
+def _parquet_view(con, name: str, pattern: str, where: str = "", empty_schema=None) -> None:
     if pio.glob(pattern):
         src = f"read_parquet('{pattern}', hive_partitioning=false, union_by_name=true)"
         con.execute(f"create or replace view {name} as select * from {src} {where}")
-    else:
-        con.execute(f"create or replace view {name} as select null::integer as year where false")
+    else:  # no file yet (or only empty years): a view with the table's columns and no rows
+        con.execute(f"create or replace view {name} as {_empty_select(con, empty_schema)}")
+
+
+def _empty_select(con, arrow_schema) -> str:
+    """``select`` of no rows with the columns of ``arrow_schema`` in DuckDB's types."""
+    if arrow_schema is None:
+        return "select null::integer as year where false"
+    empty = arrow_schema.empty_table()  # noqa: F841 (read by DuckDB's replacement scan)
+    cols = con.execute("describe select * from empty").fetchall()
+    return "select " + ", ".join(f'null::{t} as "{c}"' for c, t, *_ in cols) + " where false"
 
 
 def _shard_rows(layout: Layout) -> list[tuple]:
@@ -58,11 +68,11 @@ def build_index(layout: Layout) -> str:
     root = os.path.abspath(pio.local_path(layout.root))
     con = duckdb.connect(tmp)
     try:
-        _parquet_view(con, "candidates", f"{root}/candidates/*/*.parquet")
-        _parquet_view(con, "crawl_status", f"{root}/crawl_status/*/*.parquet")
-        _parquet_view(con, "status", f"{root}/status/*/*.parquet")
-        _parquet_view(con, "metadata", f"{root}/metadata/*/*.parquet")
-        _parquet_view(con, "samples", f"{root}/metadata/*/*.parquet", "where shard is not null")
+        _parquet_view(con, "candidates", f"{root}/candidates/*/*.parquet", empty_schema=schema.CANDIDATE)
+        _parquet_view(con, "crawl_status", f"{root}/crawl_status/*/*.parquet", empty_schema=schema.CRAWL_STATUS)
+        _parquet_view(con, "status", f"{root}/status/*/*.parquet", empty_schema=schema.STATUS)
+        _parquet_view(con, "metadata", f"{root}/metadata/*/*.parquet", empty_schema=schema.SAMPLE)
+        _parquet_view(con, "samples", f"{root}/metadata/*/*.parquet", "where shard is not null", empty_schema=schema.SAMPLE)
         con.execute(
             "create table shards (variant varchar, split varchar, step varchar, year integer, path varchar, count bigint)"
         )
