@@ -508,8 +508,9 @@ def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
     marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
     if not pio.exists(marker):
         return False
-    if cfg.synthetic:
-        return pio.read_json(marker).get("synthetic") == _synthetic_key(cfg)
+    if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
+        key = pio.read_json(marker).get("synthetic") or []
+        return key[:-1] == _synthetic_key(cfg)[:-1] and key[-1] >= cfg.year
     files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
     key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
     return pio.read_json(marker).get("inputs_hash") == key

@@ -69,6 +69,7 @@ def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacom
     layout = Layout(data_dir, benchmark)
     out = []
     month_counts: dict[tuple, dict[int, int]] = {}
+    empty: list[str] = []
     for step in steps or resolve_spec(benchmark, data_dir=data_dir).time_steps:
         shards, size = [], 0
         for year in step.years:
@@ -89,8 +90,12 @@ def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacom
                 out.append(Source(step.name, tuple(shards), size, months=step.months))
             else:  # an empty year is normal (nothing crawled, downloaded or kept): the step is skipped
                 print(f"time step {step.name}: 0 training samples in variant {variant!r}, skipped")
+                empty.append(step.name)
             continue
         break  # a step with a missing year ends the usable prefix
+    if not out and empty:
+        raise FileNotFoundError(f"every time step of variant {variant!r} under {layout.root} is empty "
+                                f"({', '.join(empty)}): nothing to train on")
     if not out:
         raise FileNotFoundError(
             f"no training shards for variant {variant!r} under {layout.root}/variants: build the benchmark first "

@@ -103,13 +103,13 @@ def server():
     s.close()
 
 
-def write_warc(path, server: ImageServer, year: int, images: range) -> str:
+def write_warc(path, server: ImageServer, year: int, images: range, alt=caption) -> str:
     """One WARC of ``year``: pages of 4 images each, WARC-Date in ``year``."""
     ids = list(images)
     with open(path, "wb") as f:
         w = WARCWriter(f, gzip=True)
         for p in range(0, len(ids), 4):
-            imgs = "".join(f'<img src="{server.url(n)}" alt="{caption(n)}">' for n in ids[p:p + 4])
+            imgs = "".join(f'<img src="{server.url(n)}" alt="{alt(n)}">' for n in ids[p:p + 4])
             html = f"<html><body><h1>page {p}</h1>{imgs}</body></html>".encode()
             headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
             rec = w.create_warc_record(f"http://pages.example.org/{year}/p{p}.html", "response", payload=io.BytesIO(html),
@@ -243,11 +243,13 @@ def _snapshot(root, year):
     return out
 
 
-def test_appending_a_year_reuses_every_earlier_output(tmp_path, server):
-    w23 = write_warc(tmp_path / "CC-MAIN-2023-06-a.warc.gz", server, 2023, range(200, 216))
+def test_appending_a_year_reuses_every_earlier_output(tmp_path, server, capsys):
+    # 2023: every image downloads, none survives the basic filter (two-word captions): an empty year
+    w23 = write_warc(tmp_path / "CC-MAIN-2023-06-a.warc.gz", server, 2023, range(200, 216), alt=lambda n: f"picture {n}")
     w24 = write_warc(tmp_path / "CC-MAIN-2024-10-b.warc.gz", server, 2024, range(300, 316))
     d = tmp_path / "d"
-    build(cfg_for(d, [w23], year=2023, years="2023"))
+    out = build(cfg_for(d, [w23], year=2023, years="2023"))
+    assert out["years"]["2023"]["empty"] and out["years"]["2023"]["counts"]["dropped_by_reason"] == {"caption_too_few_words": 16}
     root = str(d / "tic-datacomp")
     before = _snapshot(root, 2023)
     assert len(before) > 8
@@ -258,6 +260,17 @@ def test_appending_a_year_reuses_every_earlier_output(tmp_path, server):
     assert year_manifest(d, 2024)["counts"]["kept"] == 16
     assert json.load(open(os.path.join(root, "manifest.json")))["year_range"] == "2023-2024"
     assert sql(d, "select year, count(*) from status group by 1 order by 1") == [(2023, 16), (2024, 16)]
+    # training and evaluation skip the empty year with one line each
+    from eval.datasets import benchmark_sets
+    from training.data import time_step_sources
+
+    sources = time_step_sources(str(d), "basic")
+    assert [s.name for s in sources] == ["2024"]
+    sets = benchmark_sets(str(d))
+    assert 2023 not in sets["retrieval"] and 2024 in sets["retrieval"]
+    printed = capsys.readouterr().out
+    assert "time step 2023: 0 training samples in variant 'basic', skipped" in printed
+    assert "evaluation set retrieval/2023: 0 samples, skipped" in printed
 
 
 # ---------------------------------------------------------------- retry-failed
