@@ -92,9 +92,12 @@ class BuildConfig:
 
     def year_config(self) -> dict:
         """What determines a year's outputs besides its candidates and earlier years' outputs: the
-        input globs do not (a crawl added for a new year leaves earlier years' candidates alone)."""
+        input globs do not (a crawl added for a new year leaves earlier years' candidates alone),
+        nor do timeouts and retries (they decide how often a fetch fails, not what a pool shard
+        holds; ``--retry-failed`` fetches transient failures again)."""
         d = self.output_config()
-        d.pop("inputs")
+        for k in ("inputs", "timeout", "retries"):
+            d.pop(k)
         return d
 
     def pool_identity(self) -> dict:
