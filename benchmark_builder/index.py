@@ -21,12 +21,17 @@ from pipelines import io as pio
 from pipelines import schema
 
 
-def _parquet_view(con, name: str, pattern: str, where: str = "", empty_schema=None) -> None:
+# the columns a view has while no file of its table exists (nothing built yet, or only empty years)
+EMPTY_VIEW_SCHEMAS = {"candidates": schema.CANDIDATE, "crawl_status": schema.CRAWL_STATUS, "status": schema.STATUS,
+                      "metadata": schema.SAMPLE, "samples": schema.SAMPLE}
+
+
+def _parquet_view(con, name: str, pattern: str, where: str = "") -> None:
     if pio.glob(pattern):
         src = f"read_parquet('{pattern}', hive_partitioning=false, union_by_name=true)"
         con.execute(f"create or replace view {name} as select * from {src} {where}")
-    else:  # no file yet (or only empty years): a view with the table's columns and no rows
-        con.execute(f"create or replace view {name} as {_empty_select(con, empty_schema)}")
+    else:
+        con.execute(f"create or replace view {name} as {_empty_select(con, EMPTY_VIEW_SCHEMAS.get(name))}")
 
 
 def _empty_select(con, arrow_schema) -> str:
@@ -68,11 +73,11 @@ def build_index(layout: Layout) -> str:
     root = os.path.abspath(pio.local_path(layout.root))
     con = duckdb.connect(tmp)
     try:
-        _parquet_view(con, "candidates", f"{root}/candidates/*/*.parquet", empty_schema=schema.CANDIDATE)
-        _parquet_view(con, "crawl_status", f"{root}/crawl_status/*/*.parquet", empty_schema=schema.CRAWL_STATUS)
-        _parquet_view(con, "status", f"{root}/status/*/*.parquet", empty_schema=schema.STATUS)
-        _parquet_view(con, "metadata", f"{root}/metadata/*/*.parquet", empty_schema=schema.SAMPLE)
-        _parquet_view(con, "samples", f"{root}/metadata/*/*.parquet", "where shard is not null", empty_schema=schema.SAMPLE)
+        _parquet_view(con, "candidates", f"{root}/candidates/*/*.parquet")
+        _parquet_view(con, "crawl_status", f"{root}/crawl_status/*/*.parquet")
+        _parquet_view(con, "status", f"{root}/status/*/*.parquet")
+        _parquet_view(con, "metadata", f"{root}/metadata/*/*.parquet")
+        _parquet_view(con, "samples", f"{root}/metadata/*/*.parquet", "where shard is not null")
         con.execute(
             "create table shards (variant varchar, split varchar, step varchar, year integer, path varchar, count bigint)"
         )
