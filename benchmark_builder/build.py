@@ -614,7 +614,7 @@ def retry_failed(cfg: BuildConfig) -> dict:
             got = collections.Counter()
             for status_path in pio.glob(pio.join(layout.pool(y), "status", "*.parquet")):
                 got.update(retry_pool_shard(layout.pool(y), status_path, dl_cfg, fetcher))
-            if got["retried"]:
+            if got["changed"]:
                 remove_tree(layout.year_manifest(y))  # its pool changed: re-derive the year
             retried[y] = dict(got)
     n = sum(r.get("retried", 0) for r in retried.values())
@@ -631,7 +631,8 @@ def retry_failed(cfg: BuildConfig) -> dict:
 
 def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[str, int]:
     """Fetch a pool shard's transient failures again; rewrite its tar and status (tar first, as
-    the download stage does) with the new outcomes. Returns counts: retried, recovered."""
+    the download stage does) with the new outcomes. Returns counts: retried, recovered, changed
+    (outcomes that differ; none: the shard is left as it was)."""
     rows = pio.read_parquet(status_path).to_pylist()
     todo = sorted((r for r in rows if r["status"] != "success" and is_transient(r["reason"])), key=lambda r: r["uid"])
     if not todo:
@@ -640,6 +641,10 @@ def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[s
     tar_path = pio.join(pool_dir, "shards", f"{shard}.tar")
     samples = {s["key"]: s for s in wds.read_shard(tar_path)} if pio.exists(tar_path) else {}
     outcome = {row["uid"]: (row, jpg) for row, jpg in download.download_rows(todo, dl_cfg, fetcher)}
+    counts = {"retried": len(todo), "recovered": sum(1 for _, jpg in outcome.values() if jpg is not None)}
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in ("status", "reason", "http_status", "sha256"))  # noqa: E731
+    if all(same(outcome[r["uid"]][0], r) for r in todo):
+        return {**counts, "changed": 0}  # every one failed the same way again: the shard stays as it was
     merged = []
     for r in rows:
         row, jpg = outcome.get(r["uid"], (r, None))
@@ -650,7 +655,7 @@ def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[s
         merged.append({**schema.project(row, schema.POOL_STATUS), "pool_shard": shard})
     pio.write_bytes(tar_path, wds.tar_bytes([samples[k] for k in sorted(samples)]))
     pio.write_parquet(status_path, schema.to_table(sorted(merged, key=lambda r: r["uid"]), schema.POOL_STATUS))
-    return {"retried": len(todo), "recovered": sum(1 for row, jpg in outcome.values() if jpg is not None)}
+    return {**counts, "changed": sum(1 for r in todo if not same(outcome[r["uid"]][0], r))}
 
 
 def _status_reason_counts(layout: Layout, years: list[int]) -> dict[str, int]:
