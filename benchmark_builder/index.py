@@ -29,13 +29,18 @@ import duckdb
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
+from pipelines import schema
 from pipelines.safe_inputs import InputError, sql_identifier, sql_string
+
+# the columns a view has while no file of its table exists (nothing built yet, or only empty years)
+EMPTY_VIEW_SCHEMAS = {"candidates": schema.CANDIDATE, "crawl_status": schema.CRAWL_STATUS, "status": schema.STATUS,
+                      "metadata": schema.SAMPLE, "samples": schema.SAMPLE}
 
 
 def _parquet_view(con, name: str, root: str, table: str, where: str = "") -> None:
     files = pio.glob(pio.join(root, table, "*", "*.parquet"))
     if not files:
-        con.execute(f"create or replace view {name} as select null::integer as year where false")
+        con.execute(f"create or replace view {name} as {_empty_select(con, EMPTY_VIEW_SCHEMAS.get(name))}")
         return
     if _glob.has_magic(root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
         src = "[" + ", ".join(sql_string(f) for f in files) + "]"
@@ -43,6 +48,15 @@ def _parquet_view(con, name: str, root: str, table: str, where: str = "") -> Non
         src = sql_string(pio.join(root, table, "*", "*.parquet"))
     con.execute(f"create or replace view {name} as select * from "
                 f"read_parquet({src}, hive_partitioning=false, union_by_name=true) {where}")
+
+
+def _empty_select(con, arrow_schema) -> str:
+    """``select`` of no rows with the columns of ``arrow_schema`` in DuckDB's types."""
+    if arrow_schema is None:
+        return "select null::integer as year where false"
+    empty = arrow_schema.empty_table()  # noqa: F841 (read by DuckDB's replacement scan)
+    cols = con.execute("describe select * from empty").fetchall()
+    return "select " + ", ".join(f'null::{t} as "{c}"' for c, t, *_ in cols) + " where false"
 
 
 def benchmark_root(layout: Layout) -> str:

@@ -65,7 +65,8 @@ def _bar_chart(rows, png: str) -> None:
     ax.set_ylabel("training samples")
     ax.set_title("samples per year per filter variant")
     ax.set_xticks(years)
-    ax.legend()
+    if variants:  # every year empty: an empty chart, no legend
+        ax.legend()
     fig.tight_layout()
     pio.makedirs(os.path.dirname(pio.local_path(png)))
     tmp = pio.local_path(png) + ".tmp.png"

@@ -2,10 +2,18 @@
 
 TiC-DataComp groups 2014-2016 into the first time step and then one step per year up to 2022.
 A time step may also be a set of months (monthly granularity): ``TimeStep("2019-01", (2019,), (1,))``.
+
+Years come from the user: ``--years FIRST-LAST`` gives a benchmark any range of years (a new
+crawl's 2023 and 2024 included) and ``--time-steps`` groups them (``parse_time_steps``). A
+data dir records its range and steps in ``manifest.json``; every command that reads it takes
+them from there (``resolve_spec``), and refuses a range that conflicts with the recorded one.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, replace
+
+from pipelines import io as pio
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,32 @@ class BenchmarkSpec:
     def steps_up_to(self, year: int) -> tuple[TimeStep, ...]:
         return tuple(s for s in self.time_steps if max(s.years) <= year)
 
+    @property
+    def year_range(self) -> str:
+        return format_years(self.years)
+
+    def with_years(self, years: tuple[int, ...], time_steps: str = "") -> "BenchmarkSpec":
+        """This benchmark over ``years``: steps as ``time_steps`` says, or the spec's own steps
+        that lie inside the range and one step per remaining year."""
+        years = tuple(years)
+        if time_steps.strip():
+            steps = parse_time_steps(time_steps, years=years)
+        else:
+            steps = [s for s in self.time_steps if set(s.years) <= set(years)]
+            covered = {y for s in steps for y in s.years}
+            steps = sorted(steps + [TimeStep(str(y), (y,)) for y in years if y not in covered], key=lambda s: min(s.years))
+        outside = sorted({y for s in steps for y in s.years} - set(years))
+        if outside:
+            raise ValueError(f"--time-steps {time_steps!r} names years {outside} outside the benchmark's years {format_years(years)}")
+        return replace(self, years=years, time_steps=tuple(steps))
+
+    def time_steps_text(self) -> str:
+        """The steps in ``parse_time_steps``'s grammar (what a manifest records)."""
+        if self.time_steps and all(s.months is not None for s in self.time_steps):
+            ys = sorted({y for s in self.time_steps for y in s.years})
+            return f"monthly:{ys[0]}-{ys[-1]}"
+        return ",".join(format_years(s.years) for s in self.time_steps)
+
 
 def yearly_steps(years, first_group: tuple[int, ...] = ()) -> tuple[TimeStep, ...]:
     steps = []
@@ -61,6 +95,94 @@ SPECS: dict[str, BenchmarkSpec] = {
         description="TiC-DataComp: web image-text pairs by first-seen year, steps {2014-2016}, 2017, ..., 2022",
     ),
 }
+
+
+def parse_years(text: str) -> tuple[int, ...]:
+    """``FIRST-LAST`` (or one ``YEAR``) -> the years, inclusive."""
+    lo, sep, hi = str(text).strip().partition("-")
+    try:
+        first, last = int(lo), int(hi) if sep else int(lo)
+    except ValueError:
+        raise ValueError(f"bad --years {text!r}: FIRST-LAST, e.g. 2014-2022") from None
+    if not 1900 <= first <= last <= 2999:
+        raise ValueError(f"bad --years {text!r}: FIRST-LAST with FIRST <= LAST, four-digit years")
+    return tuple(range(first, last + 1))
+
+
+def format_years(years) -> str:
+    years = sorted(years)
+    return f"{years[0]}-{years[-1]}" if len(years) > 1 else str(years[0])
+
+
+def year_list(values) -> list[int]:
+    """Year arguments of the commands that process some years (``--years 2016 2018-2020``) -> years."""
+    return sorted({y for v in values or [] for y in parse_years(v)})
+
+
+def parse_time_steps(text: str, benchmark: str = "tic-datacomp", years: tuple[int, ...] | None = None) -> tuple[TimeStep, ...]:
+    """``""``: the benchmark spec's steps (over ``years`` when given); ``monthly:2019``: the 12
+    months of 2019 (or ``monthly:2019-2020``); ``2014-2016,2017,2018``: years grouped as written."""
+    text = (text or "").strip()
+    if not text:
+        spec = get_spec(benchmark)
+        return spec.with_years(years).time_steps if years else spec.time_steps
+    if text.startswith("monthly:"):
+        lo, _, hi = text[len("monthly:"):].partition("-")
+        try:
+            ys = range(int(lo), int(hi or lo) + 1)
+        except ValueError:
+            raise ValueError(f"bad --time-steps {text!r}: monthly:YEAR or monthly:YEAR-YEAR") from None
+        return tuple(s for y in ys for s in monthly_steps(y))
+    steps = []
+    for part in text.split(","):
+        lo, _, hi = part.strip().partition("-")
+        try:
+            ys = tuple(range(int(lo), int(hi or lo) + 1))
+        except ValueError:
+            raise ValueError(f"bad --time-steps {text!r}: comma-separated years or year ranges") from None
+        if not ys:
+            raise ValueError(f"bad --time-steps {text!r}: {part.strip()!r} holds no year")
+        steps.append(TimeStep(part.strip(), ys))
+    return tuple(steps)
+
+
+def recorded_years(data_dir: str, benchmark: str = "tic-datacomp") -> tuple[tuple[int, ...], str] | None:
+    """(years, time steps) recorded in a built data dir's manifest; None if nothing is built.
+    A manifest from before ranges were recorded holds the spec's default range."""
+    path = pio.join(data_dir, benchmark, "manifest.json")
+    if not pio.exists(path):
+        return None
+    m = pio.read_json(path)
+    if "year_range" not in m:
+        spec = get_spec(benchmark)
+        return spec.years, spec.time_steps_text()
+    return parse_years(m["year_range"]), m.get("time_steps", "")
+
+
+def resolve_spec(benchmark: str = "tic-datacomp", years: str = "", time_steps: str = "", data_dir: str | None = None,
+                 extend: bool = False) -> BenchmarkSpec:
+    """The benchmark as a command sees it: the spec, over the years and steps the data dir
+    recorded, over ``years``/``time_steps`` when given. A ``years`` range that conflicts with
+    the recorded one raises ValueError naming both; with ``extend`` (a build), a range with the
+    same first year that still holds every built year is not a conflict (appending a year)."""
+    spec = get_spec(benchmark)
+    rec = recorded_years(data_dir, benchmark) if data_dir else None
+    if years:
+        want = parse_years(years)
+        if rec and tuple(want) != tuple(rec[0]):
+            ok = extend and want[0] == rec[0][0] and set(_built_years(data_dir, benchmark)) <= set(want)
+            if not ok:
+                raise ValueError(f"{pio.join(data_dir, benchmark)} was built for years {format_years(rec[0])}; "
+                                 f"--years {format_years(want)} conflicts with it (use another --data-dir)")
+        return spec.with_years(want, time_steps or ("" if not rec or tuple(want) != tuple(rec[0]) else rec[1]))
+    if rec:
+        return spec.with_years(rec[0], time_steps or rec[1])
+    return spec.with_years(spec.years, time_steps) if time_steps else spec
+
+
+def _built_years(data_dir: str, benchmark: str) -> list[int]:
+    names = (os.path.basename(p) for p in pio.glob(pio.join(data_dir, benchmark, "years", "*.json")))
+    return sorted(int(n[:-5]) for n in names if n[:-5].isdigit())
 
 
 def get_spec(name: str) -> BenchmarkSpec:

@@ -17,7 +17,8 @@ def _evaluate(run_dir, args):
     from eval.dynamic import evaluate_run
     from eval.report import format_run, load_into_duckdb, write_outputs
 
-    res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks)
+    res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks,
+                       args.years)
     out = write_outputs(res, run_dir)
     index = Layout(args.data_dir, args.benchmark).index
     with writer_lock(args.data_dir, f"eval run {run_dir} (loading results into {index})"):  # index.duckdb has one writer
@@ -40,9 +41,16 @@ def main(argv=None) -> int:
         s.add_argument("--device", default="cpu")
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
+        s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
         if name == "compare":
             s.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    try:  # a bad or conflicting year range is a one-line error before any work
+        from benchmark_builder.specs import resolve_spec
+
+        resolve_spec(args.benchmark, args.years, data_dir=args.data_dir)
+    except (KeyError, ValueError) as e:
+        p.error(str(e).strip("'\""))
     from benchmark_builder.lock import LockHeld
 
     try:

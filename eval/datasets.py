@@ -119,6 +119,9 @@ def benchmark_sets(data_dir: str, variant: str = "basic", benchmark: str = "tic-
         for d in pio.glob(pio.join(layout.variant(variant), "eval", kind, "*")):
             year = os.path.basename(d)
             if year.isdigit() and pio.exists(pio.join(d, clip_benchmark.SPLIT, "nshards.txt")):
+                if not clip_benchmark.read_eval_set(d)["count"]:  # an empty year holds nothing to evaluate
+                    print(f"evaluation set {kind}/{year}: 0 samples, skipped")
+                    continue
                 out[kind][int(year)] = open_set(d, f"{kind}/{year}")
     if not out["retrieval"] and not out["classification"]:
         raise FileNotFoundError(f"no evaluation sets under {layout.variant(variant)}/eval: build the benchmark first")

@@ -9,6 +9,7 @@ list. Steps a run never produced a checkpoint for (the oracle trains once) are N
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import yaml
 
-from benchmark_builder.specs import get_spec
+from benchmark_builder.specs import parse_time_steps, resolve_spec
 from eval import metrics
 from eval.datasets import EvalSet, benchmark_sets, open_set
 from eval.embed import Embedder, file_hash
@@ -71,7 +72,7 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
 
 
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
-                 device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None) -> RunEval:
+                 device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "") -> RunEval:
     from pipelines.models import load_model
     from training.checkpoint import RunDir
 
@@ -81,11 +82,20 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
     if cfg is None:
         raise FileNotFoundError(f"{run_dir} is not a training run (no config.json); train first: make train PROTOCOL=...")
     steps = run.time_steps()
-    spec_steps = {s.name: s for s in get_spec(benchmark).time_steps}
+    spec_steps = {s.name: s for s in resolve_spec(benchmark, years, data_dir=data_dir).time_steps}
+    for name in steps:  # a run trained with its own --time-steps: names are in that grammar
+        if name not in spec_steps:
+            with contextlib.suppress(ValueError):
+                spec_steps[name] = parse_time_steps(name)[0]
     ckpts = run.completed_steps()
     if not ckpts:
         raise FileNotFoundError(f"{run_dir}: no checkpoints yet")
     yearly = benchmark_sets(data_dir, variant, benchmark)
+    for name in steps:
+        step_years = spec_steps[name].years if name in spec_steps else ()
+        if not any(y in yearly[k] for k in yearly for y in step_years):
+            print(f"time step {name}: no evaluation samples (empty year(s) {', '.join(map(str, step_years)) or '?'}), "
+                  "its column is NaN")
     statics = static_tasks(static_yaml, data_dir, variant, benchmark, yearly)
     T = len(steps)
     E = {"retrieval": np.full((T, T), np.nan), "classification": np.full((T, T), np.nan)}

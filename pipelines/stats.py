@@ -11,15 +11,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-
-def reason_family(reason: str | None) -> str:
-    """``duplicate_of:<uid>`` -> ``duplicate_of``; reasons that carry a value keep it when short."""
-    if reason is None:
-        return "-"
-    head, _, tail = reason.partition(":")
-    if not tail or len(tail) > 24:
-        return head
-    return reason
+from pipelines.reasons import reason_family  # noqa: F401 (re-exported: the summaries' reason families)
 
 
 @dataclass

@@ -41,7 +41,8 @@ def parse(argv=None) -> tuple[TrainConfig, bool]:
     p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, default=0, help="train only the first N time steps")
-    p.add_argument("--time-steps", default="", help="'' (the benchmark's), monthly:2019, or year groups 2014-2016,2017")
+    p.add_argument("--time-steps", default="", help="'' (the data dir's), monthly:2019, or year groups 2014-2016,2017")
+    p.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, e.g. buffer_factor=2 alpha=0.5 weight=1000 temperature=2")
     p.add_argument("--log-ids", action="store_true", help=argparse.SUPPRESS)
@@ -56,12 +57,19 @@ def parse(argv=None) -> tuple[TrainConfig, bool]:
             options[k] = json.loads(v)
         except json.JSONDecodeError:
             options[k] = v
+    try:  # a bad or conflicting year range is a one-line error before any work
+        from benchmark_builder.specs import resolve_spec
+
+        resolve_spec(a.benchmark, a.years, a.time_steps, a.data_dir)
+    except (KeyError, ValueError) as e:
+        p.error(str(e).strip("'\""))
     cfg = TrainConfig(
         protocol=a.protocol, data_dir=a.data_dir, benchmark=a.benchmark, variant=a.variant,
         run_dir=a.run_dir or f"runs/{a.protocol}", model=a.model, samples_per_step=a.samples_per_step,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.wd, warmup=a.warmup, warmup_later=a.warmup_later,
         schedule=a.schedule, meta_schedule=a.meta_schedule, grad_clip=a.grad_clip, precision=a.precision, text=a.text,
         workers=a.workers, buffer=a.shuffle_buffer, seed=a.seed, device=a.device, checkpoint_every=a.checkpoint_every, max_steps=a.max_steps, time_steps=a.time_steps,
+        years=a.years,
         options=options, log_ids=a.log_ids,
     )
     return cfg, a.resume

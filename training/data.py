@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from benchmark_builder.layout import Layout
-from benchmark_builder.specs import TimeStep, get_spec
+from benchmark_builder.specs import TimeStep, parse_time_steps, resolve_spec  # noqa: F401 (parse_time_steps re-exported)
 from pipelines import io as pio
 
 TEXT_FIELDS = ("alt", "generated", "both")
@@ -53,32 +53,6 @@ class Source:
                       uids=self.uids)
 
 
-def parse_time_steps(text: str, benchmark: str = "tic-datacomp") -> tuple[TimeStep, ...]:
-    """``""``: the benchmark spec's steps; ``monthly:2019``: the 12 months of 2019 (or
-    ``monthly:2019-2020``); ``2014-2016,2017,2018``: years grouped as written."""
-    from benchmark_builder.specs import monthly_steps
-
-    text = (text or "").strip()
-    if not text:
-        return get_spec(benchmark).time_steps
-    if text.startswith("monthly:"):
-        lo, _, hi = text[len("monthly:"):].partition("-")
-        try:
-            years = range(int(lo), int(hi or lo) + 1)
-        except ValueError:
-            raise ValueError(f"bad --time-steps {text!r}: monthly:YEAR or monthly:YEAR-YEAR") from None
-        return tuple(s for y in years for s in monthly_steps(y))
-    steps = []
-    for part in text.split(","):
-        lo, _, hi = part.strip().partition("-")
-        try:
-            years = tuple(range(int(lo), int(hi or lo) + 1))
-        except ValueError:
-            raise ValueError(f"bad --time-steps {text!r}: comma-separated years or year ranges") from None
-        steps.append(TimeStep(part.strip(), years))
-    return tuple(steps)
-
-
 def _month_counts(shards: list[str]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for shard in shards:
@@ -95,7 +69,8 @@ def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacom
     layout = Layout(data_dir, benchmark)
     out = []
     month_counts: dict[tuple, dict[int, int]] = {}
-    for step in steps or get_spec(benchmark).time_steps:
+    empty: list[str] = []
+    for step in steps or resolve_spec(benchmark, data_dir=data_dir).time_steps:
         shards, size = [], 0
         for year in step.years:
             d = layout.train_shards(variant, year)
@@ -113,8 +88,14 @@ def time_step_sources(data_dir: str, variant: str, benchmark: str = "tic-datacom
         else:
             if size:
                 out.append(Source(step.name, tuple(shards), size, months=step.months))
+            else:  # an empty year is normal (nothing crawled, downloaded or kept): the step is skipped
+                print(f"time step {step.name}: 0 training samples in variant {variant!r}, skipped")
+                empty.append(step.name)
             continue
         break  # a step with a missing year ends the usable prefix
+    if not out and empty:
+        raise FileNotFoundError(f"every time step of variant {variant!r} under {layout.root} is empty "
+                                f"({', '.join(empty)}): nothing to train on")
     if not out:
         raise FileNotFoundError(
             f"no training shards for variant {variant!r} under {layout.root}/variants: build the benchmark first "

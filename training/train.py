@@ -22,9 +22,10 @@ import numpy as np
 import open_clip
 import torch
 
+from benchmark_builder.specs import resolve_spec
 from training import checkpoint as ckpt
 from training import distributed
-from training.data import StreamConfig, default_workers, loader, parse_time_steps, time_step_sources
+from training.data import StreamConfig, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
 from training.schedules import lr_at
@@ -60,6 +61,7 @@ class TrainConfig:
     checkpoint_every: int = 25  # iterations
     max_steps: int = 0  # train only the first N time steps (0: all)
     time_steps: str = ""  # "": the benchmark's steps; "monthly:2019"; "2014-2016,2017,2018"
+    years: str = ""  # "": the years the data dir was built for; FIRST-LAST must agree with them
     options: dict = field(default_factory=dict)  # method options (buffer_factor, alpha, weight, ...)
     log_ids: bool = False  # record every sample id each rank trained on (DDP tests)
 
@@ -100,7 +102,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
 
     method = method if method is not None else get_method(cfg.protocol, cfg.options)
     if sources is None:
-        sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, parse_time_steps(cfg.time_steps, cfg.benchmark))
+        steps = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir).time_steps
+        sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, steps)
     if cfg.max_steps:
         sources = sources[: cfg.max_steps]
     T = len(sources)
