@@ -3,7 +3,8 @@
 Two years of a small embedded build, three ways: from a cold start (a new data dir: the web
 generated and rendered, the server started fresh), beside two CPU-bound processes with the
 crawl already done (so the freshly started server takes the first download request at once,
-under load), and killed with SIGKILL mid-download and resumed, also beside the CPU hogs. All
+under load), and killed with SIGKILL mid-download and resumed, also beside the CPU hogs (also
+from copied crawl output, which keeps the suite fast; the crawl does not depend on timing). All
 three must give identical status rows, shard bytes and metadata, with the build's default
 download deadline. The independent oracle for each download outcome is the generator's
 ground truth: exactly the URLs planted as stalls end as ``timeout``; nothing planted to
@@ -32,10 +33,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 YEAR = 2015  # builds 2014 and 2015
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(first: int = 24000, last: int = 24999) -> int:
+    """A free port of a fixed range (the web's URLs hold it), starting where this process's id
+    points, so concurrent runs seldom meet."""
+    span = last - first + 1
+    for i in range(span):
+        port = first + (os.getpid() + i) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}..{last}")
 
 
 # the build's own download deadline and retries (BuildConfig's defaults), not a test-only margin
@@ -113,13 +123,20 @@ def test_build_beside_cpu_hogs_matches_cold_build(cold, tmp_path):
     _, ref = cold
     cfg = small_cfg(tmp_path / "d")
     layout = Layout(cfg.data_dir)
-    shutil.copytree(pio.local_path(ref.web), pio.local_path(layout.web), ignore=shutil.ignore_patterns("rendered"))
-    for sub in ("candidates", "crawl_status"):
-        shutil.copytree(os.path.join(pio.local_path(ref.root), sub), os.path.join(pio.local_path(layout.root), sub))
+    _seed_from(ref, layout, rendered=False)
     with cpu_hogs():
         build(cfg)
     assert status_rows(layout) == status_rows(ref)
     assert_same_tree(pio.local_path(ref.root), pio.local_path(layout.root))
+
+
+def _seed_from(ref: Layout, layout: Layout, rendered: bool) -> None:
+    """Copy ``ref``'s web (with or without its rendered images) and crawl output: a build into
+    ``layout`` then starts its server fresh and its first request is a download, at once."""
+    ignore = None if rendered else shutil.ignore_patterns("rendered")
+    shutil.copytree(pio.local_path(ref.web), pio.local_path(layout.web), ignore=ignore)
+    for sub in ("candidates", "crawl_status"):
+        shutil.copytree(os.path.join(pio.local_path(ref.root), sub), os.path.join(pio.local_path(layout.root), sub))
 
 
 def test_sigkill_mid_build_beside_cpu_hogs_then_resume_gives_identical_bytes(cold, tmp_path):
@@ -127,6 +144,7 @@ def test_sigkill_mid_build_beside_cpu_hogs_then_resume_gives_identical_bytes(col
     metadata and status as the clean cold build."""
     _, ref = cold
     data = tmp_path / "killed"
+    _seed_from(ref, Layout(str(data)), rendered=True)
     cmd = [sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", str(YEAR), "--data-dir", str(data),
            "--pairs-per-year", str(SMALL["pairs_per_year"]), "--pool-shard-size", str(SMALL["pool_shard_size"]),
            "--timeout", str(BuildConfig.timeout), "--retries", str(BuildConfig.retries), "--web-port", str(SMALL["web_port"]),
@@ -134,13 +152,13 @@ def test_sigkill_mid_build_beside_cpu_hogs_then_resume_gives_identical_bytes(col
            "--eval-classification-size", str(SMALL["eval_classification_size"])]
     with cpu_hogs():
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        pool = data / "tic-datacomp" / "pool" / f"year={YEAR}" / "shards"
+        pool = data / "tic-datacomp" / "pool" / "year=2014" / "shards"
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None and not (pool.exists() and any(pool.glob("*.tar"))):
             time.sleep(0.05)
-        assert pool.exists() and proc.poll() is None, f"build never reached {YEAR}'s download stage"
+        assert pool.exists() and proc.poll() is None, "build never reached 2014's download stage"
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        assert not (data / "tic-datacomp" / "years" / f"{YEAR}.json").exists()
+        assert not (data / "tic-datacomp" / "years" / "2014.json").exists()
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert_same_tree(pio.local_path(ref.root), str(data / "tic-datacomp"))
