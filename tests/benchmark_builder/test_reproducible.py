@@ -13,6 +13,8 @@ succeed times out or fails to connect.
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -25,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from benchmark_builder.build import BuildConfig, build
+from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.options import RunnerConfig
@@ -162,3 +165,32 @@ def test_sigkill_mid_build_beside_cpu_hogs_then_resume_gives_identical_bytes(col
         assert not (data / "tic-datacomp" / "years" / "2014.json").exists()
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert_same_tree(pio.local_path(ref.root), str(data / "tic-datacomp"))
+
+
+def test_stall_is_never_answered_and_an_old_web_is_reused(tmp_path):
+    """A planted stall sends nothing, even past the old 4 s stall; a web generated with the old
+    stall length keeps its files (only web.json's config changes)."""
+    d = str(tmp_path / "web")
+    old = WebConfig(years=(2014,), pairs_per_year=400, port=_free_port(), slow_seconds=4.0)
+    generate_web(d, old)
+    before = {f: open(os.path.join(d, f), "rb").read() for f in ("catalogue.parquet", "ground_truth.parquet")}
+    new = WebConfig(years=(2014,), pairs_per_year=400, port=old.port)
+    assert generate_web(d, new)["config_hash"] == new.hash() != old.hash()
+    assert {f: open(os.path.join(d, f), "rb").read() for f in before} == before
+    assert json.load(open(os.path.join(d, "web.json")))["config"]["slow_seconds"] == 600.0
+    cat = pq.read_table(os.path.join(d, "catalogue.parquet")).to_pylist()
+    stall = next(r["path"] for r in cat if r["fault"] == "slow")
+    ordinary = next(r["path"] for r in cat if r["fault"] == "")
+    with SyntheticWebServer(d) as srv:
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=6)
+        t = time.monotonic()
+        conn.request("GET", stall)
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+        assert time.monotonic() - t >= 5.9
+        conn.close()
+        conn = http.client.HTTPConnection(srv.host, srv.port, timeout=6)
+        conn.request("GET", ordinary)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read()[:2] == b"\xff\xd8"
+        conn.close()
