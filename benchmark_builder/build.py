@@ -164,7 +164,7 @@ def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
     web = generate_web(layout.web, WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port))
     files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
     print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
-    with SyntheticWebServer(layout.web, subprocess=True) as server:
+    with SyntheticWebServer(layout.web, subprocess=True, years=[int(y) for y in web["warc_files"] if int(y) <= cfg.year]) as server:
         print(f"synthetic web server: {server.base_url}")
         yield files
 

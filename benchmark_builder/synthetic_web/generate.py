@@ -2,7 +2,8 @@
 
 Deterministic in the config: every random choice is seeded from (seed, year, index), WARC
 records are written byte by byte with fixed gzip headers, so the same ``WebConfig`` gives the
-same files. Images are not drawn here; the server draws them on request from the catalogue.
+same files. Images are not drawn here: the server renders them from the catalogue before it
+serves (``server.prerender``).
 
 Outputs under ``out_dir``:
 - ``crawl/CC-MAIN-YYYY-WW/segments/<segment>/warc/CC-MAIN-<ts>-<ts>-NNNNN.warc.gz``
@@ -40,7 +41,9 @@ class WebConfig:
     pairs_per_year: int = 2000
     port: int = 18919
     host: str = "127.0.0.1"
-    slow_seconds: float = 4.0
+    # a planted stall ("slow") holds the connection without a byte until the client closes it, or this long:
+    # many times any download deadline, so it always ends as ``timeout`` and is never a merely slow answer
+    slow_seconds: float = 600.0
     pages_per_file: int = 100
     # faults of served images (fractions of new image URLs)
     faults: dict = field(default_factory=lambda: {
@@ -383,6 +386,13 @@ def _plant_malformed(cfg: WebConfig, y: int, f, rel: str, malformed: list) -> No
         malformed.append({"file": rel, "kind": "truncated_archive"})
 
 
+SERVER_ONLY = ("slow_seconds",)  # config fields that change what the server does, not the generated files
+
+
+def _same_files(old: dict, new: dict) -> bool:
+    return {k: v for k, v in old.items() if k not in SERVER_ONLY} == {k: v for k, v in new.items() if k not in SERVER_ONLY}
+
+
 def generate_web(out_dir: str, cfg: WebConfig = WebConfig()) -> dict:
     """Generate (or reuse) the synthetic web under ``out_dir``; returns ``web.json``'s content."""
     manifest_path = os.path.join(out_dir, "web.json")
@@ -390,6 +400,14 @@ def generate_web(out_dir: str, cfg: WebConfig = WebConfig()) -> dict:
         with open(manifest_path) as f:
             web = json.load(f)
         if web.get("config_hash") == cfg.hash():
+            return web
+        if _same_files(web.get("config", {}), cfg.to_json()):
+            # only how the server behaves changed (a stall's length): the files stay valid
+            web = {**web, "config": cfg.to_json(), "config_hash": cfg.hash()}
+            tmp = f"{manifest_path}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(web, f, indent=2, sort_keys=True)
+            os.replace(tmp, manifest_path)
             return web
         raise ValueError(f"{out_dir} holds a synthetic web with another config ({web.get('config_hash')}); "
                          "use another --data-dir or delete it")
