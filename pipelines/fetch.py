@@ -252,8 +252,13 @@ class _Clock:
 
 
 class _DeadlineReader(io.RawIOBase):
+    """A reading file over the socket, counted like ``socket.makefile``'s: http.client closes the
+    connection as soon as it sees ``Connection: close`` (every HTTP/1.0 server), before the body
+    is read; the socket must stay open until this reader is closed too."""
+
     def __init__(self, sock, clock: _Clock):
         self._sock, self._clock = sock, clock
+        sock._io_refs += 1
 
     def readable(self) -> bool:
         return True
@@ -261,6 +266,11 @@ class _DeadlineReader(io.RawIOBase):
     def readinto(self, b) -> int:
         self._sock.settimeout(self._clock.left())
         return self._sock.recv_into(b)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self._sock._decref_socketios()
 
 
 class _DeadlineSocket:

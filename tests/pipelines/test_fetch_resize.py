@@ -244,3 +244,36 @@ def test_check_url(url, expected):
     assert check_url(url) == expected
     if expected[0]:
         assert check_url(expected[0]) == expected and normalize_url(url) == expected[0]  # canonical is a fixed point
+
+
+def test_http_1_0_servers_close_after_the_body_and_every_body_arrives():
+    """An HTTP/1.0 server (or ``Connection: close``) makes http.client close the connection right
+    after the response head; the body must still be read from the open reader. Before the reader
+    counted as a reference on the socket, about 1 fetch in 5 ended as ``connection_error`` (EBADF)."""
+    body = _img(size=(1200, 900))  # larger than one recv, so the body is not already buffered with the head
+
+    class OldHandler(BaseHTTPRequestHandler):  # protocol_version HTTP/1.0: the server closes after each answer
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Type", "image/jpeg")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), OldHandler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        fetcher = Fetcher(FetchConfig(timeout=10.0, retries=0, allow_loopback=True))
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(8) as ex:
+            results = list(ex.map(lambda i: fetcher.fetch(f"http://127.0.0.1:{httpd.server_address[1]}/{i}.jpg"), range(48)))
+        assert [r.reason for r in results if not r.ok] == []
+        assert all(r.body == body for r in results)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
