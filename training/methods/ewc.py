@@ -6,9 +6,9 @@ After each step the Fisher is estimated on ``fisher_samples`` samples of the ste
 (default 512) from per-sample gradients: F = mean_i (d l_i / d theta)^2, where l_i is sample i's
 term of the task loss (``Method.sample_losses``: CLIP's symmetric cross-entropy, or the
 class-text cross-entropy in class-incremental streams) against the other samples of its Fisher
-group (``fisher_batch`` samples, default 32) held fixed. Each l_i is differentiated on its own,
-as a micro-batch of one whose only live features are sample i's image and positive text, so the
-estimate does not depend on the training batch size (the squared gradient of a mini-batch mean,
+group (``fisher_batch`` samples, default 32) held fixed. Each l_i is differentiated on its own
+(``torch.func``: ``vmap`` over samples of ``grad`` of a batch of one whose only live features are
+sample i's image and positive text), so the estimate does not depend on the training batch size (the squared gradient of a mini-batch mean,
 which the previous estimate used, shrinks like 1/B). Later steps add
 ``weight``/2 * sum F (theta - theta*)^2 to the loss (``weight`` = lambda_EWC, default 1.0).
 Fishers of successive steps accumulate (online EWC with gamma = 1; ``online-ewc`` decays them).
@@ -17,6 +17,8 @@ Compute: the Fisher's forward/backward passes run after the step's training budg
 added to the step's MACs (``training.train.measure_end_step``), as TiC-CLIP's table counts them.
 """
 from __future__ import annotations
+
+import warnings
 
 import torch
 
@@ -45,14 +47,18 @@ class EWC(Method):
         return contrastive + 0.5 * self.option("weight", 1.0) * penalty, logs
 
     def estimate_fisher(self, model, batches) -> dict[str, torch.Tensor]:
-        """Mean over samples of squared per-sample gradients (see the module docstring)."""
-        named = _named(model)
+        """Mean over samples of squared per-sample gradients (see the module docstring), computed
+        with ``torch.func``: ``vmap`` over samples of ``grad`` of a batch-of-one loss."""
+        from torch.func import functional_call, grad, vmap
+
+        m = model.module if hasattr(model, "module") else model
+        named = _named(m)
         sums = {n: torch.zeros_like(p) for n, p in named}
         if not batches:
             return sums
-        images = torch.cat([b[0] for b in batches])
+        params = {n: p.detach() for n, p in named}
         tokens = torch.cat([b[1] for b in batches])[: self.option("fisher_samples", 512)]
-        images = images[: len(tokens)]
+        images = torch.cat([b[0] for b in batches])[: len(tokens)]
         group = max(2, self.option("fisher_batch", 32))
         count = 0
         for lo in range(0, len(images), group):
@@ -60,19 +66,25 @@ class EWC(Method):
             if len(img_g) < 2:  # a contrastive term needs a negative
                 continue
             texts = self.texts(tok_g)
+            rows = torch.tensor([self.sample_text_row(tok_g, i) for i in range(len(img_g))], device=texts.device)
             with torch.no_grad():
-                img_f, txt_f, _ = clip_features(model, img_g, texts)
-            for i in range(len(img_g)):
-                r = self.sample_text_row(tok_g, i)
-                live_img, live_txt, scale = clip_features(model, img_g[i: i + 1], texts[r: r + 1])
-                img = torch.cat([img_f[:i], live_img, img_f[i + 1:]])
-                txt = torch.cat([txt_f[:r], live_txt, txt_f[r + 1:]])
-                loss = self.sample_losses(img, txt, scale, tok_g)[i]
-                grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-                for (n, _), g in zip(named, grads):
-                    if g is not None:
-                        sums[n] += g.detach() ** 2
-                count += 1
+                img_f, txt_f, _ = clip_features(m, img_g, texts)
+            at_img = torch.arange(len(img_g), device=img_f.device)
+            at_txt = torch.arange(len(texts), device=txt_f.device)
+
+            def sample_loss(p, image, text, i, r):
+                live_img, live_txt, scale = clip_features(lambda a, b: functional_call(m, p, (a, b)), image[None], text[None])
+                img = torch.where((at_img == i)[:, None], live_img, img_f)  # only sample i's features are live
+                txt = torch.where((at_txt == r)[:, None], live_txt, txt_f)
+                return (self.sample_losses(img, txt, scale, tok_g) * (at_img == i)).sum()
+
+            with warnings.catch_warnings():  # attention has no batching rule yet: a per-sample loop there
+                warnings.filterwarnings("ignore", message="There is a performance drop")
+                g = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0, 0), chunk_size=self.option("fisher_chunk", 8),
+                         randomness="different")(params, img_g, texts[rows], at_img, rows)
+            for n in sums:
+                sums[n] += (g[n] ** 2).sum(dim=0)
+            count += len(img_g)
         return {n: s / max(1, count) for n, s in sums.items()}
 
     def end_step(self, ctx, model, batches=None):
