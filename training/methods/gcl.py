@@ -74,7 +74,7 @@ class GlobalContrastiveEstimator:
             neg = ~(t[:, None, :] == t[None, :, :]).all(dim=-1).to(sim.device)
         n_neg = neg.sum(dim=1)
         has = n_neg > 0
-        total = sim.new_zeros(())
+        total = sim.sum() * 0.0  # keeps the graph when no sample has a negative
         for direction, h in enumerate(((sim - pos[:, None]) * inv_tau, (sim.T - pos[:, None]) * inv_tau)):
             hd = h.detach().masked_fill(~neg, -torch.inf)
             if not bool(has.any()):
