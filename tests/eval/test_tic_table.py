@@ -33,6 +33,7 @@ def test_compare_table_ratios_names_and_missing_values():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_nine_protocols_train_and_compare_as_tic_clip_table(tiny_benchmark, tmp_path, capsys):
     from eval.__main__ import main as eval_main
     from training.train import TrainConfig, train
