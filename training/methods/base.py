@@ -60,7 +60,8 @@ class Method:
         return 1.0
 
     def overhead_samples(self, t: int, budget: int) -> int:
-        """Samples of the step's budget spent outside gradient steps (e.g. Fisher estimation)."""
+        """Samples drawn after the step's gradient steps for the method's own extra passes (e.g. EWC's
+        Fisher), handed to ``end_step``; their MACs are added to the step's compute, on top of the budget."""
         return 0
 
     def data(self, t: int, sources: list[Source]) -> list[Source]:
