@@ -5,7 +5,7 @@ held-out retrieval and classification sets, plus the static suite.
 step i on the held-out retrieval sets of step j (the mean over the step's years, so a
 three-year first step is not judged on a gallery three times as large); ``E_classification[i,
 j]`` is top-1 zero-shot accuracy on step j's classification sets over the benchmark's class
-list. Steps a run never produced a checkpoint for (the oracle trains once) are NaN rows.
+list. Steps a run never produced a checkpoint for (``oracle-final`` trains once) are NaN rows.
 """
 from __future__ import annotations
 

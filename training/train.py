@@ -3,10 +3,13 @@
 For each time step t: the method picks the data (sources with weights) and whether to start
 from step t-1's weights (weights only: a fresh AdamW and a fresh cosine schedule per step, as
 TiC-CLIP does); the loop runs ``samples_per_step`` x the method's compute multiplier samples
-(minus the method's own overhead, e.g. EWC's Fisher passes) as gradient steps, with periodic
-checkpoints inside the step; then the method's ``end_step`` runs and the step's checkpoint is
-written. Compute is fixed per step in samples seen, whatever the step's data size, and is
-reported in MACs measured with torch's flop counter on a real iteration.
+as gradient steps, with periodic checkpoints inside the step; then the method's ``end_step``
+runs and the step's checkpoint is written. Compute is fixed per step in samples seen, whatever
+the step's data size, and is reported in MACs measured with torch's flop counter: one real
+iteration (the method's whole loss, e.g. LwF's teacher pass, and its backward) times the
+iterations, plus the MACs of ``end_step`` itself (e.g. EWC's Fisher passes), counted as it runs.
+A method's extra passes are thus added to its compute, as TiC-CLIP's table counts them (EWC
+1.2x, LwF 1.27x Sequential's MACs), never taken from the training budget.
 """
 from __future__ import annotations
 
@@ -87,6 +90,16 @@ def measure_macs(method, ctx, model, images, tokens, ids) -> float:
     return counter.get_total_flops() / 2
 
 
+def measure_end_step(method, ctx, model, batches) -> float:
+    """Run the method's ``end_step`` and return its MACs (its extra passes: EWC's Fisher, ...)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        method.end_step(ctx, model, batches)
+    return counter.get_total_flops() / 2
+
+
 def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> dict:
     """``sources`` (one per task) and ``method`` (an instance) replace the benchmark's time steps
     and ``cfg.protocol``'s method when given: concept streams (training.fomo) use both."""
@@ -151,9 +164,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             model.load_state_dict(load_model(cfg.model, device=device).model.state_dict())
         step_sources = method.data(t, sources)
         budget = int(cfg.samples_per_step * method.compute_multiplier(t, T))
-        overhead = method.overhead_samples(t, budget)
+        overhead = method.overhead_samples(t, budget)  # samples of extra passes, on top of the budget
         global_batch = cfg.batch_size * info.world_size
-        iterations = max(1, math.ceil((budget - overhead) / global_batch))
+        iterations = max(1, math.ceil(budget / global_batch))
         ctx = StepContext(t, T, sources, device, clip_loss, iterations)
         ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
         method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
@@ -225,18 +238,18 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
         progress.close()
-        fisher_batches = None
+        fisher_batches, n_extra = None, 0
         if overhead:
-            n = max(1, overhead // global_batch)
-            fisher_batches = [(b[0].to(device), b[1].to(device)) for b, _ in zip(batches, range(n))]
-        method.end_step(ctx, model, fisher_batches)
+            n_extra = max(1, math.ceil(overhead / global_batch))
+            fisher_batches = [(b[0].to(device), b[1].to(device)) for b, _ in zip(batches, range(n_extra))]
+        end_macs = measure_end_step(method, ctx, model, fisher_batches) * info.world_size
         seconds = time.time() - t0
         if cfg.log_ids:
             run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
-        samples = iterations * global_batch + (overhead // global_batch) * global_batch
         row = {
-            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": samples,
-            "macs": (macs_per_iter or 0) * (iterations + (overhead // global_batch)),
+            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": iterations * global_batch,
+            "overhead_samples": n_extra * global_batch, "overhead_macs": end_macs,
+            "macs": (macs_per_iter or 0) * iterations + end_macs,
             "data": {s.name: round(s.expected_size) for s in step_sources}, "seconds": round(seconds, 2),
             "samples_per_s": round((iterations - start_it) * global_batch / max(seconds, 1e-9), 1),
             "final_loss": {k: round(v, 4) for k, v in logs.items()},

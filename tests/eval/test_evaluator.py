@@ -59,14 +59,16 @@ def test_second_evaluation_reuses_every_embedding(tiny_benchmark, two_runs):
     assert np.array_equal(first.matrices["retrieval"], again.matrices["retrieval"])
 
 
-def test_oracle_has_one_row_and_compare_writes_the_table(tiny_benchmark, two_runs, tmp_path, capsys):
+def test_oracle_has_a_full_matrix_and_compare_writes_the_table(tiny_benchmark, two_runs, tmp_path, capsys):
     res = evaluate_run(two_runs["oracle"], tiny_benchmark)
     E = res.matrices["retrieval"]
-    assert np.isnan(E[:2]).all() and np.isfinite(E[2]).all()
+    assert np.isfinite(E).all() and res.checkpoints == [0, 1, 2]  # retrained at every step: forward transfer too
     out = tmp_path / "cmp"
     assert eval_main(["compare", two_runs["sequential"], two_runs["oracle"], "--data-dir", tiny_benchmark, "--out", str(out)]) == 0
     table = (out / "compare.md").read_text()
-    assert "| sequential |" in table and "| oracle |" in table and "ret. backward" in table
+    assert "| Sequential |" in table and "| Oracle |" in table and "ret. backward" in table and "x Sequential" in table
+    rows = {r.split("|")[1].strip(): r.split("|") for r in table.splitlines()[2:]}
+    assert rows["Sequential"][4].strip() == "1.00x" and rows["Oracle"][4].strip() == "2.00x"  # (T + 1)/2, T = 3
     assert os.path.getsize(out / "heatmaps_retrieval.png") > 1000
 
 

@@ -18,7 +18,7 @@ from benchmark_builder import task_streams as ts
 from pipelines.sinks import webdataset as wds
 from training.memory import ClassBalancedMemory
 from training.methods.gcl import GlobalContrastiveEstimator
-from training.methods.gdro import ClassDRO, class_keys, per_sample_losses
+from training.methods.gdro import ClassDRO, class_keys, pairwise_hinge, per_sample_losses
 
 
 def _features(n=48, d=8, seed=0):
@@ -77,26 +77,147 @@ def test_gcl_state_round_trips():
     assert b.log_u == a.log_u and b.gamma == 0.5
 
 
-def test_gdro_weights_by_hand():
-    dro = ClassDRO(lam=1.0, gamma=0.5)
-    p = dro.weights([("a",), ("b",)], torch.tensor([1.0, 3.0]))  # first visit: averages = losses
-    e = math.exp(1) + math.exp(3)
-    assert p.tolist() == pytest.approx([math.exp(1) / e, math.exp(3) / e])  # 0.1192, 0.8808
-    p = dro.weights([("a",), ("b",)], torch.tensor([2.0, 1.0]))  # averages 1.5, 2.0
-    e = math.exp(1.5) + math.exp(2.0)
-    assert p.tolist() == pytest.approx([math.exp(1.5) / e, math.exp(2.0) / e])  # 0.3775, 0.6225
-    p = ClassDRO(lam=2.0, gamma=1.0).weights([("a",), ("b",)], torch.tensor([1.0, 3.0]))
-    assert p.tolist() == pytest.approx([1 / (1 + math.e), math.e / (1 + math.e)])  # softmax([0.5, 1.5])
+def test_gcl_same_class_pairs_are_positives_never_negatives():
+    """Hand-built batch of class prompts with repeated classes: a, a, b, c, b (token rows)."""
+    img, _ = _features(n=5, d=6, seed=3)
+    protos = F.normalize(torch.randn(3, 6, generator=torch.Generator().manual_seed(4)), dim=-1)
+    cls = [0, 0, 1, 2, 1]
+    txt = protos[cls]  # identical prompts give identical text features
+    tokens = torch.tensor([[10 + c, 7] for c in cls])
+    tau = 0.5
+    est = GlobalContrastiveEstimator(gamma=1.0)
+    loss = est.loss(img, txt, list(range(5)), 1 / tau, tokens)
+    sim = img @ txt.T
+    ref, log_u = 0.0, {}
+    for direction, S in enumerate((sim, sim.T)):
+        terms = []
+        for i in range(5):
+            negs = [j for j in range(5) if cls[j] != cls[i]]  # by hand: other classes only
+            h = [(S[i, j] - sim[i, i]) / tau for j in negs]
+            g = sum(math.exp(float(x)) for x in h) / len(negs)
+            log_u[(i, direction)] = math.log(g)
+            terms.append(sum(math.exp(float(x)) / g * float(x) for x in h) / len(negs))
+        ref += sum(terms) / 5
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+    assert all(est.log_u[i][d] == pytest.approx(v, rel=1e-5) for (i, d), v in log_u.items())
+    # against the diagonal-only mask: there, text 1 (class a's prompt) counts image 0 (class a) as a
+    # negative, and the text->image term pushes image 0 away from its own class prompt
+    img0 = img.clone().requires_grad_(True)
+    GlobalContrastiveEstimator(gamma=1.0).loss(img0, txt, list(range(5)), 1 / tau, tokens).backward()
+    naive = img.clone().requires_grad_(True)
+    GlobalContrastiveEstimator(gamma=1.0).loss(naive, txt, list(range(5)), 1 / tau).backward()  # diagonal mask only
+    same_class_dir = protos[0]
+    assert float(naive.grad[0] @ same_class_dir) > float(img0.grad[0] @ same_class_dir)
+    # a batch of one class has no negatives: no loss, no estimator update
+    one = GlobalContrastiveEstimator()
+    assert float(one.loss(img[:2], txt[:2], [0, 1], 2.0, tokens[:2])) == 0.0 and one.log_u == {}
 
 
-def test_gdro_per_sample_losses_by_hand():
+def test_gcl_fixed_temperature_is_the_default_and_learned_is_an_option():
+    from training.methods.gcl import GCL
+
+    assert GCL().tau == 0.1 and GCL({"tau": "learned"}).tau == "learned"
+    with pytest.raises(ValueError, match="tau"):
+        GCL({"tau": 0})
+
+
+def test_gdro_two_updates_by_hand():
+    """Pairwise squared hinge, per-class compositional estimators, KL-DRO weights over all seen
+    classes, computed by hand with plain floats for two batches."""
+    lam, lam_in, gamma, m = 0.5, 2.0, 0.25, 1.0
+    dro = ClassDRO(lam=lam, gamma=gamma, lam_inner=lam_in)
+
+    def by_hand(S, target, state):
+        """S[i][j]: similarity of image i to prompt j; returns (loss, weights of the batch's classes)."""
+        K = len(S[0])
+        pairs = {}
+        for i, row in enumerate(S):
+            k = target[i]
+            for j in range(K):
+                if j != k:
+                    pairs.setdefault(k, []).append(max(0.0, m - (row[k] - row[j])) ** 2)
+        surrogate = {}
+        for k, ls in pairs.items():
+            g = sum(math.exp(x / lam_in) for x in ls) / len(ls)
+            u = g if k not in state else (1 - gamma) * state[k] + gamma * g
+            state[k] = u
+            surrogate[k] = sum(math.exp(x / lam_in) / u * x for x in ls) / len(ls)
+        z = sum(math.exp(lam_in * math.log(u) / lam) for u in state.values())
+        p = {k: math.exp(lam_in * math.log(state[k]) / lam) / z for k in pairs}
+        return sum(p[k] * surrogate[k] for k in pairs), [p[k] for k in sorted(pairs)]
+
+    state: dict = {}
+    # batch 1: classes A (samples 0, 1) and B (sample 2)
+    S1 = [[0.9, 0.2], [0.1, 0.4], [0.3, 0.8]]
+    t1 = [0, 0, 1]
+    keys1 = [("A",), ("B",)]
+    loss, p = dro.loss(keys1, torch.tensor(t1), *pairwise_hinge(torch.eye(3), torch.tensor(S1).T.contiguous(), torch.tensor(t1), m))
+    ref, ref_p = by_hand(S1, t1, {})
+    state = {0: math.exp(dro.log_u[("A",)]), 1: math.exp(dro.log_u[("B",)])}
+    assert float(loss) == pytest.approx(ref, rel=1e-5) and p.tolist() == pytest.approx(ref_p, rel=1e-5)
+    hand_state = {}
+    by_hand(S1, t1, hand_state)
+    assert state == pytest.approx(hand_state, rel=1e-5)
+    # batch 2: classes B (sample 0) and C (sample 1); A is not in the batch but keeps its weight share
+    S2 = [[0.5, 0.6], [0.2, 0.3]]
+    t2 = [0, 1]
+    loss2, p2 = dro.loss([("B",), ("C",)], torch.tensor(t2), *pairwise_hinge(torch.eye(2), torch.tensor(S2).T.contiguous(), torch.tensor(t2), m))
+    hand = {"A": hand_state[0], "B": hand_state[1]}
+    # by hand, keyed by class name: B is updated, C is new, A stays
+    ls_b = [max(0.0, m - (0.5 - 0.6)) ** 2]
+    ls_c = [max(0.0, m - (0.3 - 0.2)) ** 2]
+    g_b, g_c = math.exp(ls_b[0] / lam_in), math.exp(ls_c[0] / lam_in)
+    hand["B"] = (1 - gamma) * hand["B"] + gamma * g_b
+    hand["C"] = g_c
+    w = {k: math.exp(lam_in * math.log(u) / lam) for k, u in hand.items()}
+    z = sum(w.values())
+    pB, pC = w["B"] / z, w["C"] / z  # normalised over A, B and C
+    ref2 = pB * g_b / hand["B"] * ls_b[0] + pC * g_c / hand["C"] * ls_c[0]
+    assert float(loss2) == pytest.approx(ref2, rel=1e-5) and p2.tolist() == pytest.approx([pB, pC], rel=1e-5)
+    assert pB + pC < 1.0  # A's share is left out of this batch's weights
+    assert {k[0]: math.exp(v) for k, v in dro.log_u.items()} == pytest.approx(hand, rel=1e-5)
+    # one class only: no negatives, no loss, no update
+    before = dict(dro.log_u)
+    loss3, p3 = dro.loss([("A",)], torch.tensor([0, 0]), *pairwise_hinge(torch.eye(2), torch.ones(1, 2), torch.tensor([0, 0]), m))
+    assert float(loss3) == 0.0 and len(p3) == 0 and dro.log_u == before
+
+
+def test_gdro_gradient_is_that_of_the_compositional_objective_on_a_first_visit():
+    """gamma = 1: u is the batch mean, so the loss's gradient equals that of
+    lambda * log(mean over classes of exp(L_k / lambda)) with L_k = lambda_in log mean exp(l / lambda_in)."""
+    img, txt = _features(n=6, d=5, seed=5)
+    img.requires_grad_(True)
+    protos = txt[:3].detach()
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    lam, lam_in = 0.7, 1.5
+    dro = ClassDRO(lam=lam, gamma=1.0, lam_inner=lam_in)
+    loss, _ = dro.loss([("a",), ("b",), ("c",)], target, *pairwise_hinge(img, protos, target, 1.0))
+    loss.backward()
+    ours = img.grad.clone()
+    img.grad = None
+    pl, neg = pairwise_hinge(img, protos, target, 1.0)
+    L = torch.stack([lam_in * torch.log(torch.exp(pl[target == k][neg[target == k]] / lam_in).mean()) for k in range(3)])
+    (lam * torch.logsumexp(L / lam, 0)).backward()
+    assert torch.allclose(ours, img.grad, atol=1e-5)
+
+
+def test_gdro_state_round_trips():
+    dro = ClassDRO(lam=2.0, gamma=0.5, lam_inner=3.0)
+    target = torch.tensor([0, 1])
+    dro.loss([(1, 2), (3, 4)], target, *pairwise_hinge(torch.eye(2), torch.eye(2), target))
+    b = ClassDRO()
+    b.load_state_dict(json.loads(json.dumps(dro.state_dict())))
+    assert b.log_u == dro.log_u and (b.lam, b.gamma, b.lam_inner) == (2.0, 0.5, 3.0)
+
+
+def test_class_text_losses_and_class_keys_by_hand():
     img = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     cls_txt = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
     target = torch.tensor([0, 1])
     # sims: sample 0 -> [1.0, 0.6] (pos 1.0), sample 1 -> [0.0, 0.8] (pos 0.8)
-    hinge = per_sample_losses(img, cls_txt, target, scale=1.0, kind="hinge", margin=0.5)
-    assert hinge.tolist() == pytest.approx([max(0, 0.5 + 0.6 - 1.0) ** 2, max(0, 0.5 + 0.0 - 0.8) ** 2])  # 0.01, 0
-    ce = per_sample_losses(img, cls_txt, target, scale=10.0, kind="clip")
+    hinge, neg = pairwise_hinge(img, cls_txt, target, margin=0.5)
+    assert hinge[neg].tolist() == pytest.approx([max(0, 0.5 + 0.6 - 1.0) ** 2, max(0, 0.5 + 0.0 - 0.8) ** 2])  # 0.01, 0
+    ce = per_sample_losses(img, cls_txt, target, scale=10.0)
     assert ce[0].item() == pytest.approx(-math.log(math.exp(10) / (math.exp(10) + math.exp(6))), rel=1e-5)
     keys, idx = class_keys(torch.tensor([[5, 1], [7, 2], [5, 1]]))
     assert keys == [(5, 1), (7, 2)] and idx.tolist() == [0, 1, 0]

@@ -2,6 +2,7 @@
 time step, compute accounting, data plans; DDP with torchrun; kill and resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from training.data import Source, StreamConfig, MixtureStream, time_step_sources, uid_fraction
+from training.data import MixtureStream, Source, StreamConfig, _raw_samples, sample_id, time_step_sources, uid_fraction
 from training.methods import METHODS, get_method
 from training.train import TrainConfig, train
 
@@ -25,18 +26,22 @@ def _cfg(data_dir, run_dir, protocol, **kw):
 
 @pytest.mark.parametrize("protocol", sorted(METHODS))
 def test_protocol_runs_every_time_step(tiny_benchmark, tmp_path, protocol):
-    summary = train(_cfg(tiny_benchmark, tmp_path / protocol, protocol))
+    options = {"fisher_samples": 16} if protocol == "ewc" else {}  # a Fisher on one batch keeps the test short
+    summary = train(_cfg(tiny_benchmark, tmp_path / protocol, protocol, options=options))
     ckpts = sorted(os.listdir(tmp_path / protocol / "checkpoints"))
     steps = {s["step"]: s for s in summary["steps"]}
-    T = 3  # {2014-2016}, 2017, 2018
-    if protocol == "oracle":
+    T, C = 3, TINY["samples_per_step"]  # {2014-2016}, 2017, 2018
+    if protocol == "oracle-final":
         assert ckpts == ["step_2.pt"]
-        assert steps[2]["samples_seen"] == T * TINY["samples_per_step"]
+        assert steps[2]["samples_seen"] == T * C
         assert set(steps[2]["data"]) == {"2014-2016", "2017", "2018"}
     else:
         assert ckpts == ["step_0.pt", "step_1.pt", "step_2.pt"]
-        assert all(s["samples_seen"] == TINY["samples_per_step"] for s in steps.values())
+        per_step = {"oracle": lambda t: (t + 1) * C, "cumulative-all-plus": lambda t: 128}.get(protocol, lambda t: C)
+        assert [steps[t]["samples_seen"] for t in range(T)] == [per_step(t) for t in range(T)]  # 1.3 x 96 -> 8 batches of 16
     assert all(s["macs"] > 0 for s in steps.values())
+    extra = {t: s["overhead_macs"] for t, s in steps.items()}
+    assert all(v > 0 for v in extra.values()) if protocol == "ewc" else not any(extra.values())  # Fisher passes only
     ck = torch.load(tmp_path / protocol / "checkpoints" / ckpts[-1], weights_only=True)
     assert ck["final"] and ck["model_name"] == "tic-tiny-32" and ck["step"] == int(ckpts[-1][5])
     from pipelines.models import load_model
@@ -45,17 +50,72 @@ def test_protocol_runs_every_time_step(tiny_benchmark, tmp_path, protocol):
     assert torch.equal(m.model.state_dict()["logit_scale"], ck["state_dict"]["logit_scale"])
 
 
+def test_oracle_retrains_from_scratch_at_every_step_on_all_data_so_far(tiny_benchmark, tmp_path):
+    C = TINY["samples_per_step"]
+    oracle = train(_cfg(tiny_benchmark, tmp_path / "oracle", "oracle"))
+    steps = sorted(oracle["steps"], key=lambda s: s["step"])
+    assert [s["samples_seen"] for s in steps] == [C, 2 * C, 3 * C]  # (t + 1) x C
+    assert oracle["total_samples_seen"] == 3 * 4 // 2 * C  # T(T + 1)/2 x C
+    assert [list(s["data"]) for s in steps] == [["2014-2016"], ["2014-2016", "2017"], ["2014-2016", "2017", "2018"]]
+    seq = train(_cfg(tiny_benchmark, tmp_path / "seq", "sequential"))
+    assert oracle["total_macs"] == pytest.approx(2.0 * seq["total_macs"], rel=1e-9)  # (T + 1)/2 x Sequential
+    # from scratch: its step-1 model is the one a run that never trained step 0 gets
+    final_only = train(_cfg(tiny_benchmark, tmp_path / "final", "oracle-final", max_steps=2))
+    assert [s["step"] for s in final_only["steps"]] == [1]
+    a = torch.load(tmp_path / "oracle" / "checkpoints" / "step_1.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "final" / "checkpoints" / "step_1.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    warm = torch.load(tmp_path / "seq" / "checkpoints" / "step_1.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(a[k], warm[k]) for k in a)
+
+
 def test_data_plans(tiny_benchmark):
     sources = time_step_sources(tiny_benchmark, "basic")
     assert [s.name for s in sources] == ["2014-2016", "2017", "2018"] and sources[0].size == 3 * 48
     plan = lambda name, t, **o: get_method(name, o).data(t, sources)  # noqa: E731
     assert [s.name for s in plan("sequential", 2)] == ["2018"]
     assert [s.name for s in plan("cumulative-all", 2)] == ["2014-2016", "2017", "2018"]
-    eq = plan("cumulative-equal", 2, buffer_factor=2.0)
-    assert [round(s.expected_size) for s in eq] == [48, 48, 48]  # buffer 96 = 2 x 48, equal halves
-    ex = plan("cumulative-exp", 2, buffer_factor=2.0)
-    # shares 1/4 (2014-16) and 1/2 (2017), normalised to 1/3 and 2/3 of 96: 32 and 64, capped at 2017's 48
-    assert [round(s.expected_size, 1) for s in ex] == [48, 32.0, 48.0]
+    assert [s.name for s in plan("cumulative-all-plus", 2)] == ["2014-2016", "2017", "2018"]
+    eq = plan("cumulative-equal", 2)
+    assert [s.name for s in eq] == ["2018", "2014-2016", "2017"]
+    assert [round(s.expected_size) for s in eq] == [48, 24, 24]  # buffer D = 48, equal halves
+    ex = plan("cumulative-exp", 2)
+    # shares 1/4 (2014-16) and 1/2 (2017), normalised to 1/3 and 2/3 of 48
+    assert [round(s.expected_size, 1) for s in ex] == [48, 16.0, 32.0]
+    eq2 = plan("cumulative-equal", 2, buffer_factor=2.0)  # the option keeps a larger buffer
+    assert [round(s.expected_size) for s in eq2] == [48, 48, 48]
+
+
+@pytest.mark.parametrize("protocol,old_shares", [("cumulative-equal", (1, 1)), ("cumulative-exp", (1, 2))])
+def test_replay_steps_train_on_new_data_and_a_buffer_of_equal_size(tiny_benchmark, protocol, old_shares):
+    """Count the samples a step draws by source: half new data (2018), half buffer, split as the
+    protocol says (TiC-CLIP's buffer of ~D)."""
+    sources = time_step_sources(tiny_benchmark, "basic")
+    plan = get_method(protocol).data(2, sources)
+    stream = iter(MixtureStream(StreamConfig(plan, batch_size=16, seed=7, buffer=8, image_size=32, transform=_to_tensor)))
+    counts = torch.zeros(len(plan))
+    n_batches = 50
+    uids_new, uids_buffer = set(), set()
+    for _ in range(n_batches):
+        _, _, ids, src = next(stream)
+        counts += torch.bincount(src, minlength=len(plan))
+        uids_new |= set(ids[src == 0].tolist())
+        uids_buffer |= set(ids[src > 0].tolist())
+    n = 16 * n_batches  # 800 draws: binomial sd of the new-data count is ~14
+    assert abs(counts[0] - n / 2) < 60 and abs(counts[1:].sum() - n / 2) < 60
+    want = [n / 2 * s / sum(old_shares) for s in old_shares]
+    assert all(abs(c - w) < 60 for c, w in zip(counts[1:].tolist(), want))
+    assert len(uids_new) == 48 and not uids_new & uids_buffer  # all of 2018; the buffer is older data only
+    # the buffer is the uid-hash subset of the old shards: recompute it from the shards themselves
+    subset = set()
+    for src in plan[1:]:
+        for shard in src.shards:
+            for smp in _raw_samples(shard, only_json=True):
+                uid = json.loads(smp["json"])["uid"]
+                if uid_fraction(uid) < src.keep_fraction:
+                    subset.add(sample_id(uid))
+    assert uids_buffer <= subset and len(uids_buffer) >= 0.9 * len(subset)
+    assert 0.6 * 48 < len(subset) < 1.4 * 48  # ~D distinct old samples, not all 192
 
 
 def test_replay_subset_really_keeps_the_chosen_fraction(tiny_benchmark):

@@ -1,16 +1,17 @@
 """Continual methods, one file each; ``METHODS`` maps a protocol name to its class."""
 from training.methods.base import Method, StepContext
-from training.methods.cumulative_all import CumulativeAll
+from training.methods.cumulative_all import CumulativeAll, CumulativeAllPlus
 from training.methods.cumulative_equal import CumulativeEqual
 from training.methods.cumulative_exp import CumulativeExp
 from training.methods.ewc import EWC
 from training.methods.lwf import LwF
-from training.methods.oracle import Oracle
+from training.methods.oracle import Oracle, OracleFinal
 from training.methods.patching import Patching
 from training.methods.sequential import Sequential
 
 METHODS: dict[str, type[Method]] = {
-    m.name: m for m in (Sequential, CumulativeAll, CumulativeExp, CumulativeEqual, Oracle, Patching, LwF, EWC)
+    m.name: m for m in (Sequential, CumulativeAll, CumulativeExp, CumulativeEqual, Oracle, OracleFinal, Patching, LwF, EWC,
+                        CumulativeAllPlus)
 }
 
 

@@ -60,7 +60,8 @@ class Method:
         return 1.0
 
     def overhead_samples(self, t: int, budget: int) -> int:
-        """Samples of the step's budget spent outside gradient steps (e.g. Fisher estimation)."""
+        """Samples drawn after the step's gradient steps for the method's own extra passes (e.g. EWC's
+        Fisher), handed to ``end_step``; their MACs are added to the step's compute, on top of the budget."""
         return 0
 
     def data(self, t: int, sources: list[Source]) -> list[Source]:
@@ -82,6 +83,18 @@ class Method:
     def contrastive(self, ctx: StepContext, img, txt, scale, tokens) -> torch.Tensor:
         """The task loss on features of ``images`` and ``self.texts(tokens)`` (default: CLIP's)."""
         return ctx.clip_loss(img, txt, scale)
+
+    def sample_losses(self, img, txt, scale, tokens) -> torch.Tensor:
+        """Per-sample terms of the task loss on local features (mean = the task loss): CLIP's
+        symmetric cross-entropy, row i = (CE(image i -> texts) + CE(text i -> images)) / 2."""
+        logits = scale * img @ txt.T
+        target = torch.arange(len(img), device=img.device)
+        ce = torch.nn.functional.cross_entropy
+        return 0.5 * (ce(logits, target, reduction="none") + ce(logits.T, target, reduction="none"))
+
+    def sample_text_row(self, tokens, i: int) -> int:
+        """The row of ``self.texts(tokens)`` that is sample i's positive text."""
+        return i
 
     def task_loss(self, ctx: StepContext, model: torch.nn.Module, images, tokens):
         """(loss, (image features, text features, logit scale)) of the task loss."""

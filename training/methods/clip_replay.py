@@ -4,7 +4,7 @@ current task plus the class-balanced memory (option ``memory``).
 With class prompts as texts, several images in a batch share one text, so in-batch CLIP would
 count an image's own class prompt as a negative; the loss here is image -> class-text
 cross-entropy over the distinct prompts in the batch at the model's learned temperature
-(``training.methods.gdro.per_sample_losses`` with ``kind=clip``, unweighted)."""
+(``training.methods.gdro.per_sample_losses``, unweighted)."""
 from __future__ import annotations
 
 from training.methods.base import Method
@@ -21,8 +21,14 @@ class ClassTextLoss:
         return class_prompts(tokens)[2]
 
     def contrastive(self, ctx, img, txt, scale, tokens):
+        return self.sample_losses(img, txt, scale, tokens).mean()
+
+    def sample_losses(self, img, txt, scale, tokens):
         _, target = class_keys(tokens)
-        return per_sample_losses(img, txt, target, scale, "clip").mean()
+        return per_sample_losses(img, txt, target, scale)
+
+    def sample_text_row(self, tokens, i):
+        return int(class_keys(tokens)[1][i])
 
 
 class ClipReplay(ClassMemoryData, ClassTextLoss, Method):

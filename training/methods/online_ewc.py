@@ -1,7 +1,7 @@
 """Online EWC (Schwarz et al. 2018, "Progress & Compress"): EWC whose accumulated Fisher decays
 by ``gamma`` (default 0.9) before each task's Fisher is added, so old tasks fade instead of
-stiffening the model without bound. Everything else (penalty, Fisher estimate, its compute
-taken from the task's budget) is ``ewc``'s."""
+stiffening the model without bound. Everything else (penalty, per-sample Fisher estimate, its
+compute added to the task's MACs) is ``ewc``'s."""
 from training.methods.ewc import EWC
 
 
