@@ -16,7 +16,8 @@ def _evaluate(run_dir, args):
     from eval.dynamic import evaluate_run
     from eval.report import format_run, load_into_duckdb, write_outputs
 
-    res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks)
+    res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks,
+                       args.static_root, args.draft_decode)
     out = write_outputs(res, run_dir)
     index = Layout(args.data_dir, args.benchmark).index
     n = load_into_duckdb(res.rows, index, res.run)
@@ -38,6 +39,10 @@ def main(argv=None) -> int:
         s.add_argument("--device", default="cpu")
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
+        s.add_argument("--static-root", default=None,
+                       help="folder with clip_benchmark's wds_<task> sets (DataComp's 38 tasks in eval/static_tasks.yaml)")
+        s.add_argument("--draft-decode", action="store_true",
+                       help="decode JPEGs in libjpeg draft mode (faster on large images; default: exact, as clip_benchmark)")
         if name == "compare":
             s.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
