@@ -71,10 +71,11 @@ def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, 
                 continue
             tasks.append({**t, "sets": [open_set(p, t["name"])]})
     named = len(absent) + len(unsupported) + sum(1 for t in tasks if t.get("clip_benchmark"))
-    if absent and not static_root:
-        print(f"static tasks: the {len(absent)} clip_benchmark tasks of the static suite are skipped (pass --static-root DIR "
+    if named and not static_root:
+        print(f"static tasks: the {named} clip_benchmark tasks of the static suite are skipped (pass --static-root DIR "
               f"holding clip_benchmark's wds_<task> sets to run them)")
-    elif absent:
+        return tasks
+    if absent:
         print(f"static tasks: {len(absent)} of {named} clip_benchmark tasks not under {static_root}, skipped: {', '.join(absent)}")
     if unsupported:
         print(f"static tasks: {', '.join(unsupported)} need evaluators of their own (not zero-shot classification or "
