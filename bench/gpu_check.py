@@ -43,6 +43,7 @@ def main(argv=None) -> dict:
     p.add_argument("--samples", type=int, default=16384, help="samples per throughput run")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    p.add_argument("--tic-samples", type=int, default=8192, help="samples per time step of the TiC protocol")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--device", default="cuda", help="cpu: a dry run of the script's steps (with a tiny --model)")
     a = p.parse_args(argv)
@@ -61,9 +62,10 @@ def main(argv=None) -> dict:
         write_tiny_benchmark(data, per_year=a.per_year, eval_per_year=128)
     out["data_seconds"] = round(time.time() - t, 1)
 
+    runs = os.path.join(a.work, time.strftime("runs-%Y%m%d-%H%M%S"))  # fresh run dirs per invocation, data reused
     common = ["--model", a.model, "--precision", "amp_bf16", "--batch-size", str(a.batch_size), "--workers", str(a.workers),
               "--device", a.device, "--checkpoint-every", "0"]
-    run = os.path.join(a.work, "ours")
+    run = os.path.join(runs, "ours")
     _, out["ours_seconds"] = _run([sys.executable, "-m", "training", "--protocol", "sequential", "--data-dir", data,
                                    "--run-dir", run, "--samples-per-step", str(a.samples), "--max-steps", "1", *common])
     rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
@@ -73,7 +75,7 @@ def main(argv=None) -> dict:
     from training.data import time_step_sources
 
     shards = list(time_step_sources(data, "basic")[0].shards)
-    logs = os.path.join(a.work, "open_clip_train")
+    logs = os.path.join(runs, "open_clip_train")
     r, out["open_clip_train_seconds"] = _run(
         [sys.executable, "-c", "import pipelines.models; " + OC_CODE, "--model", a.model, "--train-data", "::".join(shards), "--dataset-type", "webdataset",
          "--dataset-resampled", "--train-num-samples", str(a.samples), "--batch-size", str(a.batch_size), "--epochs", "1",
@@ -85,24 +87,25 @@ def main(argv=None) -> dict:
     if out["open_clip_train_samples_per_s_per_gpu"]:
         out["ratio"] = out["ours_samples_per_s_per_gpu"] / out["open_clip_train_samples_per_s_per_gpu"]
 
-    tic = os.path.join(a.work, "cumulative-all")
+    tic = os.path.join(runs, "cumulative-all")
     _, t_train = _run([sys.executable, "-m", "training", "--protocol", "cumulative-all", "--data-dir", data, "--run-dir", tic,
-                       "--samples-per-step", "8192", "--max-steps", "2", "--accum-freq", "2", "--grad-checkpointing", *common])
+                       "--samples-per-step", str(a.tic_samples), "--max-steps", "2", "--accum-freq", "2", "--grad-checkpointing", *common])
     _, t_eval = _run([sys.executable, "-m", "eval", "run", tic, "--data-dir", data, "--device", a.device])
     with open(os.path.join(tic, "summary.json")) as f:
         train_summary = json.load(f)
     with open(os.path.join(tic, "eval", "summary.json")) as f:
         eval_summary = json.load(f)
-    out["tic"] = {"protocol": "cumulative-all", "time_steps": 2, "train_seconds": round(t_train, 1),
+    out["tic"] = {"protocol": "cumulative-all", "time_steps": 2, "samples_per_step": a.tic_samples, "train_seconds": round(t_train, 1),
                   "eval_seconds": round(t_eval, 1), "train": train_summary, "eval": eval_summary}
     os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "gpu.json" if a.device == "cuda" else "gpu-dry-run.json"), "w") as f:
+    result = os.path.join("bench", "out", "gpu.json" if a.device == "cuda" else "gpu-dry-run.json")
+    with open(os.path.join(REPO, result), "w") as f:
         json.dump(out, f, indent=2)
     print(f"{out['device']}: {a.model} amp_bf16 batch {a.batch_size}: bundled trainer "
           f"{out['ours_samples_per_s_per_gpu']:.0f} samples/s/GPU (data wait {out['ours_data_wait']:.0%}), open_clip_train "
           f"{out['open_clip_train_samples_per_s_per_gpu'] or float('nan'):.0f} samples/s/GPU")
-    print(f"cumulative-all, 2 time steps x 8192 samples (accum-freq 2, grad checkpointing): train {t_train:.0f} s, "
-          f"eval {t_eval:.0f} s -> bench/out/gpu.json")
+    print(f"cumulative-all, 2 time steps x {a.tic_samples} samples (accum-freq 2, grad checkpointing): train {t_train:.0f} s, "
+          f"eval {t_eval:.0f} s -> {result}")
     return out
 
 

@@ -4,6 +4,7 @@ sets: zero-shot top-1 and mean recall@1 within 1 point per set. Draft-mode decod
 against exact decoding (the default) on the same sets."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -85,3 +86,30 @@ def test_zero_shot_top1_and_mean_recall_agree_with_clip_benchmark(tmp_path):
         assert abs(got - ref) <= 0.01, (metric, year, got, ref)
     init = load_model("tic-tiny-32").model.state_dict()
     assert any(not torch.equal(v, init[k]) for k, v in model.state_dict().items())  # a trained checkpoint, not the init
+
+
+def test_datacomp_static_tasks_run_from_static_root_when_present(tiny_benchmark, tmp_path, capsys):
+    import yaml
+
+    from eval.datasets import benchmark_sets
+    from eval.dynamic import STATIC_TASKS, static_tasks
+
+    with open(STATIC_TASKS) as f:
+        named = [t for t in yaml.safe_load(f)["tasks"] if t.get("clip_benchmark")]
+    assert len(named) == 38 and len({t["clip_benchmark"] for t in named}) == 38  # DataComp's 38 scored tasks
+    assert {"imagenet1k", "vtab/caltech101", "retrieval/mscoco_2014_5k_test_image_text_retrieval", "fairness/geode"} <= {
+        t["clip_benchmark"] for t in named}
+    yearly = benchmark_sets(tiny_benchmark)
+    assert [t["name"] for t in static_tasks(None, tiny_benchmark, "basic", "tic-datacomp", yearly)] == ["all-concepts"]
+    assert capsys.readouterr().out.strip() == ("static tasks: the 38 clip_benchmark tasks of the static suite are skipped "
+                                               "(pass --static-root DIR holding clip_benchmark's wds_<task> sets to run them)")
+    root = tmp_path / "static"
+    root.mkdir()
+    os.symlink(yearly["classification"][2014].path, root / "wds_cifar10")  # clip_benchmark's wds_<name> layout
+    os.symlink(yearly["retrieval"][2015].path, root / "wds_retrieval-flickr_1k_test_image_text_retrieval")
+    tasks = static_tasks(None, tiny_benchmark, "basic", "tic-datacomp", yearly, str(root))
+    got = {t["name"]: (t["sets"][0].kind, t["group"]) for t in tasks}
+    assert got == {"all-concepts": ("classification", "classification"), "cifar-10": ("classification", "other"),
+                   "flickr": ("retrieval", "retrieval")}
+    out = capsys.readouterr().out
+    assert "35 of 38 clip_benchmark tasks not under" in out and "misc/winogavil need evaluators of their own" in out
