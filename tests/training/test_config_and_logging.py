@@ -93,3 +93,15 @@ def test_cli_refusals_are_one_line(tiny_benchmark, tmp_path):
              "--workers", "0")
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1].startswith("error: --accum-freq 2: method 'lwf'") and "Traceback" not in p.stderr
+
+
+def test_wandb_logs_offline_into_the_run_dir(tmp_path):
+    from training.runlog import RunLog
+
+    log = RunLog(str(tmp_path), True, {"lr": 0.1}, wandb=True)  # offline even where WANDB_MODE=disabled is exported
+    for i in range(3):
+        log.log({"step": 0, "name": "2014", "iteration": i + 1, "samples": 16 * (i + 1), "loss": 1.0 / (i + 1), "lr": 0.1})
+    log.close()
+    runs = [p for p in (tmp_path / "wandb").glob("offline-run-*/run-*.wandb") if p.stat().st_size > 0]
+    assert len(runs) == 1
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3
