@@ -25,6 +25,7 @@ VARIANT ?= basic
 FILTER_MODEL ?=
 CAPTIONER ?= template:synthetic-web
 PROTOCOL ?= sequential
+CONFIG ?=
 RUN_DIR ?= runs/$(PROTOCOL)
 RUN ?= runs/sequential
 RUNS ?= runs/sequential runs/cumulative-all runs/oracle
@@ -88,11 +89,11 @@ filter-audit: $(VENV)/.installed ## per filter variant and year: fraction kept, 
 reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make reshard NAME=x UIDS=subset.npy | WHERE="..."
 	$(PY) -m benchmark_builder reshard --name '$(NAME)' --data-dir $(DATA_DIR) $(if $(UIDS),--uids '$(UIDS)') $(if $(WHERE),--where "$(WHERE)") --runner $(RUNNER) $(BEAM_ARGS)
 
-train: $(VENV)/.installed ## one protocol over all time steps: make train PROTOCOL=cumulative-all [NPROC=2] [TRAIN_ARGS="--resume"]
+train: $(VENV)/.installed ## one protocol over all time steps: make train PROTOCOL=cumulative-all [CONFIG=configs/tic-datacomp-medium.yaml] [NPROC=2] [TRAIN_ARGS="--resume"]
 ifeq ($(NPROC),1)
-	$(PY) -m training --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 endif
 
 train-all: $(VENV)/.installed ## every TiC protocol (PROTOCOLS=...) into runs/<protocol>, then eval + compare

@@ -18,7 +18,7 @@ def _evaluate(run_dir, args):
     from eval.report import format_run, load_into_duckdb, write_outputs
 
     res = evaluate_run(run_dir, args.data_dir, args.variant, args.benchmark, args.device, args.batch_size, args.static_tasks,
-                       args.years)
+                       args.years, args.static_root, args.draft_decode)
     out = write_outputs(res, run_dir)
     index = Layout(args.data_dir, args.benchmark).index
     with writer_lock(args.data_dir, f"eval run {run_dir} (loading results into {index})"):  # index.duckdb has one writer
@@ -42,6 +42,10 @@ def main(argv=None) -> int:
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
         s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
+        s.add_argument("--static-root", default=None,
+                       help="folder with clip_benchmark's wds_<task> sets (DataComp's 38 tasks in eval/static_tasks.yaml)")
+        s.add_argument("--draft-decode", action="store_true",
+                       help="decode JPEGs in libjpeg draft mode (faster on large images; default: exact, as clip_benchmark)")
         if name == "compare":
             s.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)

@@ -10,6 +10,7 @@ list. Steps a run never produced a checkpoint for (``oracle-final`` trains once)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -40,14 +41,27 @@ class RunEval:
     images_embedded: int = 0
 
 
-def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, yearly: dict) -> list[dict]:
+def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, yearly: dict,
+                 static_root: str | None = None) -> list[dict]:
     """Tasks of the static suite (YAML): ``from_yearly: classification`` is the union of every
-    year's held-out classification sets (all concepts), reusing their cached embeddings."""
+    year's held-out classification sets (all concepts), reusing their cached embeddings;
+    ``clip_benchmark: NAME`` is clip_benchmark's WebDataset copy of a task, read from
+    ``<static_root>/wds_<NAME with / as ->`` (DataComp's download_evalsets.py layout). Missing
+    ones are skipped with one line."""
     with open(path or STATIC_TASKS) as f:
         spec = yaml.safe_load(f) or {}
-    tasks = []
+    tasks, absent, unsupported = [], [], []
     for t in spec.get("tasks", []):
-        if t.get("from_yearly"):
+        if t.get("clip_benchmark"):
+            if t.get("type") not in ("classification", "retrieval"):
+                unsupported.append(t["clip_benchmark"])
+                continue
+            p = os.path.join(static_root, "wds_" + t["clip_benchmark"].replace("/", "-")) if static_root else None
+            if p is None or not os.path.exists(p):
+                absent.append(t["clip_benchmark"])
+                continue
+            tasks.append({**t, "sets": [dataclasses.replace(open_set(p, t["name"]), kind=t["type"])]})
+        elif t.get("from_yearly"):
             sets = list(yearly[t["from_yearly"]].values())
             if sets:
                 tasks.append({**t, "sets": sets})
@@ -57,6 +71,16 @@ def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, 
                 print(f"static task {t['name']}: {p} not found, skipped")
                 continue
             tasks.append({**t, "sets": [open_set(p, t["name"])]})
+    named = len(absent) + len(unsupported) + sum(1 for t in tasks if t.get("clip_benchmark"))
+    if named and not static_root:
+        print(f"static tasks: the {named} clip_benchmark tasks of the static suite are skipped (pass --static-root DIR "
+              f"holding clip_benchmark's wds_<task> sets to run them)")
+        return tasks
+    if absent:
+        print(f"static tasks: {len(absent)} of {named} clip_benchmark tasks not under {static_root}, skipped: {', '.join(absent)}")
+    if unsupported:
+        print(f"static tasks: {', '.join(unsupported)} need evaluators of their own (not zero-shot classification or "
+              f"retrieval), skipped")
     return tasks
 
 
@@ -72,7 +96,8 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
 
 
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
-                 device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "") -> RunEval:
+                 device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
+                 static_root: str | None = None, draft: bool = False) -> RunEval:
     from pipelines.models import load_model
     from training.checkpoint import RunDir
 
@@ -96,7 +121,7 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         if not any(y in yearly[k] for k in yearly for y in step_years):
             print(f"time step {name}: no evaluation samples (empty year(s) {', '.join(map(str, step_years)) or '?'}), "
                   "its column is NaN")
-    statics = static_tasks(static_yaml, data_dir, variant, benchmark, yearly)
+    statics = static_tasks(static_yaml, data_dir, variant, benchmark, yearly, static_root)
     T = len(steps)
     E = {"retrieval": np.full((T, T), np.nan), "classification": np.full((T, T), np.nan)}
     res = RunEval(os.path.basename(os.path.normpath(run_dir)), cfg["protocol"], steps, ckpts)
@@ -105,7 +130,7 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         path = run.step_path(i)
         loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)
         emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size,
-                       pixel_cache_dir=os.path.join(data_dir, benchmark, "eval_cache", "pixels"))
+                       pixel_cache_dir=os.path.join(data_dir, benchmark, "eval_cache", "pixels"), draft=draft)
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):
@@ -129,7 +154,11 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
                 if vals:
                     E[kind][i, j] = float(np.mean(vals))
         for task in statics:
-            m = _classify(emb, task["sets"], classifiers)
+            if task.get("type") == "retrieval":
+                f = emb.features(task["sets"][0])
+                m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+            else:
+                m = _classify(emb, task["sets"], classifiers)
             for metric, v in m.items():
                 res.rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
                                  "metric": metric, "value": v})

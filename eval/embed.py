@@ -7,8 +7,11 @@ what is new. The cache key is (checkpoint content hash, eval set content hash).
 Decoding and preprocessing do not depend on the checkpoint, only on the preprocessing, so the
 preprocessed pixels of a set are cached too (float16, keyed by set hash and the transform's
 description) and shared by every checkpoint and run: a run of T checkpoints decodes each
-image once, not T times. Decoding uses libjpeg's draft mode (DCT-domain downscaling to no
-less than the model's input size) on a thread pool.
+image once, not T times. Decoding is exact by default (full-size decode, then the model's
+preprocessing), as clip_benchmark does, on a thread pool; ``draft=True`` (``--draft-decode``)
+uses libjpeg's draft mode instead (DCT-domain downscaling to no less than the model's input
+size): faster on large JPEGs, but not the pixels clip_benchmark sees. The mode is part of both
+cache keys.
 """
 from __future__ import annotations
 
@@ -36,12 +39,12 @@ def file_hash(path: str) -> str:
 
 class Embedder:
     def __init__(self, loaded, model_key: str, cache_dir: str | None, device: str = "cpu", batch_size: int = 256,
-                 pixel_cache_dir: str | None = None, threads: int | None = None):
+                 pixel_cache_dir: str | None = None, threads: int | None = None, draft: bool = False):
         self.loaded, self.model_key, self.cache_dir = loaded, model_key, cache_dir
         self.pixel_cache_dir = pixel_cache_dir
         self.threads = threads or min(8, os.cpu_count() or 1)
         size = loaded.image_size
-        self.draft_size = size
+        self.draft_size = size if draft else None
         self.device, self.batch_size = device, batch_size
         self.model = loaded.model.to(device).eval()
         self.computed = 0  # sets embedded (not from cache) by this embedder
@@ -50,11 +53,13 @@ class Embedder:
     def _cache_path(self, es: EvalSet, what: str) -> str | None:
         if not self.cache_dir:
             return None
-        return os.path.join(self.cache_dir, f"{self.model_key}_{es.content_hash()}_{what}.pt")
+        mode = "" if self.draft_size else "_exact"  # caches written before exact decoding were draft-mode
+        return os.path.join(self.cache_dir, f"{self.model_key}_{es.content_hash()}_{what}{mode}.pt")
 
     def _preprocess(self, data: bytes) -> torch.Tensor:
         img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (self.draft_size, self.draft_size))
+        if self.draft_size:
+            img.draft("RGB", (self.draft_size, self.draft_size))
         return self.loaded.preprocess_val(img.convert("RGB"))
 
     def pixels(self, images: list[bytes]) -> torch.Tensor:
@@ -96,7 +101,8 @@ class Embedder:
 
     def _set_pixels(self, es: EvalSet):
         """Preprocessed images (float16) plus captions or labels of a set, cached across checkpoints."""
-        key = hashlib.sha256(f"{es.content_hash()}|{self.loaded.preprocess_val}".encode()).hexdigest()[:24]
+        mode = "" if self.draft_size else "|exact"
+        key = hashlib.sha256(f"{es.content_hash()}|{self.loaded.preprocess_val}{mode}".encode()).hexdigest()[:24]
         path = os.path.join(self.pixel_cache_dir, f"{key}.pt") if self.pixel_cache_dir else None
         if path and os.path.exists(path):
             c = torch.load(path, weights_only=True)

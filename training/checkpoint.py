@@ -1,13 +1,16 @@
 """Checkpoints of a run, written atomically and loadable with ``torch.load(weights_only=True)``.
 
 ```
-<run_dir>/config.json                the TrainConfig and the time steps
+<run_dir>/config.json                the resolved TrainConfig (file + CLI) and the time steps
+<run_dir>/config.yaml                the --config file the run was started from, as given
+<run_dir>/metrics.jsonl, tensorboard/  per-iteration metrics (training.runlog)
 <run_dir>/checkpoints/step_<t>.pt    model after time step t (+ optimizer, method state, ...)
 <run_dir>/checkpoints/latest.pt      periodic state inside the current step (removed at the end)
 <run_dir>/summary.json               per step: iterations, samples seen, MACs, seconds
 ```
 Each checkpoint holds ``state_dict``, ``optimizer``, ``method`` (the method's own state),
-``step``, ``iteration`` (= the data position: batches consumed by each rank), ``rng``,
+``step``, ``iteration`` (optimizer steps; the data position is iteration x accum_freq batches
+consumed by each rank), ``rng``,
 ``config``, ``model_name`` and ``code_version``; ``pipelines.models.load_model`` reads
 ``<arch>:<run_dir>/checkpoints/step_<t>.pt`` directly.
 """
@@ -108,8 +111,11 @@ class RunDir:
         with open(p) as f:
             return json.load(f)["train"]
 
-    def write_config(self, cfg: dict, steps: list[str]) -> None:
+    def write_config(self, cfg: dict, steps: list[str], config_file: str = "") -> None:
         pio.write_json(os.path.join(self.path, "config.json"), {"train": cfg, "time_steps": steps})
+        if config_file:
+            with open(config_file, "rb") as f:
+                pio.write_bytes(os.path.join(self.path, "config.yaml"), f.read())
 
     def time_steps(self) -> list[str]:
         with open(os.path.join(self.path, "config.json")) as f:

@@ -7,6 +7,8 @@ NCCL on GPUs and gloo on CPU.
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +56,31 @@ def broadcast_object(obj, info: DistInfo):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def check_shared_dir(path: str, info: DistInfo) -> None:
+    """Refuse a run dir that the ranks do not share (a node-local path on several nodes): rank 0
+    writes a token file there and every rank must see it. Checkpoints and resume rely on one
+    shared run dir (rank 0 writes, every rank reads on --resume)."""
+    from pipelines import io as pio
+
+    if not info.distributed or not pio.is_local(path):
+        return
+    token = os.path.join(path, f".shared-check-{broadcast_object(uuid.uuid4().hex if info.is_main else None, info)}")
+    if info.is_main:
+        os.makedirs(path, exist_ok=True)
+        with open(token, "w") as f:
+            f.write(socket.gethostname())
+    barrier(info)
+    seen: list = [None] * info.world_size
+    dist.all_gather_object(seen, (os.path.exists(token), socket.gethostname(), info.rank))
+    barrier(info)
+    if info.is_main:
+        os.unlink(token)
+    missing = [f"rank {r} on {host}" for ok, host, r in seen if not ok]
+    if missing:
+        raise ValueError(f"--run-dir {path} is not shared between nodes: {', '.join(missing)} cannot see rank 0's files there; "
+                         f"give every node the same shared path (network filesystem)")
 
 
 def shutdown(info: DistInfo) -> None:

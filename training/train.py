@@ -28,9 +28,11 @@ import torch
 from benchmark_builder.specs import resolve_spec
 from training import checkpoint as ckpt
 from training import distributed
+from training import scale
 from training.data import StreamConfig, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
+from training.runlog import RunLog
 from training.schedules import lr_at
 
 
@@ -55,7 +57,15 @@ class TrainConfig:
     schedule: str = "cosine"
     meta_schedule: str = "constant"
     grad_clip: float = 1.0
-    precision: str = "auto"  # amp on GPU, fp32 on CPU
+    precision: str = "auto"  # auto (amp on GPU, fp32 on CPU) | amp | amp_bf16 | pure_bf16 | fp32 (training.scale)
+    accum_freq: int = 1  # micro-batches per optimizer step, loss over the accumulated batch (training.scale)
+    global_batch_size: int = 0  # >0: batch_size = this / (ranks x accum_freq), as DataComp's train.py
+    grad_checkpointing: bool = False
+    torchcompile: bool = False
+    local_loss: bool | None = None  # open_clip ClipLoss; None: on when distributed
+    gather_with_grad: bool | None = None  # idem
+    wandb: bool = False  # also log to Weights & Biases, offline (training.runlog)
+    config_file: str = ""  # the --config YAML the values came from (copied into the run dir)
     text: str = "alt"  # alt | generated | both
     workers: int = -1  # DataLoader workers per rank; -1: by core count
     buffer: int = 1000  # shuffle buffer per source
@@ -78,14 +88,14 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def measure_macs(method, ctx, model, images, tokens, ids) -> float:
-    """MACs of one training iteration (forward, method loss, backward) on this rank's batch."""
+def measure_macs(method, ctx, model, micro, precision) -> float:
+    """MACs of one training iteration (forward, method loss, backward) on this rank's micro-batches
+    (with --accum-freq K: the K cached-feature passes and the K passes with gradients)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _ = method.loss(ctx, model, images, tokens, ids)
-        loss.backward()
+        scale.iteration_backward(method, ctx, model, micro, precision, lambda loss: loss.backward())
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
 
@@ -120,27 +130,35 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     if cfg.max_steps:
         sources = sources[: cfg.max_steps]
     T = len(sources)
+    precision = scale.Precision.resolve(cfg.precision, info.device)
+    batch_size = scale.micro_batch_size(cfg.batch_size, cfg.global_batch_size, info.world_size, cfg.accum_freq)
+    scale.check_accumulation(method, cfg.accum_freq)
+    distributed.check_shared_dir(cfg.run_dir, info)
     run = ckpt.RunDir(cfg.run_dir)
     if info.is_main:
         existing = run.config()
         if existing and not resume and run.completed_steps():
             raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k != "device"} != {
-            k: v for k, v in cfg.to_json().items() if k != "device"
+        free = ("device", "config_file")
+        if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k not in free} != {
+            k: v for k, v in cfg.to_json().items() if k not in free
         }:
             raise ValueError(f"{cfg.run_dir}: --resume with a different configuration than the run was started with")
-        run.write_config(cfg.to_json(), [s.name for s in sources])
+        run.write_config(cfg.to_json(), [s.name for s in sources], cfg.config_file)
     distributed.barrier(info)
 
     device = info.device
-    amp = device.startswith("cuda") and cfg.precision in ("auto", "amp")
     workers = default_workers() if cfg.workers < 0 else cfg.workers
     _seed_everything(cfg.seed)
     loaded = load_model(cfg.model, device=device)
-    model = loaded.model
+    model = precision.prepare(loaded.model)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
     image_size = loaded.image_size
-    clip_loss = open_clip.ClipLoss(local_loss=info.distributed, gather_with_grad=info.distributed, cache_labels=True,
-                                   rank=info.rank, world_size=info.world_size)
+    clip_loss = open_clip.ClipLoss(
+        local_loss=info.distributed if cfg.local_loss is None else cfg.local_loss,
+        gather_with_grad=info.distributed if cfg.gather_with_grad is None else cfg.gather_with_grad,
+        cache_labels=True, rank=info.rank, world_size=info.world_size)
     summary = run.summary() if resume else {"protocol": cfg.protocol, "steps": []}
     done = set(run.completed_steps()) if resume else set()
     state = None
@@ -153,20 +171,25 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             model.load_state_dict(prev["state_dict"])
             method.load_state_dict(prev.get("method", {}))
     if info.is_main:
+        accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
         print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
-              f"{cfg.samples_per_step} samples per step, batch {cfg.batch_size} x {info.world_size} ranks, device {device}")
+              f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
+              f"device {device}, precision {precision.name}")
+    runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb)
+    samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
 
     for t in range(T):
         if t in done or not method.trains_at(t, T):
             continue
         if not method.warm_start:
             _seed_everything(cfg.seed + 1000 * t)
-            model.load_state_dict(load_model(cfg.model, device=device).model.state_dict())
+            model.load_state_dict(load_model(cfg.model, device=device).model.state_dict())  # copy_ keeps pure_bf16's dtype
         step_sources = method.data(t, sources)
         budget = int(cfg.samples_per_step * method.compute_multiplier(t, T))
         overhead = method.overhead_samples(t, budget)  # samples of extra passes, on top of the budget
-        global_batch = cfg.batch_size * info.world_size
-        iterations = max(1, math.ceil(budget / global_batch))
+        global_batch = batch_size * info.world_size  # one micro-batch on every rank
+        step_batch = global_batch * cfg.accum_freq  # samples per optimizer step
+        iterations = max(1, math.ceil(budget / step_batch))
         ctx = StepContext(t, T, sources, device, clip_loss, iterations)
         ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
         method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
@@ -189,12 +212,15 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                 ctx.prev_model.load_state_dict(run.load_step(t - 1)["state_dict"])
             state = None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
+        forward_model = torch.compile(ddp) if cfg.torchcompile else ddp
         stream = loader(StreamConfig(
-            sources=step_sources, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
-            world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text, skip_batches=start_it,
+            sources=step_sources, batch_size=batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
+            world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text,
+            skip_batches=start_it * cfg.accum_freq,
             image_size=image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
         ))
-        scaler = torch.amp.GradScaler("cuda") if amp else None
+        scaler = precision.scaler()
+        backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         macs_per_iter = None
         t0 = time.time()
         logs: dict = {}
@@ -204,23 +230,24 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         batches = iter(stream)
         progress = _progress(info, iterations, start_it, f"step {t} ({sources[t].name})")
         while it < iterations:
-            images, tokens, ids, _src = next(batches)
-            images, tokens = images.to(device, non_blocking=True), tokens.to(device, non_blocking=True)
+            t_iter = time.time()
+            micro = []
+            for _ in range(cfg.accum_freq):
+                images, tokens, ids, _src = next(batches)
+                micro.append((images.to(device, dtype=precision.input_dtype, non_blocking=True),
+                              tokens.to(device, non_blocking=True), ids))
+            data_wait = time.time() - t_iter
             if macs_per_iter is None:
-                macs_per_iter = measure_macs(method, ctx, ddp, images, tokens, ids) * info.world_size
+                macs_per_iter = measure_macs(method, ctx, ddp, micro, precision) * info.world_size
             lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
                        meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
                        cooldown_steps=cfg.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast("cuda", enabled=amp):
-                loss, logs = method.loss(ctx, ddp, images, tokens, ids)
+            loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
             if scaler:
-                scaler.scale(loss).backward()
                 scaler.unscale_(optimizer)
-            else:
-                loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             if scaler:
@@ -231,35 +258,45 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             with torch.no_grad():  # open_clip clamps the learned temperature at 100
                 model.logit_scale.clamp_(0, math.log(100))
             if cfg.log_ids:
-                ids_seen.append(ids)
+                ids_seen.extend(m[2] for m in micro)
             it += 1
+            loss_value = float(loss.detach())
             progress.update(1)
-            progress.set_postfix(loss=f"{float(loss.detach()):.3f}", lr=f"{lr:.2e}")
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+            seconds_it = max(time.time() - t_iter, 1e-9)
+            runlog.log({"step": t, "name": sources[t].name, "iteration": it, "samples": samples_before + it * step_batch,
+                        "loss": loss_value, **{k: float(v) for k, v in logs.items()}, "lr": lr,
+                        "samples_per_s": step_batch / seconds_it, "samples_per_s_per_device": step_batch / seconds_it / info.world_size,
+                        "data_wait": data_wait / seconds_it, "logit_scale": float(model.logit_scale.detach().float().exp())})
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
         progress.close()
         fisher_batches, n_extra = None, 0
         if overhead:
             n_extra = max(1, math.ceil(overhead / global_batch))
-            fisher_batches = [(b[0].to(device), b[1].to(device)) for b, _ in zip(batches, range(n_extra))]
+            fisher_batches = [(b[0].to(device, dtype=precision.input_dtype), b[1].to(device))
+                              for b, _ in zip(batches, range(n_extra))]
         end_macs = measure_end_step(method, ctx, model, fisher_batches) * info.world_size
         seconds = time.time() - t0
         if cfg.log_ids:
             run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
+        samples = iterations * step_batch  # samples of gradient steps; extra passes are overhead_samples
         row = {
-            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": iterations * global_batch,
+            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": samples,
             "overhead_samples": n_extra * global_batch, "overhead_macs": end_macs,
             "macs": (macs_per_iter or 0) * iterations + end_macs,
             "data": {s.name: round(s.expected_size) for s in step_sources}, "seconds": round(seconds, 2),
-            "samples_per_s": round((iterations - start_it) * global_batch / max(seconds, 1e-9), 1),
+            "samples_per_s": round((iterations - start_it) * step_batch / max(seconds, 1e-9), 1),
             "final_loss": {k: round(v, 4) for k, v in logs.items()},
         }
         summary["steps"] = [s for s in summary["steps"] if s["step"] != t] + [row]
+        samples_before += samples
         if info.is_main:
             run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, sources[t].name, final=True))
             run.write_summary(summary)
         distributed.barrier(info)
         del stream, batches
+    runlog.close()
     if info.is_main:
         run.remove_latest()
         summary["total_samples_seen"] = sum(s["samples_seen"] for s in summary["steps"])
