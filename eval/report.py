@@ -73,7 +73,7 @@ def format_matrix(E: np.ndarray, steps: list[str], title: str) -> str:
     w = max(9, max(len(s) for s in steps) + 1)
     lines = [title, "model \\ data".ljust(14) + "".join(s.rjust(w) for s in steps)]
     for i, s in enumerate(steps):
-        lines.append(s.ljust(14) + "".join(("" if np.isnan(v) else f"{v:.3f}").rjust(w) for v in E[i]))
+        lines.append(s.ljust(14) + "".join(("" if np.isnan(v) else f"{100 * v:.1f}%").rjust(w) for v in E[i]))
     return "\n".join(lines)
 
 
@@ -104,8 +104,8 @@ def heatmap(E: np.ndarray, steps: list[str], title: str, png: str) -> str:
     for i in range(len(steps)):
         for j in range(len(steps)):
             if np.isfinite(E[i, j]):
-                ax.text(j, i, f"{E[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w")
-    ax.set_title(title, fontsize=9)
+                ax.text(j, i, f"{100 * E[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+    ax.set_title(title + " (cells in %)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     save_figure(fig, png)
