@@ -362,6 +362,13 @@ class _Budget:
             self.end = now + self.timeout * self.attempts
         self.attempt_end = min(now + self.timeout, self.end)
 
+    def pause(self, seconds: float) -> None:
+        """Time spent in our own queue (waiting for a host slot between redirect hops) is not the
+        server's: the deadlines move by it, so a busy machine never turns a redirect into a timeout
+        (the shard's watchdog still bounds the wait)."""
+        self.attempt_end += seconds
+        self.end += seconds
+
 
 class Fetcher:
     """Fetches URLs with per-thread keep-alive connections and per-host slots. Thread-safe."""
@@ -397,22 +404,23 @@ class Fetcher:
 
     @contextmanager
     def _slot(self, host: str, budget: _Budget, cancel: Cancel):
-        """At most ``max_per_host`` requests to ``host`` at once. The first hop of an attempt waits
-        as long as it takes (the shard's watchdog bounds that); later hops within the attempt's deadline."""
+        """At most ``max_per_host`` requests to ``host`` at once. Waiting for a slot is not part of
+        the deadline (it measures the servers, not our queue): the first hop's clock starts when it
+        gets its slot and a later hop's wait moves the deadlines; the shard's watchdog bounds every wait."""
         with self._slots_lock:
             sem = self._slots.setdefault(host, threading.BoundedSemaphore(max(1, self.cfg.max_per_host)))
         first = budget.attempt_end is None
+        t0 = time.monotonic()
         while True:
             if cancel.cancelled:
                 raise FetchError("shard_deadline", "cancelled while waiting for a host slot")
-            wait = 0.25 if first else min(0.25, budget.attempt_end - time.monotonic())
-            if wait <= 0:
-                raise FetchError("timeout", "download deadline passed waiting for a host slot", retry=True)
-            if sem.acquire(timeout=wait):
+            if sem.acquire(timeout=0.25):
                 break
         try:
             if first:
                 budget.start_attempt()
+            else:
+                budget.pause(time.monotonic() - t0)
             yield
         finally:
             sem.release()
@@ -572,11 +580,16 @@ class Fetcher:
             try:
                 return self._attempt(norm, budget, cancel)
             except Exception as e:
-                err = classify(e)
+                prev, err = err, classify(e)
                 if err is None:
                     raise
                 if cancel.cancelled:
                     err = FetchError("shard_deadline", str(err), err.http_status)
+                elif err.reason == "timeout" and prev is not None and prev.reason != "timeout":
+                    # a retry that ran out of time says nothing new: the server's own answer (503, a
+                    # reset, ...) stays the reason, whatever the machine's load did to the retry
+                    err = FetchError(prev.reason, f"{prev}; the retry timed out", prev.http_status)
+                    break
             if not err.retry or attempt == self.cfg.retries or budget.end is None:
                 break
             wait = max(self.cfg.backoff * (attempt + 1), err.retry_after or 0.0)

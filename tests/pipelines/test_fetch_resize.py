@@ -62,9 +62,11 @@ class Handler(BaseHTTPRequestHandler):
         hits[self.path] = hits.get(self.path, 0) + 1
         if self.path == "/slow.jpg":
             time.sleep(1.5)
-        if self.path == "/flaky.jpg" and hits[self.path] == 1:
+        if self.path == "/busy-then-stall.jpg" and hits[self.path] > 1:
+            time.sleep(1.5)
+        if self.path in ("/flaky.jpg", "/busy-then-stall.jpg") and hits[self.path] == 1:
             code, headers, body = 503, [("Content-Type", "text/plain")], b"busy"
-        elif self.path in ("/slow.jpg", "/flaky.jpg"):
+        elif self.path in ("/slow.jpg", "/flaky.jpg", "/busy-then-stall.jpg"):
             code, headers, body = 200, [("Content-Type", "image/jpeg")], JPEG
         else:
             code, headers, body = ROUTES.get(self.path, (404, [], b""))
@@ -277,3 +279,29 @@ def test_http_1_0_servers_close_after_the_body_and_every_body_arrives():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_retry_that_runs_out_of_time_keeps_the_servers_answer(server, fetcher):
+    """503, then the retry stalls past the deadline: the reason is the server's 503, not a timeout
+    that only says how busy the machine was (the embedded web's 5xx must fail the same way every time)."""
+    res = fetcher.fetch(server + "/busy-then-stall.jpg")
+    assert (res.reason, res.http_status) == ("http_503", 503)
+    assert "retry timed out" in res.error_message
+
+
+def test_waiting_for_a_host_slot_between_redirect_hops_is_not_the_servers_time(server):
+    """The second hop's host has no free slot for longer than the whole deadline; the wait is our
+    queue, not the server: the download still succeeds (the watchdog bounds such waits)."""
+    import threading as th
+
+    port = server.rsplit(":", 1)[1]
+    ROUTES["/to-localhost"] = (302, [("Location", f"http://localhost:{port}/ok.jpg")], b"")
+    fetcher = Fetcher(FetchConfig(timeout=0.5, retries=0, allow_loopback=True, max_per_host=1))
+    with fetcher._slots_lock:
+        busy = fetcher._slots.setdefault("localhost", th.BoundedSemaphore(1))
+    busy.acquire()
+    th.Timer(1.2, busy.release).start()
+    t0 = time.monotonic()
+    res = fetcher.fetch(server + "/to-localhost")
+    assert res.ok and res.body == JPEG, (res.reason, res.error_message)
+    assert time.monotonic() - t0 >= 1.2  # it did wait for the slot
