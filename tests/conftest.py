@@ -5,6 +5,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# loopback only: no cloud client may probe a metadata address looking for credentials
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 
 import pytest  # noqa: E402
