@@ -535,7 +535,8 @@ def _synthetic_key(cfg: BuildConfig) -> list:
 
 def benchmark_spec(cfg: BuildConfig):
     """The benchmark over the years this build covers; ValueError (one line) on a bad range."""
-    spec = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir, extend=True)
+    # a dry run builds job graphs offline: it must not read the (possibly remote) data dir
+    spec = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, None if cfg.runner.dry_run else cfg.data_dir, extend=True)
     if cfg.year not in spec.years:
         hint = "" if cfg.years else " (give --years FIRST-LAST to build other years)"
         raise ValueError(f"{cfg.benchmark} covers years {spec.year_range} here; got --year {cfg.year}{hint}")
