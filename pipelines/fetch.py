@@ -588,7 +588,7 @@ class Fetcher:
                 elif err.reason == "timeout" and prev is not None and prev.reason != "timeout":
                     # a retry that ran out of time says nothing new: the server's own answer (503, a
                     # reset, ...) stays the reason, whatever the machine's load did to the retry
-                    err = FetchError(prev.reason, f"{prev}; the retry timed out", prev.http_status)
+                    err = FetchError(prev.reason, str(prev), prev.http_status)  # the same words either way
                     break
             if not err.retry or attempt == self.cfg.retries or budget.end is None:
                 break
