@@ -145,6 +145,13 @@ def main(argv: list[str] | None = None) -> int:
         credentials.require([getattr(args, "data_dir", ""), *getattr(args, "input", [])])
     except credentials.MissingCredentials as e:
         parser.exit(2, f"error: {e}\n")
+    if args.command == "build":  # a bad model file is refused before the data dir (and its lock) exists
+        from pipelines.transforms.annotate import LidConfig, check_lid
+
+        try:
+            check_lid(LidConfig(args.lid, args.lid_model))
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f"--lid/--lid-model: {e}")
     from benchmark_builder.lock import LockHeld, writer_lock
     from pipelines.safe_inputs import InputError
 
@@ -181,12 +188,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         unknown = [v for v in requested if v not in VARIANTS and v not in CLIP_VARIANTS]
         if unknown:
             parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
-        from pipelines.transforms.annotate import LidConfig, check_lid
-
-        try:
-            check_lid(LidConfig(args.lid, args.lid_model))
-        except (ValueError, FileNotFoundError) as e:
-            parser.error(f"--lid/--lid-model: {e}")
         clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
         variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
         cfg = BuildConfig(
