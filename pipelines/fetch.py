@@ -325,13 +325,16 @@ class _TLSConn(_Conn):
         self.sock = _DeadlineSocket(raw, self.clock)
 
 
+TIMEOUT_MESSAGE = "no complete answer within the download deadline"
+
+
 def classify(e: BaseException) -> FetchError | None:
     """The reason for an exception raised by a request, or None for an unexpected one."""
     if isinstance(e, FetchError):
         return e
     msg = f"{type(e).__name__}: {e}"[:300]
-    if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError
-        return FetchError("timeout", msg, retry=True)
+    if isinstance(e, TimeoutError):  # socket.timeout is TimeoutError; where the deadline struck is timing, not content
+        return FetchError("timeout", TIMEOUT_MESSAGE, retry=True)
     if isinstance(e, http.client.RemoteDisconnected):
         return FetchError("connection_error", msg, retry=True)
     if isinstance(e, ConnectionResetError):
@@ -503,7 +506,7 @@ class Fetcher:
                        "Accept": "image/*,*/*;q=0.8", "Connection": "keep-alive"}
             with self._slot(host, budget, cancel):
                 if budget.attempt_end <= time.monotonic():
-                    raise FetchError("timeout", "download deadline passed", retry=True)
+                    raise FetchError("timeout", TIMEOUT_MESSAGE, retry=True)
                 raw, resp = self._request(scheme, host, port, target, headers, budget.attempt_end, cancel)
                 try:
                     result = self._response(url, resp, key)
