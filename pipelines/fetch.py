@@ -239,16 +239,33 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class _Clock:
-    """A connection's current deadline (monotonic seconds)."""
+    """A connection's current deadline (monotonic seconds), counting the server's time only.
+
+    Time spent between socket calls is this process's own (parsing, or a thread starved of CPU on
+    a busy machine), not the server's: ``left`` moves the deadline by it, so a busy machine never
+    turns a prompt answer into a timeout. Time inside a socket call (connect, send, a receive that
+    waits for bytes) counts: a stall, a drip or a lying Content-Length still ends at the deadline."""
 
     def __init__(self):
         self.at = math.inf
+        self._idle_since: float | None = None
+
+    def set(self, at: float) -> None:
+        self.at, self._idle_since = at, None
 
     def left(self) -> float:
-        left = self.at - time.monotonic()
+        now = time.monotonic()
+        if self._idle_since is not None:
+            self.at += now - self._idle_since
+            self._idle_since = None
+        left = self.at - now
         if left <= 0:
             raise TimeoutError("download deadline passed")
         return left
+
+    def waited(self) -> None:
+        """A socket call returned (or failed): from here on the time is ours until the next one."""
+        self._idle_since = time.monotonic()
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -265,7 +282,10 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, b) -> int:
         self._sock.settimeout(self._clock.left())
-        return self._sock.recv_into(b)
+        try:
+            return self._sock.recv_into(b)
+        finally:
+            self._clock.waited()
 
     def close(self) -> None:
         if not self.closed:
@@ -281,7 +301,10 @@ class _DeadlineSocket:
 
     def sendall(self, data) -> None:
         self.raw.settimeout(self._clock.left())
-        self.raw.sendall(data)
+        try:
+            self.raw.sendall(data)
+        finally:
+            self._clock.waited()
 
     def makefile(self, mode="rb", *args, **kwargs):
         return io.BufferedReader(_DeadlineReader(self.raw, self._clock))
@@ -301,7 +324,10 @@ class _Conn(http.client.HTTPConnection):
         self._ip, self.clock = ip, _Clock()
 
     def _open(self):
-        raw = socket.create_connection((self._ip, self.port), timeout=self.clock.left())
+        try:
+            raw = socket.create_connection((self._ip, self.port), timeout=self.clock.left())
+        finally:
+            self.clock.waited()
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return raw
 
@@ -322,6 +348,8 @@ class _TLSConn(_Conn):
         except BaseException:
             raw.close()
             raise
+        finally:
+            self.clock.waited()
         self.sock = _DeadlineSocket(raw, self.clock)
 
 
@@ -432,7 +460,7 @@ class Fetcher:
         """Send the request and read the response head; one fresh retry if a reused connection fails."""
         for fresh_try in (False, True):
             conn = self._conn(scheme, host, port)
-            conn.clock.at = deadline
+            conn.clock.set(deadline)
             reused = conn.sock is not None
             raw = None
             try:
@@ -441,7 +469,7 @@ class Fetcher:
                 raw = conn.sock.raw
                 cancel.track(raw)
                 conn.request("GET", target, headers=headers)
-                return raw, conn.getresponse()
+                return raw, conn.getresponse(), conn.clock
             except Exception as e:
                 if raw is not None:
                     cancel.untrack(raw)
@@ -507,7 +535,7 @@ class Fetcher:
             with self._slot(host, budget, cancel):
                 if budget.attempt_end <= time.monotonic():
                     raise FetchError("timeout", TIMEOUT_MESSAGE, retry=True)
-                raw, resp = self._request(scheme, host, port, target, headers, budget.attempt_end, cancel)
+                raw, resp, clock = self._request(scheme, host, port, target, headers, budget.attempt_end, cancel)
                 try:
                     result = self._response(url, resp, key)
                 except Exception as e:
@@ -517,6 +545,7 @@ class Fetcher:
                     raise
                 finally:
                     cancel.untrack(raw)
+                    budget.pause(max(0.0, clock.at - budget.attempt_end))  # the hop's own (non-server) time
             if isinstance(result, FetchResult):
                 return result
             if result in seen:
