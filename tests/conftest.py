@@ -13,6 +13,19 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 import pytest  # noqa: E402
 
 
+def tree_sha256(root: str) -> dict[str, str]:
+    """Every file under ``root`` (path relative to it) -> sha256 of its bytes."""
+    import hashlib
+
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
 def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_year: int = 48, eval_per_year: int = 16,
                          seed: int = 0) -> str:
     """Training shards and clip_benchmark eval sets of the embedded web's pictures, written by the

@@ -3,7 +3,6 @@ temp clean-up that never touches a live writer's files, a relocatable index and 
 refusing names that would leave variants/ or replace the build's own shards."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -18,6 +17,7 @@ import pytest
 
 from benchmark_builder.lock import LOCK_NAME, LockHeld, writer_lock
 from pipelines import io as pio
+from tests.conftest import tree_sha256
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -180,15 +180,6 @@ SMALL = ["--pairs-per-year", "160", "--pool-shard-size", "64", "--timeout", "3",
          "--eval-retrieval-size", "20", "--eval-classification-size", "15"]
 
 
-def _tree(root: str) -> dict:
-    out = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            p = os.path.join(d, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return out
-
-
 @pytest.fixture(scope="module")
 def contested(tmp_path_factory):
     """A real build (``--filter none``) into a data dir whose path holds a quote, a space and a
@@ -229,14 +220,14 @@ def test_second_concurrent_build_fails_at_once_naming_the_holder(contested):
 
 def test_reshard_refuses_names_outside_variants_and_the_builds_own_variant(contested):
     root = os.path.join(contested["data"], "tic-datacomp")
-    before = _tree(root)
+    before = tree_sha256(root)
     assert os.listdir(os.path.join(root, "variants")) == ["none"]
     for name, why in (("..", "bad variant name '..'"), (".", "bad variant name '.'"), ("../../x", "bad variant name"),
                       ("none", "variant 'none' was written by the build")):
         r = _cli("reshard", "--name", name, "--data-dir", contested["data"], "--where", "year = 2014")
         assert r.returncode == 2 and r.stderr.startswith("error: ") and why in r.stderr, (name, r.stderr)
         assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert _tree(root) == before  # nothing written, nothing removed
+    assert tree_sha256(root) == before  # nothing written, nothing removed
     assert not os.path.exists(os.path.join(root, "train")) and not os.path.exists(os.path.join(contested["data"], "train"))
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import socket
 import urllib.error
@@ -14,6 +13,7 @@ from fastwarc.warc import ArchiveIterator
 from warcio.archiveiterator import ArchiveIterator as WarcioIterator
 
 from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
+from tests.conftest import tree_sha256
 
 
 def free_port():
@@ -29,20 +29,11 @@ def web(tmp_path_factory):
     return d, cfg, generate_web(d, cfg)
 
 
-def _digest(d):
-    h = {}
-    for root, _, files in os.walk(d):
-        for f in files:
-            p = os.path.join(root, f)
-            h[os.path.relpath(p, d)] = hashlib.sha256(open(p, "rb").read()).hexdigest()
-    return h
-
-
 def test_generation_is_deterministic_and_idempotent(web, tmp_path):
     d, cfg, manifest = web
     again = str(tmp_path / "again")
     generate_web(again, cfg)
-    assert _digest(d) == _digest(again)
+    assert tree_sha256(d) == tree_sha256(again)
     assert generate_web(d, cfg) == manifest  # reused, not regenerated
 
 

@@ -12,14 +12,6 @@ from training.methods import get_method
 from training.methods.ewc import EWC
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    from pipelines.models import load_model
-
-    torch.manual_seed(0)
-    return load_model("tic-tiny-32")
-
-
 def _data(loaded, n=16, seed=0):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, 32, 32, generator=g)

@@ -20,12 +20,6 @@ TINY = dict(samples_per_step=96, workers=0, buffer=32, checkpoint_every=0, warmu
 FP32 = scale.Precision.resolve("fp32", "cpu")
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    torch.manual_seed(0)
-    return load_model("tic-tiny-32")
-
-
 def _batch(loaded, n=16, seed=1):
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, loaded.image_size, loaded.image_size, generator=g)

@@ -14,14 +14,6 @@ from training.methods.offline_merge import schedule_weights
 from training.methods.peft import adapter_sites
 
 
-@pytest.fixture(scope="module")
-def loaded():
-    from pipelines.models import load_model
-
-    torch.manual_seed(0)
-    return load_model("tic-tiny-32")
-
-
 @pytest.fixture
 def model(loaded):
     import copy
