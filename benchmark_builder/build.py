@@ -659,10 +659,8 @@ def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[s
     for r in rows:
         row, jpg = outcome.get(r["uid"], (r, None))
         if jpg is not None:
-            samples[row["uid"]] = {
-                "key": row["uid"], "jpg": jpg, "txt": row["text"],
-                "json": {k: row[k] for k in ("uid", "url", "text", "width", "height", "original_width", "original_height", "sha256")}}
-        merged.append({**schema.project(row, schema.POOL_STATUS), "pool_shard": shard})
+            samples[row["uid"]] = download.pool_sample(row, jpg)
+        merged.append(download.pool_status_row(row, shard))
     pio.write_bytes(tar_path, wds.tar_bytes([samples[k] for k in sorted(samples)]))
     pio.write_parquet(status_path, schema.to_table(sorted(merged, key=lambda r: r["uid"]), schema.POOL_STATUS))
     return {**counts, "changed": sum(1 for r in todo if not same(outcome[r["uid"]][0], r))}

@@ -19,7 +19,6 @@ import math
 import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import apache_beam as beam
 
@@ -137,6 +136,19 @@ def _emit(rows: list[dict], images: dict[str, bytes]):
                 "stage": STAGE, "http_status": row["http_status"], "error_message": row["error_message"]})
 
 
+POOL_SAMPLE_JSON = ("uid", "url", "text", "width", "height", "original_width", "original_height", "sha256")
+
+
+def pool_sample(row: dict, jpg: bytes) -> dict:
+    """A pool shard's tar entry for a downloaded candidate (``<uid>.jpg/.txt/.json``)."""
+    return {"key": row["uid"], "jpg": jpg, "txt": row["text"], "json": {k: row[k] for k in POOL_SAMPLE_JSON}}
+
+
+def pool_status_row(row: dict, shard: str) -> dict:
+    """A pool shard's status row for a candidate."""
+    return {**schema.project(row, schema.POOL_STATUS), "pool_shard": shard}
+
+
 def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfig, fetcher: Fetcher | None = None):
     """Download one pool shard (or read it back when a finished copy exists) -> (rows, images)."""
     status_path, tar_path = _status_path(out_dir, shard), _tar_path(out_dir, shard)
@@ -148,11 +160,8 @@ def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfi
     rows = sorted(rows, key=lambda r: r["uid"])
     results = download_rows(rows, cfg, fetcher)
     images = {row["uid"]: jpg for row, jpg in results if jpg is not None}
-    table = schema.to_table([{**schema.project(row, schema.POOL_STATUS), "pool_shard": shard} for row, _ in results], schema.POOL_STATUS)
-    samples = [{"key": row["uid"], "jpg": images[row["uid"]], "txt": row["text"],
-                "json": {"uid": row["uid"], "url": row["url"], "text": row["text"], "width": row["width"], "height": row["height"],
-                         "original_width": row["original_width"], "original_height": row["original_height"], "sha256": row["sha256"]}}
-               for row, _ in results if row["uid"] in images]
+    table = schema.to_table([pool_status_row(row, shard) for row, _ in results], schema.POOL_STATUS)
+    samples = [pool_sample(row, images[row["uid"]]) for row, _ in results if row["uid"] in images]
     pio.write_bytes(tar_path, wds.tar_bytes(samples))  # the tar first: a status file means the shard is complete
     pio.write_parquet(status_path, table)
     return table.to_pylist(), images  # round-tripped through the table: identical to a read-back shard
