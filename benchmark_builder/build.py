@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -209,18 +208,7 @@ def _sync_tree(src: str, dst: str) -> int:
 
 def remove_tree(path: str) -> None:
     """Delete a file or a directory tree, local or on an object store; nothing if absent."""
-    if pio.is_local(path):
-        p = pio.local_path(path)
-        if os.path.isdir(p):
-            shutil.rmtree(p)
-        elif os.path.lexists(p):
-            os.unlink(p)
-        return
-    from apache_beam.io.filesystems import FileSystems
-
-    files = pio.glob(pio.join(path, "**")) or ([path] if pio.exists(path) else [])
-    if files:
-        FileSystems.delete(files)
+    pio.remove(path)
 
 
 # ---------------------------------------------------------------- one year
@@ -309,7 +297,7 @@ def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
 def _sha256_files(paths: list[str]) -> str:
     h = hashlib.sha256()
     for f in sorted(paths):
-        h.update("/".join(f.rsplit("/", 2)[-2:]).encode() + b"\0" + _sha256_file(f).encode())
+        h.update("/".join(f.rsplit("/", 2)[-2:]).encode() + b"\0" + pio.sha256(f).encode())
     return h.hexdigest()
 
 
@@ -469,7 +457,7 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
                   for f in pio.glob(pio.join(layout.eval_set(cfg.default_variant, kind, year), "**", "*"))]
     files = sorted(
         _files(layout, "metadata", [year]) + _files(layout, "status", [year])
-        + [pio.join(variant_dir, s) for s in sizes] + [f for f in eval_files if os.path.isfile(pio.local_path(f))]
+        + [pio.join(variant_dir, s) for s in sizes] + [f for f in eval_files if pio.isfile(f)]
     )
     manifest = {
         "year": year,
@@ -487,7 +475,7 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
             "splits": dict(sorted(splits.items())),
             "eval_overlap": leakage,
         },
-        "content_sha256": {os.path.relpath(f, pio.local_path(layout.root)): _sha256_file(f) for f in files},
+        "content_sha256": {pio.relpath(f, layout.root): pio.sha256(f) for f in files},
     }
     pio.write_json(layout.year_manifest(year), manifest)
     return manifest
@@ -498,14 +486,6 @@ def _reason_counts(status: pa.Table) -> dict:
         reason_family(r) for st, r in zip(status.column("status").to_pylist(), status.column("reason").to_pylist()) if st == "dropped"
     )
     return dict(counts.most_common())
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(pio.local_path(path), "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int]) -> bool:
@@ -578,9 +558,9 @@ def build(cfg: BuildConfig) -> dict:
     empty = [y for y in years if manifest["years"][str(y)].get("empty")]
     print(f"\nbuilt {cfg.benchmark} up to {cfg.year} in {seconds:.1f} s (years {spec.year_range}, "
           f"time steps {spec.time_steps_text()})" + (f"; empty years: {', '.join(map(str, empty))}" if empty else ""))
-    print(f"  shards:   {os.path.abspath(pio.local_path(layout.train_shards(cfg.default_variant, cfg.year)))}")
-    print(f"  metadata: {os.path.abspath(pio.local_path(layout.metadata(cfg.year)))}")
-    print(f"  index:    {os.path.abspath(index)}")
+    print(f"  shards:   {pio.display(layout.train_shards(cfg.default_variant, cfg.year))}")
+    print(f"  metadata: {pio.display(layout.metadata(cfg.year))}")
+    print(f"  index:    {pio.display(index)}")
     print('  query:    make sql Q="select year, count(*) from samples group by 1"')
     return manifest
 

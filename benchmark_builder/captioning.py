@@ -22,7 +22,6 @@ import collections
 import dataclasses
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 
@@ -118,8 +117,7 @@ def run_captions(cfg: CaptionConfig) -> dict:
     t = time.time()
     per_year: dict[int, tuple[int, int]] = {}
     counts_dir = pio.join(layout.root, "captions", "_counts")
-    if pio.is_local(counts_dir):
-        shutil.rmtree(pio.local_path(counts_dir), ignore_errors=True)
+    pio.remove(counts_dir)
     with pipeline_options(cfg.runner, job_name="tic-caption") as opts:
         with beam.Pipeline(options=opts) as p:
             counts = p | "Caption" >> cap.CaptionPool(files, {y: layout.pool(y) for y in years}, handler)

@@ -290,7 +290,7 @@ def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None
     png = png or pio.join(layout.root, "report", "filter_audit.png")
     _audit_chart(rows, years, png)
     pio.write_json(pio.join(layout.root, "report", "filter_audit.json"), rows)
-    print(f"chart: {os.path.abspath(pio.local_path(png))}")
+    print(f"chart: {pio.display(png)}")
     return rows
 
 
@@ -315,8 +315,5 @@ def _audit_chart(rows, years, png):
         ax.legend(fontsize=7)
     fig.suptitle("filter bias audit", fontsize=10)
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(pio.local_path(png))), exist_ok=True)
-    tmp = pio.local_path(png) + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    pio.save_figure(fig, png, dpi=110)
     plt.close(fig)
-    os.replace(tmp, pio.local_path(png))

@@ -11,7 +11,11 @@ added) and a ``shards`` table read from the variants' ``sizes.json``. Every view
 - ``index_info``: the benchmark root the paths point into, when the index was built
 
 Every path in the index (the views' Parquet files, ``shards.path``) is absolute, so it opens
-from any working directory. After the data dir moved or was copied,
+from any working directory. A data dir on an object store keeps ``index.duckdb`` there too; its
+views name the store's URLs, and DuckDB reads that Parquet through the same fsspec filesystem as
+``pipelines.io`` (registered on the connection: DuckDB's own httpfs extension is a download that
+machines without network access cannot make). Building or querying such an index copies the
+small ``index.duckdb`` to a local temporary file; the Parquet stays on the store and is streamed. After the data dir moved or was copied,
 ``python -m benchmark_builder index --data-dir D`` rebuilds it there; :func:`query` refuses an
 index whose recorded root is not where it now lies. Paths enter SQL only as quoted literals
 (:func:`pipelines.safe_inputs.sql_string`), never spliced in.
@@ -86,13 +90,78 @@ def _shard_rows(root: str) -> list[tuple]:
     return rows
 
 
+def connect(database: str, root: str, read_only: bool = False):
+    """A DuckDB connection on which the store holding ``root`` (if not local) is readable."""
+    con = duckdb.connect(database, read_only=read_only)
+    if not pio.is_local(root):
+        fs, _ = pio.filesystem(root)
+        con.register_filesystem(fs)
+    return con
+
+
+@contextlib.contextmanager
+def _local_copy(path: str):
+    """A local path of the index file ``path``: itself when local, else a temporary download
+    (None when the object does not exist)."""
+    if pio.is_local(path):
+        yield pio.local_path(path)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="tic-index-") as d:
+        local = os.path.join(d, "index.duckdb")
+        if not pio.exists(path):
+            yield None
+            return
+        pio.download(path, local)
+        yield local
+
+
+@contextlib.contextmanager
+def editable(layout: Layout):
+    """A local path of ``index.duckdb`` that the block may change: the file itself on a local data
+    dir; on a store, a downloaded copy that is uploaded (atomically) only when the block succeeds.
+    Hold the data dir's writer lock around it."""
+    if pio.is_local(layout.index):
+        path = pio.local_path(layout.index)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        yield path
+        return
+    import tempfile
+
+    with _local_copy(layout.index) as old, tempfile.TemporaryDirectory(prefix="tic-index-") as d:
+        local = os.path.join(d, "index.duckdb")
+        if old:
+            os.replace(old, local)
+        yield local
+        _upload(local, layout.index)
+
+
+def _upload(local: str, url: str) -> None:
+    with open(local, "rb") as f, pio.atomic_open(url) as out:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            out.write(chunk)
+
+
 def build_index(layout: Layout) -> str:
     """(Re)write ``index.duckdb`` atomically; returns its path. Tables other tools added (the
     evaluator's ``results``) are carried over. Call it holding the data dir's writer lock."""
+    if not pio.is_local(layout.index):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tic-index-") as d, _local_copy(layout.index) as old:
+            local = os.path.join(d, "index.duckdb")
+            _write_index(layout, local, old)
+            _upload(local, layout.index)
+        return layout.index
     path = pio.local_path(layout.index)
+    return _write_index(layout, path, path)
+
+
+def _write_index(layout: Layout, path: str, old: str | None) -> str:
     root = benchmark_root(layout)
     tmp = pio.temp_path(path)  # this process's own temp: concurrent callers never share one
-    con = duckdb.connect(tmp)
+    con = connect(tmp, root)
     try:
         _parquet_view(con, "candidates", root, "candidates")
         _parquet_view(con, "crawl_status", root, "crawl_status")
@@ -108,8 +177,8 @@ def build_index(layout: Layout) -> str:
         con.execute("create table index_info (root varchar, built_at varchar)")
         con.execute("insert into index_info values (?, ?)",
                     [root, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")])
-        if os.path.exists(path):  # keep tables other tools added (e.g. eval results)
-            con.execute(f"attach {sql_string(path)} as old (read_only)")
+        if old and os.path.exists(old):  # keep tables other tools added (e.g. eval results)
+            con.execute(f"attach {sql_string(old)} as old (read_only)")
             keep = con.execute(
                 "select table_name from information_schema.tables where table_catalog = 'old' and table_type = 'BASE TABLE' "
                 "and table_name not in ('shards', 'index_info')"
@@ -141,17 +210,17 @@ def check_root(con, layout: Layout, path: str) -> None:
 
 def query(layout: Layout, sql: str):
     """Run ``sql`` read-only on the index; returns (column names, rows)."""
-    path = pio.local_path(layout.index)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
-    con = duckdb.connect(path, read_only=True)
-    try:
-        check_root(con, layout, path)
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
-    finally:
-        con.close()
+    with _local_copy(layout.index) as path:
+        if not path or not os.path.exists(path):
+            raise FileNotFoundError(f"{layout.index} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
+        con = connect(path, benchmark_root(layout), read_only=True)
+        try:
+            check_root(con, layout, layout.index)
+            cur = con.execute(sql)
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return cols, cur.fetchall()
+        finally:
+            con.close()
 
 
 def format_table(cols: list[str], rows: list[tuple], max_rows: int = 200) -> str:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipelines.io import join
+import hashlib
+import os
+
+from pipelines.io import is_local, join
 from pipelines.safe_inputs import check_name
 
 
@@ -69,5 +72,11 @@ class Layout:
 
     @property
     def web(self) -> str:
-        """The embedded synthetic web (WARC snapshots + image catalogue)."""
-        return join(self.data_dir, "synthetic-web")
+        """The embedded synthetic web (WARC snapshots + image catalogue). Its server reads local
+        files, so a data dir on an object store keeps it in a local cache (it is an input,
+        regenerated from its config when missing, never an output)."""
+        if is_local(self.data_dir):
+            return join(self.data_dir, "synthetic-web")
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        key = hashlib.sha256(self.data_dir.rstrip("/").encode()).hexdigest()[:16]
+        return os.path.join(cache, "tic-benchmarks", "synthetic-web", key)

@@ -5,8 +5,6 @@ what is on disk, not what a build believed it wrote.
 """
 from __future__ import annotations
 
-import os
-
 from benchmark_builder.index import build_index, format_table, query
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
@@ -43,7 +41,7 @@ def report(layout: Layout, png: str | None = None) -> dict:
     print(format_table(vcols, vrows))
     png = png or pio.join(layout.root, "report", "samples_per_year.png")
     _bar_chart([r for r in vrows if r[1] == "train"], png)
-    print(f"\nchart: {os.path.abspath(pio.local_path(png))}")
+    print(f"\nchart: {pio.display(png)}")
     return {"stages": [dict(zip(cols, r)) for r in rows], "variants": [dict(zip(vcols, r)) for r in vrows], "png": png}
 
 
@@ -68,8 +66,5 @@ def _bar_chart(rows, png: str) -> None:
     if variants:  # every year empty: an empty chart, no legend
         ax.legend()
     fig.tight_layout()
-    pio.makedirs(os.path.dirname(pio.local_path(png)))
-    tmp = pio.local_path(png) + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
+    pio.save_figure(fig, png, dpi=120)
     plt.close(fig)
-    os.replace(tmp, pio.local_path(png))

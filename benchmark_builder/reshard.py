@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
@@ -74,7 +73,7 @@ def built_variants(layout: Layout) -> set[str]:
     if pio.exists(layout.manifest):
         names |= set((pio.read_json(layout.manifest).get("config") or {}).get("write_variants") or ())
     for d in pio.glob(pio.join(layout.root, "variants", "*")):
-        if os.path.isdir(pio.local_path(d)) and not pio.exists(pio.join(d, "reshard.json")):
+        if pio.isdir(d) and not pio.exists(pio.join(d, "reshard.json")):
             names.add(d.rstrip("/").rsplit("/", 1)[-1])
     return names
 
@@ -112,7 +111,7 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
     runner = runner or RunnerConfig()
     keys = _key_style(layout, name, years, rewrite)
     for y in years:  # a re-run with another selection must not leave shards of the last one
-        shutil.rmtree(pio.local_path(layout.train_shards(name, y)), ignore_errors=True)
+        pio.remove(layout.train_shards(name, y))
     with pipeline_options(runner, job_name=f"tic-reshard-{name}") as opts:
         with beam.Pipeline(options=opts) as p:
             for y in years:
@@ -129,9 +128,9 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
                 )
     written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
                for s in wds.read_shard(tar)]
-    src = pio.local_path(pio.join(layout.variant(default_variant), "eval"))
-    if os.path.isdir(src) and name != default_variant and not rewrite:
-        shutil.copytree(src, pio.local_path(pio.join(layout.variant(name), "eval")), dirs_exist_ok=True)
+    src = pio.join(layout.variant(default_variant), "eval")
+    if name != default_variant and not rewrite and pio.isdir(src):
+        pio.copy_tree(src, pio.join(layout.variant(name), "eval"))
     report = {"variant": name, "selected": sum(selected.values()), "distinct": len(selected), **dict(why), "years": years}
     if not rewrite:  # a rewrite keeps the variant's own record of how it was selected
         with pio.atomic_open(pio.join(layout.variant(name), "uids.npy")) as f:

@@ -12,6 +12,7 @@ import sys
 
 
 def _evaluate(run_dir, args):
+    from benchmark_builder.index import editable
     from benchmark_builder.layout import Layout
     from benchmark_builder.lock import writer_lock
     from eval.dynamic import evaluate_run
@@ -22,7 +23,8 @@ def _evaluate(run_dir, args):
     out = write_outputs(res, run_dir)
     index = Layout(args.data_dir, args.benchmark).index
     with writer_lock(args.data_dir, f"eval run {run_dir} (loading results into {index})"):  # index.duckdb has one writer
-        n = load_into_duckdb(res.rows, index, res.run)
+        with editable(Layout(args.data_dir, args.benchmark)) as local:
+            n = load_into_duckdb(res.rows, local, res.run)
     print(format_run(res))
     print(f"{len(res.rows)} result rows -> {out['dir']}/results.jsonl and the results table of {index} ({n} rows for {res.run})")
     print("pictures: " + ", ".join(out["pngs"]))

@@ -39,7 +39,7 @@ class EvalSet:
         file list, sizes and modification times)."""
         files = self.files()
         stamp = (self.kind, self.classnames, self.templates,
-                 tuple((f, os.path.getsize(f), os.path.getmtime(f)) for f in files if os.path.exists(f)))
+                 tuple((f, *pio.stamp(f)) for f in files if pio.exists(f)))
         if stamp not in _HASHES:
             _HASHES[stamp] = self._hash(files)
         return _HASHES[stamp]

@@ -24,6 +24,7 @@ from eval import metrics
 from eval.datasets import EvalSet, benchmark_sets, open_set
 from eval.embed import Embedder, file_hash
 from eval.tasks import classification_metrics, retrieval_metrics
+from pipelines import io as pio
 
 STATIC_TASKS = os.path.join(os.path.dirname(__file__), "static_tasks.yaml")
 
@@ -66,8 +67,8 @@ def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, 
             if sets:
                 tasks.append({**t, "sets": sets})
         else:
-            p = t["path"] if os.path.isabs(t["path"]) else os.path.join(data_dir, benchmark, t["path"].format(variant=variant))
-            if not os.path.exists(p):
+            p = t["path"] if os.path.isabs(t["path"]) else pio.join(data_dir, benchmark, t["path"].format(variant=variant))
+            if not pio.exists(p):
                 print(f"static task {t['name']}: {p} not found, skipped")
                 continue
             tasks.append({**t, "sets": [open_set(p, t["name"])]})
@@ -130,7 +131,7 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         path = run.step_path(i)
         loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)
         emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size,
-                       pixel_cache_dir=os.path.join(data_dir, benchmark, "eval_cache", "pixels"), draft=draft)
+                       pixel_cache_dir=pio.join(data_dir, benchmark, "eval_cache", "pixels"), draft=draft)
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):

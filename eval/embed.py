@@ -27,14 +27,11 @@ from PIL import Image
 
 from eval.datasets import EvalSet, samples
 from eval.tasks import zero_shot_classifier
+from pipelines import io as pio
 
 
 def file_hash(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:20]
+    return pio.sha256(path)[:20]
 
 
 class Embedder:
@@ -81,8 +78,8 @@ class Embedder:
     def features(self, es: EvalSet) -> dict:
         """{"image": [N, D], "text": [M, D], "text_to_image": [M]} or {"image", "labels"}."""
         path = self._cache_path(es, "features")
-        if path and os.path.exists(path):
-            return torch.load(path, weights_only=True)
+        if path and pio.exists(path):
+            return _load(path)
         px, texts, t2i, labels = self._set_pixels(es)
         out = {"image": self.encode_pixels(px)}
         self.images_embedded += out["image"].shape[0]
@@ -93,19 +90,16 @@ class Embedder:
             out["labels"] = torch.tensor(labels, dtype=torch.long)
         self.computed += 1
         if path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            torch.save(out, tmp)
-            os.replace(tmp, path)
+            _save(out, path)
         return out
 
     def _set_pixels(self, es: EvalSet):
         """Preprocessed images (float16) plus captions or labels of a set, cached across checkpoints."""
         mode = "" if self.draft_size else "|exact"
         key = hashlib.sha256(f"{es.content_hash()}|{self.loaded.preprocess_val}{mode}".encode()).hexdigest()[:24]
-        path = os.path.join(self.pixel_cache_dir, f"{key}.pt") if self.pixel_cache_dir else None
-        if path and os.path.exists(path):
-            c = torch.load(path, weights_only=True)
+        path = pio.join(self.pixel_cache_dir, f"{key}.pt") if self.pixel_cache_dir else None
+        if path and pio.exists(path):
+            c = _load(path)
             return c["pixels"], c["texts"], c["t2i"], c["labels"]
         images, texts, t2i, labels, chunks = [], [], [], [], []
         for i, (img, target) in enumerate(samples(es)):
@@ -121,12 +115,18 @@ class Embedder:
         if images:
             chunks.append(self.pixels(images).half())
         px = torch.cat(chunks) if chunks else torch.empty(0)
-        if path:
-            os.makedirs(self.pixel_cache_dir, exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            torch.save({"pixels": px, "texts": texts, "t2i": t2i, "labels": labels}, tmp)
-            os.replace(tmp, path)
+        if path:  # beside the data (local or on the store), shared by every run evaluated on it
+            _save({"pixels": px, "texts": texts, "t2i": t2i, "labels": labels}, path)
         return px, texts, t2i, labels
 
     def classifier(self, classnames, templates) -> torch.Tensor:
         return zero_shot_classifier(self.model, self.loaded.tokenizer, list(classnames), list(templates), self.device).cpu()
+
+
+def _load(path: str):
+    return torch.load(io.BytesIO(pio.read_bytes(path)), weights_only=True)
+
+
+def _save(obj, path: str) -> None:
+    with pio.atomic_open(path) as f:
+        torch.save(obj, f)

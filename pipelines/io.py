@@ -1,10 +1,16 @@
-"""File I/O shared by every stage: atomic writes on local disks and object stores.
+"""File I/O shared by every stage: one layer for every read and write of a data dir, for local
+paths, ``gs://`` and ``s3://`` (docs/storage.md).
 
-Local paths are written to a temporary name in the same directory and renamed into place,
-so a killed job never leaves a half-written file under the final name. Other paths go
-through Beam's ``FileSystems`` (``gs://`` with the gcp extra, ``s3://``, ``hdfs://``), which
-publish an object only when its upload completes: the same guarantee on Dataflow, Spark or
-Flink workers.
+One choice per operation: local paths use the OS (``open``, ``os.replace``, ``glob``); every other
+URL goes through fsspec (``gcsfs`` for ``gs://``, ``s3fs`` for ``s3://``, any other fsspec
+protocol as installed), never through Beam's ``FileSystems``, so a driver, a Beam worker, the
+trainer and DuckDB see the same store with the same credentials and emulator settings
+(``STORAGE_EMULATOR_HOST``, ``AWS_ENDPOINT_URL``).
+
+Atomic writes: a local file is written to a temporary name in the same directory and renamed
+into place. An object is spooled to a local temporary file and uploaded only when the block
+succeeds (one PUT, or a multipart / resumable upload that the store publishes only when it
+completes): a block that raises uploads nothing, so no partial object is ever published.
 """
 from __future__ import annotations
 
@@ -32,34 +38,146 @@ def local_path(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
+def display(path: str) -> str:
+    """A path as printed for the user: absolute when local, the URL otherwise."""
+    return os.path.abspath(local_path(path)) if is_local(path) else path
+
+
 def join(*parts: str) -> str:
     head, *rest = parts
     return "/".join([head.rstrip("/")] + [p.strip("/") for p in rest])
 
 
+def scheme(path: str) -> str:
+    return path.split("://", 1)[0].lower() if not is_local(path) else ""
+
+
+def storage_options(protocol: str) -> dict:
+    """fsspec options of a store: the standard credential chains, plus the emulator settings the
+    client libraries define. No listing cache: another process (a Beam worker, a resumed run)
+    may have written since the last listing."""
+    env = os.environ
+    opts: dict = {"use_listings_cache": False}
+    if protocol in ("gs", "gcs") and env.get("STORAGE_EMULATOR_HOST"):
+        # gcsfs sends requests to the emulator; it needs no token, and asking google-auth for one
+        # would look for Application Default Credentials that an emulator run does not have
+        opts["token"] = "anon"
+        opts["endpoint_url"] = env["STORAGE_EMULATOR_HOST"]
+    if protocol in ("s3", "s3a") and env.get("AWS_ENDPOINT_URL"):
+        opts["client_kwargs"] = {"endpoint_url": env["AWS_ENDPOINT_URL"]}
+    return opts
+
+
+def filesystem(path: str):
+    """(fsspec filesystem, path without the protocol) of a non-local URL."""
+    protocol = scheme(path)
+    if protocol in ("gs", "gcs"):
+        # gcsfs's core (JSON API) filesystem: the default class of gcsfs >= 2026.10 first asks
+        # the gRPC Storage Control API for the bucket's type, which emulators do not serve (a
+        # 60 s retry per bucket); every bucket, zonal and hierarchical ones too, speaks JSON
+        from gcsfs.core import GCSFileSystem
+
+        return GCSFileSystem(**storage_options(protocol)), path.split("://", 1)[1]
+    return fsspec.filesystem(protocol, **storage_options(protocol)), path.split("://", 1)[1]
+
+
+def _url(protocol: str, stripped: str) -> str:
+    return f"{protocol}://{stripped}"
+
+
 def exists(path: str) -> bool:
     if is_local(path):
         return os.path.exists(local_path(path))
-    from apache_beam.io.filesystems import FileSystems
+    fs, p = filesystem(path)
+    return fs.exists(p)
 
-    return FileSystems.exists(path)
+
+def isfile(path: str) -> bool:
+    if is_local(path):
+        return os.path.isfile(local_path(path))
+    fs, p = filesystem(path)
+    return fs.isfile(p)
+
+
+def isdir(path: str) -> bool:
+    """A local directory, or an object-store prefix that holds at least one object."""
+    if is_local(path):
+        return os.path.isdir(local_path(path))
+    fs, p = filesystem(path)
+    return bool(fs.find(p.rstrip("/") + "/", maxdepth=None)) if fs.exists(p) else False
+
+
+def stamp(path: str) -> tuple:
+    """(size, modification stamp) of a file or object: what a cache keyed on it compares."""
+    if is_local(path):
+        st = os.stat(local_path(path))
+        return st.st_size, st.st_mtime
+    fs, p = filesystem(path)
+    info = fs.info(p)
+    return info.get("size"), str(info.get("LastModified") or info.get("updated") or info.get("mtime") or info.get("ETag") or "")
 
 
 def open_read(path: str):
-    """A binary file object for reading a local path or any Beam/fsspec URL."""
+    """A binary file object for reading a local path or an object (streamed, not downloaded whole)."""
     if is_local(path):
         return open(local_path(path), "rb")
-    try:
-        from apache_beam.io.filesystems import FileSystems
+    fs, p = filesystem(path)
+    return fs.open(p, "rb")
 
-        return FileSystems.open(path, compression_type="uncompressed")
-    except ValueError:  # a scheme Beam does not know: try fsspec
-        return fsspec.open(path, "rb").open()
+
+def sha256(path: str) -> str:
+    """sha256 of a file's bytes, streamed in 1 MiB blocks from the disk or the store."""
+    h = hashlib.sha256()
+    with open_read(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def relpath(path: str, root: str) -> str:
+    """``path`` relative to ``root``, the same string for a local and a remote data dir."""
+    if is_local(path) and is_local(root):
+        return os.path.relpath(local_path(path), local_path(root))
+    prefix = root.rstrip("/") + "/"
+    if not path.startswith(prefix):
+        raise ValueError(f"{path} is not under {root}")
+    return path[len(prefix):]
 
 
 def makedirs(path: str) -> None:
-    if is_local(path):
+    if is_local(path):  # object stores have no directories
         os.makedirs(local_path(path), exist_ok=True)
+
+
+def remove(path: str) -> None:
+    """Delete a file or a whole tree, local or on a store; nothing if absent."""
+    if is_local(path):
+        p = local_path(path)
+        if os.path.isdir(p) and not os.path.islink(p):
+            import shutil
+
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            os.unlink(p)
+        return
+    fs, p = filesystem(path)
+    found = fs.find(p.rstrip("/") + "/") if not fs.isfile(p) else [p]
+    if found:
+        fs.rm(found)
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy every file under ``src`` to the same relative path under ``dst`` (atomic per file)."""
+    for f in glob(join(src, "**", "*")):
+        if isfile(f):
+            write_bytes(join(dst, relpath(f, src)), read_bytes(f))
+
+
+def download(path: str, local: str) -> None:
+    """Copy a file (local or an object) to the local path ``local``."""
+    with open_read(path) as src, atomic_open(local) as dst:
+        for chunk in iter(lambda: src.read(1 << 20), b""):
+            dst.write(chunk)
 
 
 def _literal_dirs(pattern: str) -> str:
@@ -83,9 +201,11 @@ def glob(pattern: str) -> list[str]:
         import glob as _glob
 
         return sorted(_glob.glob(_literal_dirs(local_path(pattern)), recursive=True))
-    from apache_beam.io.filesystems import FileSystems
-
-    return sorted(m.path for r in FileSystems.match([pattern]) for m in r.metadata_list)
+    fs, p = filesystem(pattern)
+    protocol = scheme(pattern)
+    if not any(c in p for c in "*?["):
+        return [pattern] if fs.exists(p) else []
+    return sorted(_url(protocol, m) for m in fs.glob(p))
 
 
 # Temp names carry their owner: ``.tmp-<name>-<host tag>-<pid>-<random>`` (DuckDB may add ``.wal``),
@@ -142,13 +262,15 @@ def atomic_open(path: str, mode: str = "wb") -> Iterator[io.IOBase]:
             if os.path.exists(tmp):
                 os.unlink(tmp)
     else:
-        from apache_beam.io.filesystems import FileSystems
+        # spool locally, upload on success only: a block that raises publishes nothing (an
+        # object store's upload, single or multipart/resumable, becomes visible only complete)
+        import tempfile
 
-        f = FileSystems.create(path, compression_type="uncompressed")
-        try:
-            yield f
-        finally:
-            f.close()
+        fs, p = filesystem(path)
+        with tempfile.NamedTemporaryFile(prefix=".tmp-upload-", suffix=".part") as tmp:
+            with open(tmp.name, mode) as f:
+                yield f
+            fs.put_file(tmp.name, p)
 
 
 def write_bytes(path: str, data: bytes) -> None:
@@ -159,6 +281,13 @@ def write_bytes(path: str, data: bytes) -> None:
 def read_bytes(path: str) -> bytes:
     with open_read(path) as f:
         return f.read()
+
+
+def save_figure(fig, path: str, **kwargs) -> None:
+    """A matplotlib figure as a PNG at ``path`` (local or an object), atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    write_bytes(path, buf.getvalue())
 
 
 def write_json(path: str, obj) -> None:
@@ -187,8 +316,7 @@ def read_parquet(paths: list[str] | str, columns: list[str] | None = None) -> pa
         if is_local(p):
             tables.append(pq.read_table(local_path(p), columns=columns, use_threads=False))
         else:
-            with open_read(p) as f:
-                tables.append(pq.read_table(pa.BufferReader(f.read()), columns=columns, use_threads=False))
+            tables.append(pq.read_table(pa.BufferReader(read_bytes(p)), columns=columns, use_threads=False))
     if not tables:
         return None
     return pa.concat_tables(tables, promote_options="default")
