@@ -52,8 +52,8 @@ def test_bucket_without_credentials_fails_fast_naming_what_is_missing(tmp_path, 
                        env=_no_credentials_env(tmp_path), capture_output=True, text=True, timeout=60, cwd=tmp_path)
     took = time.time() - t0
     print(f"{data_dir}: exit {p.returncode} after {took:.1f} s: {p.stderr.strip().splitlines()[-1]}")
-    # a hang bound, not a speed figure: the process is mostly Python and Beam imports (about 3 s idle)
-    assert p.returncode == 2 and took < 30
+    # the bound: under 10 s (1.8 s measured with the machine's load average at 25)
+    assert p.returncode == 2 and took < 10
     last = p.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and needle in last
 
