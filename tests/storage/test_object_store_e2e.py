@@ -109,7 +109,7 @@ def local(tmp_path_factory, filter_model):
     return {"data": data, **_pipeline(data, str(root / "run"), filter_model)}
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)  # a hang bound: 270 s (local reference) + 423 s (gs) at load 25-30 on 2 cores
 def test_bucket_data_dir_matches_a_local_build_with_kill_and_resume(bucket, local, filter_model, tmp_path, monkeypatch,
                                                                     capsys):
     data = f"{bucket}/data"
