@@ -247,9 +247,9 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
         cfg = _fixture(cfg)
     cfg.runner.validate()
     t0 = time.time()
+    shards = dc.pool_shards(cfg.pool)
     tic = read_inputs(cfg)
     lid = annotate.LidConfig(cfg.lid, cfg.lid_model)
-    shards = dc.pool_shards(cfg.pool)
     years = tuple(cfg.years)
 
     # pass 1 (metadata and tars, no image kept): every pool sample's year, split and status
