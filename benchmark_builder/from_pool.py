@@ -399,11 +399,11 @@ def _print_summary(cfg: PoolBuildConfig, tic: TicInputs, manifests: dict, status
     print(f"\n=== TiC-DataComp from a DataComp pool: {table.num_rows} pool samples, {seconds:.1f} s")
     print(StageSummary.render_all(StageSummary.from_status_table(table, order=list(STAGES)), seconds=seconds))
     variants = list(next(iter(manifests.values()))["counts"]["variants"]) if manifests else []
-    head = f"{'year':<6}{'listed':>8}{'in pool':>9}{'train':>7}{'retr':>6}{'cls':>5}" + "".join(f"{v:>10}" for v in variants)
+    head = f"{'year':<6}{'listed':>8}{'pool rows':>11}{'train':>7}{'retr':>6}{'cls':>5}" + "".join(f"{v:>10}" for v in variants)
     print(head + "\n" + "-" * len(head))
     for y, m in manifests.items():
         c = m["counts"]
-        print(f"{y:<6}{c['listed_in_uid_files']:>8}{c['candidates']:>9}{c['splits'].get('train', 0):>7}"
+        print(f"{y:<6}{c['listed_in_uid_files']:>8}{c['candidates']:>11}{c['splits'].get('train', 0):>7}"
               f"{c['splits'].get('eval_retrieval', 0):>6}{c['splits'].get('eval_classification', 0):>5}"
               + "".join(f"{c['variants'][v]:>10}" for v in variants))
     print(f"not in any uid file: {len(statuses.get(None, []))} pool samples (status year null, reason not_in_tic_uids)")
