@@ -27,6 +27,11 @@ becomes one pass into the crawl path's layout (``benchmark_builder/layout.py``):
 TiC-CLIP's uid files already are the benchmark's sets (its own dedup and time stamps), so the
 crawl path's timestamp, download and dedup stages do not run here. A build replaces every output
 of an earlier pool build in the data dir (the fixture takes seconds; a real pool one pass).
+
+Scale: the first pass (which sample goes where) runs in the launching process and holds the uid
+files and the benchmark rows' metadata as Python objects: fine for pools of a few million samples
+(DataComp small); DataComp medium and larger need that pass inside the Beam job as well (not done).
+The second pass (images, shards, eval sets, metadata) is one Beam job reading each pool tar once.
 """
 from __future__ import annotations
 
@@ -314,11 +319,14 @@ def _write_years(cfg: PoolBuildConfig, layout: Layout, shards: list, by_year: di
     targets = {(v, y): (layout.train_shards(v, y), {"variant": v, "year": y, "benchmark": cfg.benchmark, "keys": "uid",
                                                     "source": SOURCE})
                for v in written for y in years}
-    work = sorted((y, name) for y in years for name in by_year.get(y, {}))
+    by_shard: dict[str, dict[str, dict]] = collections.defaultdict(dict)
+    for y in years:
+        for name, rows_ in by_year.get(y, {}).items():
+            by_shard[name].update(rows_)
     with pipeline_options(cfg.runner, job_name="tic-pool") as opts:
         with beam.Pipeline(options=opts) as p:
-            rows = (p | "Shards" >> beam.Create(work)
-                    | "Read" >> beam.FlatMap(lambda yn: _rows_with_images(shard_of[yn[1]], by_year[yn[0]][yn[1]])))
+            rows = (p | "Shards" >> beam.Create(sorted(by_shard))  # each pool tar is read once, for every year
+                    | "Read" >> beam.FlatMap(lambda name: _rows_with_images(shard_of[name], by_shard[name])))
             placed = rows | "Write" >> rs.WriteVariantDirs(targets, lambda r: r["year"], rs.ReshardConfig(cfg.samples_per_shard, keys="uid"))
             for kind, pick in (("retrieval", _is_retrieval), ("classification", _is_classification)):
                 picked = rows | f"Eval_{kind}" >> beam.Filter(pick) | f"EvalKey_{kind}" >> beam.Map(lambda r: (r["year"], r))
