@@ -156,11 +156,13 @@ def test_metadata_keeps_datacomp_columns(yearly):
         assert (r["original_width"], r["original_height"]) == (s["original_width"], s["original_height"])
 
 
-def test_monthly_granularity_and_a_missing_pool_shard(yearly, tmp_path):
+def test_monthly_granularity_and_a_missing_and_a_corrupt_pool_shard(yearly, tmp_path):
     pool = tmp_path / "pool"
     shutil.copytree(os.path.join(yearly["fx"], "pool"), pool)
     os.unlink(pool / "00000001.tar")
+    (pool / "00000002.tar").write_bytes(b"not a tar archive at all" * 40)
     lost = set(pq.read_table(pool / "00000001.parquet", columns=["uid"]).column("uid").to_pylist())
+    broken = set(pq.read_table(pool / "00000002.parquet", columns=["uid"]).column("uid").to_pylist())
     d = str(tmp_path / "d")
     tic = os.path.join(yearly["fx"], "tic_uids")
     assert main(["build", "tic-datacomp", "--from", "datacomp", "--granularity", "monthly", "--pool", str(pool),
@@ -171,8 +173,13 @@ def test_monthly_granularity_and_a_missing_pool_shard(yearly, tmp_path):
     for u in lost:
         if truth[u]["role"] != "unlisted":
             assert by_uid[u]["reason"] == "pool_shard_missing"
+    for u in broken:
+        if truth[u]["role"] != "unlisted":
+            assert by_uid[u]["reason"] == "pool_shard_unreadable"
+    lost |= broken
     with open(os.path.join(root, "manifest.json")) as f:
         assert json.load(f)["time_steps"] == "monthly:2014-2023"
+    checked = 0
     for y in (2014, 2019, 2023):
         with tarfile.open(os.path.join(tic, "tic-datacomp_training_monthly", f"{y}.tar")) as t:
             months = {}
@@ -187,6 +194,8 @@ def test_monthly_granularity_and_a_missing_pool_shard(yearly, tmp_path):
                     meta = json.loads(s["json"])
                     assert meta["month"] == months[meta["uid"]] == truth[meta["uid"]]["month"]
                     assert truth[meta["uid"]]["role"] == "train" and meta["uid"] not in lost
+                    checked += 1
+    assert checked >= 6
 
 
 def _error_of(capsys, argv) -> str:
