@@ -222,3 +222,8 @@ def test_corrupt_or_missing_released_files_are_one_line_errors(yearly, tmp_path,
     assert "n99999999" in _error_of(capsys, base)
     shutil.copy(os.path.join(yearly["fx"], "tic_uids", "tic-datacompnet_year2uids.pkl"), tic / "tic-datacompnet_year2uids.pkl")
     assert "NNNNNNNN.parquet" in _error_of(capsys, base[:5] + [str(tmp_path)] + base[6:])
+
+
+def test_crawl_and_pool_builds_do_not_share_a_data_dir(yearly, capsys):
+    d = os.path.dirname(yearly["root"])
+    assert "DataComp pool" in _error_of(capsys, ["build", "tic-datacomp", "--year", "2015", "--data-dir", d])
