@@ -145,7 +145,7 @@ def read_inputs(cfg: PoolBuildConfig) -> TicInputs:
     if cfg.bestpool_uids:
         if not pio.exists(cfg.bestpool_uids):
             raise InputError(f"{cfg.bestpool_uids}: bestpool uid file missing")
-        bestpool = set(uidcodec.decode(dc._load_npy(pio.read_bytes(cfg.bestpool_uids), cfg.bestpool_uids)))
+        bestpool = set(uidcodec.decode(dc.uid_array(pio.read_bytes(cfg.bestpool_uids), cfg.bestpool_uids)))
     return TicInputs(train, retrieval, labels, dict(listed), sizes, bestpool)
 
 

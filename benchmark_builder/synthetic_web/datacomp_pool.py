@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import pickle
 import tarfile
 from dataclasses import dataclass

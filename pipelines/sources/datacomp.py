@@ -145,7 +145,7 @@ def read_pool_images(shard: PoolShard) -> tuple[dict[str, dict], str | None]:
 
 # ---------------------------------------------------------------- TiC's released uid files
 
-def _load_npy(data: bytes, source: str) -> np.ndarray:
+def uid_array(data: bytes, source: str) -> np.ndarray:
     try:
         arr = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as e:
@@ -169,7 +169,7 @@ def read_yearly_uids(tic_uids: str, years=TIC_YEARS) -> dict[int, collections.Co
         path = pio.join(d, f"{y}.npy")
         if not pio.exists(path):
             raise InputError(f"{path}: yearly uid file missing (TiC-DataComp releases {TIC_YEARS[0]}.npy..{TIC_YEARS[-1]}.npy)")
-        out[y] = collections.Counter(uidcodec.decode(_load_npy(pio.read_bytes(path), path)))
+        out[y] = collections.Counter(uidcodec.decode(uid_array(pio.read_bytes(path), path)))
     return out
 
 
@@ -213,7 +213,7 @@ def read_monthly_uids(tic_uids: str, years=TIC_YEARS) -> dict[tuple[int, int], c
         for (fy, m), (data, source) in sorted(found.items()):
             if fy != y or not 1 <= m <= 12:
                 raise InputError(f"{source}: month file of {fy}-{m:02d} inside year {y}'s archive")
-            out[(y, m)] = collections.Counter(uidcodec.decode(_load_npy(data, source)))
+            out[(y, m)] = collections.Counter(uidcodec.decode(uid_array(data, source)))
     return out
 
 
