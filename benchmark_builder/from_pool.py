@@ -39,7 +39,6 @@ import collections
 import hashlib
 import io
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -300,8 +299,8 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
     pio.write_json(layout.manifest, manifest)
     index = build_index(layout)
     _print_summary(cfg, tic, year_manifests, statuses, time.time() - t0)
-    print(f"  shards:   {os.path.abspath(pio.local_path(pio.join(layout.variant(cfg.default_variant), 'train')))}")
-    print(f"  index:    {os.path.abspath(index)}")
+    print(f"  shards:   {pio.display(pio.join(layout.variant(cfg.default_variant), 'train'))}")
+    print(f"  index:    {pio.display(index)}")
     return manifest
 
 
@@ -394,8 +393,7 @@ def _finish_year(cfg: PoolBuildConfig, layout: Layout, year: int, tic: TicInputs
             "samples": variants.get(cfg.default_variant, 0), "variants": variants,
             "eval_uids_removed_from_training": sum(1 for r in rows if r["eval_uid_in_training"]),
         },
-        "content_sha256": {os.path.relpath(f, pio.local_path(layout.root)): hashlib.sha256(pio.read_bytes(f)).hexdigest()
-                           for f in files if os.path.isfile(pio.local_path(f))},
+        "content_sha256": {pio.relpath(f, layout.root): pio.sha256(f) for f in files if pio.isfile(f)},
     }
     pio.write_json(layout.year_manifest(year), manifest)
     return manifest
