@@ -39,8 +39,11 @@ import apache_beam as beam
 import numpy as np
 
 from benchmark_builder.layout import Layout
+from benchmark_builder.specs import built_years
 from pipelines import io as pio
 from pipelines import schema
+from pipelines.models import load_model
+from pipelines.models.encode import encode_images
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.transforms import clip_score as cs
 
@@ -68,15 +71,9 @@ class ClipFilterConfig:
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
 
 
-def built_years(layout: Layout) -> list[int]:
-    return sorted(int(os.path.basename(p)[:-5]) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
-
-
 def ensure_filter_model(cfg: ClipFilterConfig, layout: Layout) -> str:
     """The model spec to score with; trains and caches the embedded default's filter model."""
     if cfg.filter_model:
-        from pipelines.models import load_model
-
         load_model(cfg.filter_model)  # fail now, with the loader's message, not inside a Beam worker
         return cfg.filter_model
     args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(cfg.filter_model_samples),
@@ -111,8 +108,6 @@ def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int
 
 
 def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
-    from pipelines.models import load_model
-
     loaded = load_model(spec, device=cfg.device)
     loaded.model.eval()
     if cfg.reference:
@@ -142,15 +137,7 @@ def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
 
 
 def _embed(loaded, images, cfg) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(images), cfg.batch_size):
-            batch = torch.stack(images[s:s + cfg.batch_size]).to(cfg.device)
-            out.append(F.normalize(loaded.model.encode_image(batch).float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+    return encode_images(loaded.model, images, cfg.device, cfg.batch_size).numpy()
 
 
 def select(scores: np.ndarray, assign: np.ndarray, targets, clip_threshold: float | None = None,
@@ -245,7 +232,7 @@ def run_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
-    years = list(cfg.years) or built_years(layout)
+    years = list(cfg.years) or built_years(layout.data_dir, layout.benchmark)
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp-all first")
     spec = ensure_filter_model(cfg, layout)
@@ -263,7 +250,7 @@ def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None
     from pipelines import uid as uidcodec
 
     layout = Layout(data_dir, benchmark)
-    years = built_years(layout)
+    years = built_years(layout.data_dir, layout.benchmark)
     meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
                             ["uid", "year", "split", "dedup_reason", "filters", "clip_score"]).to_pylist()
     pool = [r for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"]
