@@ -28,8 +28,8 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from benchmark_builder.filtering import built_years
 from benchmark_builder.layout import Layout
-from benchmark_builder.specs import built_years
 from pipelines import io as pio
 from pipelines.models import load_captioner
 from pipelines.options import RunnerConfig, pipeline_options
@@ -105,7 +105,7 @@ def run_captions(cfg: CaptionConfig) -> dict:
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
-    years = list(cfg.years) or built_years(layout.data_dir, layout.benchmark)
+    years = list(cfg.years) or built_years(layout)
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp first")
     handler, want = make_handler(cfg, layout)

@@ -39,7 +39,6 @@ import apache_beam as beam
 import numpy as np
 
 from benchmark_builder.layout import Layout
-from benchmark_builder.specs import built_years
 from pipelines import io as pio
 from pipelines import schema
 from pipelines.models import load_model
@@ -69,6 +68,10 @@ class ClipFilterConfig:
     seed: int = 0
     filter_model_samples: int = 32768  # training budget of the embedded filter model
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+
+
+def built_years(layout: Layout) -> list[int]:
+    return sorted(int(os.path.basename(p)[:-5]) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
 
 
 def ensure_filter_model(cfg: ClipFilterConfig, layout: Layout) -> str:
@@ -232,7 +235,7 @@ def run_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
-    years = list(cfg.years) or built_years(layout.data_dir, layout.benchmark)
+    years = list(cfg.years) or built_years(layout)
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp-all first")
     spec = ensure_filter_model(cfg, layout)
@@ -250,7 +253,7 @@ def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None
     from pipelines import uid as uidcodec
 
     layout = Layout(data_dir, benchmark)
-    years = built_years(layout.data_dir, layout.benchmark)
+    years = built_years(layout)
     meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
                             ["uid", "year", "split", "dedup_reason", "filters", "clip_score"]).to_pylist()
     pool = [r for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"]

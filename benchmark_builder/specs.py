@@ -170,7 +170,7 @@ def resolve_spec(benchmark: str = "tic-datacomp", years: str = "", time_steps: s
     if years:
         want = parse_years(years)
         if rec and tuple(want) != tuple(rec[0]):
-            ok = extend and want[0] == rec[0][0] and set(built_years(data_dir, benchmark)) <= set(want)
+            ok = extend and want[0] == rec[0][0] and set(_built_years(data_dir, benchmark)) <= set(want)
             if not ok:
                 raise ValueError(f"{pio.join(data_dir, benchmark)} was built for years {format_years(rec[0])}; "
                                  f"--years {format_years(want)} conflicts with it (use another --data-dir)")
@@ -180,8 +180,7 @@ def resolve_spec(benchmark: str = "tic-datacomp", years: str = "", time_steps: s
     return spec.with_years(spec.years, time_steps) if time_steps else spec
 
 
-def built_years(data_dir: str, benchmark: str) -> list[int]:
-    """The years of a benchmark with a finished build (``years/YYYY.json``)."""
+def _built_years(data_dir: str, benchmark: str) -> list[int]:
     names = (os.path.basename(p) for p in pio.glob(pio.join(data_dir, benchmark, "years", "*.json")))
     return sorted(int(n[:-5]) for n in names if n[:-5].isdigit())
 
