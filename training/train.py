@@ -14,9 +14,7 @@ A method's extra passes are thus added to its compute, as TiC-CLIP's table count
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from eval.tasks import classification_metrics, retrieval_metrics
-from pipelines.models.encode import fill, zero_shot_classifier
+from pipelines.models.encode import zero_shot_classifier
 
 # Images are the 4 basis vectors, so sims[t, i] = TXT[t, i]; every text row has unit norm.
 IMG = torch.eye(4)
