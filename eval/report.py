@@ -149,7 +149,7 @@ COMPARE_COLUMNS = [
     ("retrieval_backward_transfer", "ret. backward"), ("retrieval_in_distribution", "ret. ID"),
     ("retrieval_forward_transfer", "ret. forward"),
     ("classification_backward_transfer", "cls. backward"), ("classification_in_distribution", "cls. ID"),
-    ("classification_forward_transfer", "cls. forward"),
+    ("classification_forward_transfer", "cls. forward"), ("benchmark", "benchmark"),
 ]
 
 # TiC-CLIP's names of the protocols (Garg et al., ICLR 2024, Table 2)
