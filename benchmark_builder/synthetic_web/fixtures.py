@@ -13,7 +13,8 @@ The web behind TiC-YFCC's and TiC-RedCaps' fixtures has one year per time step
   the rows are uploaded in 2003 or 2015, outside TiC-YFCC, and must end as ``outside_years``.
 - **TiC-RedCaps**: ``annotations/<subreddit>_<year>.json`` in RedCaps' format (``info`` and
   ``annotations``: ``image_id``, ``subreddit``, ``caption``, ``created_utc``, ``url``, ``author``,
-  ``id``); years 2017..2020 by step, about 1% posted in 2016 (outside).
+  ``id``); years 2017..2020 by step, about 1% posted a year before their step's (2016 for the
+  first step: outside TiC-RedCaps).
 - **URL list**: ``url-list.parquet`` with ``url``, ``caption``, ``time`` (the crawl time) of the
   web's pairs up to the built year (TiC-DataComp's web).
 

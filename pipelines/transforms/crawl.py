@@ -397,7 +397,7 @@ def summarize(candidates_dir: str, status_dir: str, seconds: float) -> dict:
     if cands is not None:
         for y in cands.column("year").to_pylist():
             by_year[y] = by_year.get(y, 0) + 1
-    print(f"\n=== crawl: {n_files} files, {n_cand} candidates, {sum(errors.values())} unreadable records, {seconds:.1f} s")
+    print(f"\n=== crawl: {n_files} files, {n_cand} candidates, {sum(errors.values())} records or rows dropped (unreadable, outside the years), {seconds:.1f} s")
     print(StageSummary.render_all([summary]))
     print("candidates by year: " + ", ".join(f"{y}: {n}" for y, n in sorted(by_year.items())))
     return {"files": n_files, "candidates": n_cand, "record_errors": errors, "by_year": {str(k): v for k, v in sorted(by_year.items())}}
