@@ -29,10 +29,9 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build one year (and the earlier years it depends on)")
-    from benchmark_builder.specs import SPECS
-    from pipelines.transforms.crawl import INPUT_FORMATS
+    from pipelines.sources.tables import INPUT_FORMATS
 
-    b.add_argument("benchmark", choices=sorted(SPECS))
+    b.add_argument("benchmark", help="tic-datacomp, tic-yfcc or tic-redcaps (benchmark_builder/specs.py)")
     b.add_argument("--year", type=int, default=None, help="build up to this year (default: the benchmark's last year)")
     b.add_argument("--data-dir", default="./data")
     b.add_argument("--input", action="append", default=[],
@@ -210,8 +209,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
             parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
         clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
         variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
-        from benchmark_builder.specs import get_spec, resolve_spec
+        from benchmark_builder.specs import SPECS, get_spec, resolve_spec
 
+        if args.benchmark not in SPECS:
+            parser.error(f"argument benchmark: invalid choice: {args.benchmark!r} (choose from {', '.join(sorted(SPECS))})")
         if args.year is None:
             try:
                 args.year = resolve_spec(args.benchmark, args.years, args.time_steps, args.data_dir, extend=True).years[-1]

@@ -313,7 +313,9 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
     files = cfg.inputs or [pio.join(layout.web, "crawl", "*.warc.gz")]
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         p = beam.Pipeline(options=opts)
-        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
+        fmt = cfg.fmt if cfg.inputs else "warc"  # without inputs the graph is the embedded web's crawl
+        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+                             fmt=fmt, opts=cfg.table_options(benchmark_spec(cfg).years) if fmt != "warc" else None)
         p.run()
     for y in years:
         year_pipeline_run(cfg, layout, y, [e for e in years if e < y])

@@ -24,11 +24,11 @@ import os
 from dataclasses import dataclass
 from typing import Iterator
 
-from pipelines import io as pio
 from pipelines.uid import make_uid
 from pipelines.urls import is_http_url, normalize_url
 
 UTC = dt.timezone.utc
+INPUT_FORMATS = ("warc", "yfcc", "redcaps", "url-list")  # --input-format: WARC/WAT and the table sources
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class TableOptions:
 
 def file_url(root: str, rel: str) -> str:
     """``file://`` URL of ``rel`` under the local folder ``root``."""
+    from pipelines import io as pio
+
     return "file://" + os.path.abspath(os.path.join(pio.local_path(root), rel))
 
 
@@ -128,6 +130,8 @@ def read_table(path: str, fmt: str = "") -> Iterator[dict]:
     """Rows of a Parquet, CSV or TSV file (by extension, or ``fmt``), every value as read:
     CSV/TSV cells are strings (empty cells are ""), Parquet keeps its types."""
     import pyarrow.csv as pcsv
+
+    from pipelines import io as pio
 
     kind = fmt or _kind(path)
     if kind == "parquet":

@@ -32,7 +32,7 @@ from selectolax.lexbor import LexborHTMLParser
 from pipelines import io as pio
 from pipelines import schema
 from pipelines.sources import redcaps, urllist, yfcc
-from pipelines.sources.tables import TableOptions
+from pipelines.sources.tables import INPUT_FORMATS, TableOptions
 from pipelines.sources.warc import (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_RECORD_BYTES, RecordError, iter_records,
                                     parse_warc_date)
 from pipelines.stats import StageSummary
@@ -277,7 +277,7 @@ def crawl_file(path: str, source_root: str | None = None, max_record_bytes: int 
 
 
 TABLE_FORMATS = {m.NAME: m.read_file for m in (yfcc, redcaps, urllist)}
-INPUT_FORMATS = ("warc",) + tuple(TABLE_FORMATS)
+assert INPUT_FORMATS == ("warc",) + tuple(TABLE_FORMATS)  # the CLI's choices (sources/tables.py) name every reader
 
 
 def read_file(path: str, source_root: str | None = None, fmt: str = "warc", opts: TableOptions | None = None
