@@ -63,8 +63,8 @@ def _check_held_out(data_dir, benchmark, years):
                                             "and list_contains(filters, 'basic')")[0][0]
         ev = clip_benchmark.read_eval_set(layout.eval_set("basic", "retrieval", y))
         assert ev["count"] == math.ceil(0.01 * eligible) and ev["count"] >= 1
-        held = {s["key"] for shard in ev["shards"] for s in wds.read_shard(shard)}
-        train = {s["key"] for t in glob.glob(os.path.join(layout.train_shards("basic", y), "*.tar")) for s in wds.read_shard(t)}
+        held = {s["key"] for shard in ev["shards"] for s in wds.iter_samples(shard)}
+        train = {s["key"] for t in glob.glob(os.path.join(layout.train_shards("basic", y), "*.tar")) for s in wds.iter_samples(t)}
         assert train and not held & train
         assert not os.path.exists(layout.eval_set("basic", "classification", y)) or \
             clip_benchmark.read_eval_set(layout.eval_set("basic", "classification", y))["count"] == 0
@@ -152,4 +152,4 @@ def test_tic_redcaps_from_a_local_image_folder(tmp_path):
     shards = glob.glob(str(data / "tic-redcaps" / "variants" / "basic" / "train" / "2018" / "*.tar"))
     ev = clip_benchmark.read_eval_set(Layout(str(data), "tic-redcaps").eval_set("basic", "retrieval", 2018))
     assert ev["count"] == 1  # ceil(1% of 4)
-    assert sum(1 for s in shards for _ in wds.read_shard(s)) == 3
+    assert sum(1 for s in shards for _ in wds.iter_samples(s)) == 3
