@@ -12,10 +12,9 @@
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hashlib
 import os
+from dataclasses import dataclass
 
 from pipelines.io import is_local, join
 from pipelines.safe_inputs import check_name
@@ -72,11 +71,13 @@ class Layout:
 
     @property
     def web(self) -> str:
-        """The embedded synthetic web (WARC snapshots + image catalogue). Its server reads local
-        files, so a data dir on an object store keeps it in a local cache (it is an input,
-        regenerated from its config when missing, never an output)."""
+        """The embedded synthetic web (WARC snapshots + image catalogue); a benchmark other than
+        TiC-DataComp has its own, smaller one (its fixture: ``synthetic_web/fixtures.py``). Its
+        server reads local files, so a data dir on an object store keeps it in a local cache (it is
+        an input, regenerated from its config when missing, never an output)."""
+        name = "synthetic-web" if self.benchmark == "tic-datacomp" else f"synthetic-web-{self.benchmark}"
         if is_local(self.data_dir):
-            return join(self.data_dir, "synthetic-web")
+            return join(self.data_dir, name)
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         key = hashlib.sha256(self.data_dir.rstrip("/").encode()).hexdigest()[:16]
-        return os.path.join(cache, "tic-benchmarks", "synthetic-web", key)
+        return os.path.join(cache, "tic-benchmarks", name, key)
