@@ -169,10 +169,11 @@ def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfi
 
 class _DownloadShard(beam.DoFn):
     """Downloads every shard of a bundle concurrently (a slow server stalls one shard's tail,
-    not the whole bundle) and emits when the bundle finishes."""
+    not the whole bundle; the shards of every year a job builds share the bundle, so one
+    year's stalls overlap another's downloads) and emits when the bundle finishes."""
 
-    def __init__(self, out_dir: str, cfg: DownloadConfig, concurrent_shards: int = 8):
-        self.out_dir, self.cfg, self.concurrent_shards = out_dir, cfg, concurrent_shards
+    def __init__(self, out_dirs: dict, cfg: DownloadConfig, concurrent_shards: int = 8):
+        self.out_dirs, self.cfg, self.concurrent_shards = out_dirs, cfg, concurrent_shards
 
     def setup(self):
         self.fetcher = Fetcher(self.cfg.fetch)
@@ -182,9 +183,9 @@ class _DownloadShard(beam.DoFn):
         self.pending = []
 
     def process(self, element):
-        shard, rows = element
+        (year, shard), rows = element
         mark(None, STAGE)  # busy from the first shard submitted ...
-        self.pending.append(self.shards.submit(process_shard, self.out_dir, shard, list(rows), self.cfg, self.fetcher))
+        self.pending.append(self.shards.submit(process_shard, self.out_dirs[year], shard, list(rows), self.cfg, self.fetcher))
 
     def finish_bundle(self):
         from concurrent.futures import as_completed
@@ -207,23 +208,29 @@ class _DownloadShard(beam.DoFn):
 
 
 class DownloadShards(beam.PTransform):
-    """Candidates -> ``samples`` (rows with ``jpg``, main output) and ``status`` (failures)."""
+    """Candidates -> ``samples`` (rows with ``jpg``, main output) and ``status`` (failures).
 
-    def __init__(self, out_dir: str, cfg: DownloadConfig):
+    ``out_dirs``: the pool directory, or ``{year: pool directory}`` when the candidates span
+    several years (each year is cut into its own pool shards, by uid rank within the year)."""
+
+    def __init__(self, out_dirs, cfg: DownloadConfig, concurrent_shards: int = 8):
         super().__init__()
-        self.out_dir, self.cfg = out_dir, cfg
+        self.out_dirs, self.cfg, self.concurrent_shards = out_dirs, cfg, concurrent_shards
 
     def expand(self, candidates):
-        size = self.cfg.shard_size
-        order = (
+        size, out_dirs = self.cfg.shard_size, self.out_dirs
+        year_of = (lambda r: None) if isinstance(out_dirs, str) else (lambda r: r["year"])  # noqa: E731
+        dirs = {None: out_dirs} if isinstance(out_dirs, str) else dict(out_dirs)
+        order = (  # uid -> rank within its year: a list of uids per year, never of rows
             candidates
-            | "Uids" >> beam.Map(lambda r: r["uid"])
-            | "AllUids" >> beam.combiners.ToList()
-            | "Sort" >> beam.Map(lambda uids: {u: i for i, u in enumerate(sorted(uids))})
+            | "Uids" >> beam.Map(lambda r: (year_of(r), r["uid"]))
+            | "UidsPerYear" >> beam.GroupByKey()
+            | "Sort" >> beam.MapTuple(lambda y, uids: (y, {u: i for i, u in enumerate(sorted(uids))}))
         )
         return (
             candidates
-            | "AssignShard" >> beam.Map(lambda r, rank: (shard_name(rank[r["uid"]] // size), r), beam.pvalue.AsSingleton(order))
+            | "AssignShard" >> beam.Map(
+                lambda r, rank: ((year_of(r), shard_name(rank[year_of(r)][r["uid"]] // size)), r), beam.pvalue.AsDict(order))
             | "GroupShard" >> beam.GroupByKey()
-            | "Fetch" >> beam.ParDo(_DownloadShard(self.out_dir, self.cfg)).with_outputs("status", main="samples")
+            | "Fetch" >> beam.ParDo(_DownloadShard(dirs, self.cfg, self.concurrent_shards)).with_outputs("status", main="samples")
         )
