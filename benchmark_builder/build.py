@@ -45,7 +45,7 @@ from pipelines.sinks import webdataset as wds
 from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
-from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, split, timestamp
+from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, pool, reshard, split, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -236,13 +236,23 @@ def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[st
     return globs if patterns else [f for g in globs for f in pio.glob(g)]
 
 
+def iter_parquet_rows(path: str, columns: list[str] | None = None, batch_size: int = 4096):
+    """The rows of one Parquet file, a batch at a time: a year's candidates are one file, and
+    a worker reading it holds one batch of rows, never the year."""
+    import pyarrow.parquet as pq
+
+    with pio.open_read(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
+            yield from batch.to_pylist()
+
+
 def _read(p, label: str, files: list[str], columns: list[str] | None = None):
     if not files:
         return p | f"No{label}" >> beam.Create([])
     return (
         p
         | f"List{label}" >> beam.Create(files)
-        | f"Read{label}" >> beam.FlatMap(lambda path: pio.read_parquet([path], columns).to_pylist())
+        | f"Read{label}" >> beam.FlatMap(iter_parquet_rows, columns)
     )
 
 
@@ -363,10 +373,13 @@ def year_key(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[in
 NEARDUP_COLUMNS = ["uid", "phash", "first_seen", "text", "split", "year", "dedup_reason"]
 
 
-def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames, templates) -> int:
-    """One year's held-out set of ``kind`` in clip_benchmark's layout, in uid order."""
+def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames, templates, pool_dirs: dict | None = None) -> int:
+    """One year's held-out set of ``kind`` in clip_benchmark's layout, in uid order (images from
+    the rows, or read from the pool shards in ``pool_dirs``: year -> pool dir)."""
     samples = []
+    images = pool.images_of(rows, pool_dirs) if pool_dirs is not None else {r["uid"]: r["jpg"] for r in rows}
     for r in sorted(rows, key=lambda r: r["uid"]):
+        r = {**r, "jpg": images[r["uid"]]}
         sample = {"key": r["uid"], "jpg": r["jpg"], "json": {k: r.get(k) for k in reshard.SHARD_JSON_FIELDS if k != "key"}}
         if kind == "retrieval":
             sample["txt"] = r.get("text") or ""
@@ -409,7 +422,8 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
         stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
         kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
 
-        downloaded = kept | "Download" >> download.DownloadShards({y: layout.pool(y) for y in years}, dl_cfg)
+        pool_dirs = {y: layout.pool(y) for y in years}
+        downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
         annotated = (
             downloaded.samples
             | "Annotate" >> annotate.Annotate(cfg.lid_config())
@@ -448,19 +462,20 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
             meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
             of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
             placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
-                cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard)
+                cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
+                pool_dirs,
             ))
             for extra in cfg.write_variants[1:]:
                 _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
                     extra, layout.train_shards(extra, year), {**meta, "variant": extra},
-                    reshard.ReshardConfig(cfg.samples_per_shard),
+                    reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
                 )
         placed = placed_years | "Placed" >> beam.Flatten()
         eval_rows = splitted | "EvalRows" >> beam.FlatMap(
             lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
         _ = (
             _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
-            | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates),
+            | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
                                            {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
                                             for y in years for k in ("retrieval", "classification")})
         )
