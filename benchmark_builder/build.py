@@ -562,6 +562,8 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
         "config_hash": cfg.config_hash(),
         "code_version": code_version(),
         "seconds": round(seconds, 2),
+        # timing fields: the job's busy seconds per stage (shared by every year of the job)
+        "stages": [{"stage": s.stage, "in": s.n_in, "kept": s.kept, "seconds": (timings or {}).get(s.stage)} for s in summaries],
         "empty": not samples,
         "counts": {
             "candidates": n_candidates,
