@@ -5,6 +5,7 @@
     train      bundled trainer vs open_clip_train, samples/s on the same shards (needs ./data)
     eval       evaluator embedding speed vs a plain batched torch loop (needs ./data)
     build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
+    scale      one year of the embedded web at 10k, 30k, 100k pairs: wall, rows/s per stage, peak memory, exponent
 """
 from __future__ import annotations
 
@@ -69,7 +70,13 @@ def _ensure_data():
                         "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
 
 
-BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "build": bench_build}
+def _scale(argv=None):
+    from bench.scale import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "build": bench_build, "scale": _scale}
 
 
 def main(argv=None) -> int:
@@ -94,6 +101,10 @@ def main(argv=None) -> int:
         print(f"evaluation embedding vs plain torch loop: {results['eval']['ratio']:.2f}x")
     if "build" in results:
         print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
+    if "scale" in results and "exponent_job" in results["scale"]:
+        last = results["scale"]["sizes"][-1]
+        print(f"build cost exponent {results['scale']['sizes'][0]['pairs']:,} -> {last['pairs']:,} pairs: "
+              f"{results['scale']['exponent_job']:.3f}; peak memory at {last['pairs']:,}: {last['peak_pss_bytes'] / 2**30:.2f} GiB")
     return 0
 
 
