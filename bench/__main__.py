@@ -64,7 +64,9 @@ def _eval(argv=None):
 
 def _ensure_data():
     """The training and eval benchmarks read the embedded default: build it once if missing."""
-    if not os.path.exists(os.path.join(REPO, "data", "tic-datacomp", "years", "2022.json")):
+    from benchmark_builder.layout import Layout
+
+    if not os.path.exists(Layout(os.path.join(REPO, "data")).year_manifest(2022)):
         subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2022",
                         "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
 

@@ -174,20 +174,20 @@ def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
 def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     """Crawl every input into a scratch dir, then replace only the year partitions whose bytes
     changed: adding a crawl of a new year leaves every earlier year's files untouched."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
     t = time.time()
-    scratch = pio.join(layout.root, "_crawl_scratch")
+    scratch = layout.crawl_scratch
     remove_tree(scratch)
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
             crawl.crawl_pipeline(p, files, pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"),
                                  source_root=layout.web if cfg.synthetic else None)
     counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
-    changed = sum(_sync_tree(pio.join(scratch, d), pio.join(layout.root, d)) for d in ("candidates", "crawl_status"))
+    changed = sum(_sync_tree(pio.join(scratch, d), layout.table(d)) for d in ("candidates", "crawl_status"))
     remove_tree(scratch)
     print(f"crawl: {changed} partition file(s) changed")
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
@@ -228,7 +228,7 @@ def remove_tree(path: str) -> None:
 def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[str]:
     """Parquet files of ``table`` for ``years``; with ``patterns``, the globs unexpanded (a dry
     run builds the job graph without touching storage)."""
-    globs = [pio.join(layout.root, table, f"year={y}", "*.parquet") for y in years]
+    globs = [pio.join(layout.partition(table, y), "*.parquet") for y in years]
     return globs if patterns else [f for g in globs for f in pio.glob(g)]
 
 
@@ -263,7 +263,7 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
     files = cfg.inputs or [pio.join(layout.web, "crawl", "*.warc.gz")]
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         p = beam.Pipeline(options=opts)
-        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
+        crawl.crawl_pipeline(p, files, layout.table("candidates"), layout.table("crawl_status"))
         p.run()
     for y in years:
         year_pipeline_run(cfg, layout, y, [e for e in years if e < y])
@@ -295,15 +295,15 @@ def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
         for sub in ("shards", "status"):
             remove_tree(pio.join(layout.pool(year), sub))
     pio.write_json(pool_id_path, identity)
-    stale = [layout.metadata(year), layout.status(year), pio.join(layout.root, "clip", f"year={year}")]
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "train", str(year)))
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", str(year)))
+    stale = [layout.metadata(year), layout.status(year), layout.clip(year)]
+    stale += pio.glob(layout.any_variant("train", str(year)))
+    stale += pio.glob(layout.any_variant("eval", "*", str(year)))
     stale = [d for d in stale if pio.exists(d)]
     for d in stale:
         remove_tree(d)
     if stale:  # scores and captions of the removed metadata are gone: their markers must not claim them
-        for marker in ("clip/_SUCCESS.json", "captions/_SUCCESS.json"):
-            remove_tree(pio.join(layout.root, marker))
+        for marker in (layout.clip_marker, layout.captions_marker):
+            remove_tree(marker)
 
 
 def _sha256_files(paths: list[str]) -> str:
@@ -516,7 +516,7 @@ def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[i
 def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
     """Whether the crawl's candidates are those of the current inputs (without generating the
     synthetic web: its inputs are the files of its config up to ``cfg.year``)."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     if not pio.exists(marker):
         return False
     if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
@@ -560,7 +560,7 @@ def build(cfg: BuildConfig) -> dict:
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
             if cfg.synthetic:
-                marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+                marker = layout.candidates_marker
                 pio.write_json(marker, {**pio.read_json(marker), "synthetic": _synthetic_key(cfg)})
             eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
             for i, y in enumerate(years):
