@@ -1,13 +1,15 @@
-"""``python -m benchmark_builder``: build a benchmark, query its index.
+"""``python -m benchmark_builder`` (or ``tic-build``): build a benchmark, query its index.
 
     python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data \
         [--input 'crawl/*.warc.gz' ...] [--runner DirectRunner|PortableRunner|DataflowRunner|SparkRunner|FlinkRunner] [beam options]
+    python -m benchmark_builder filter --data-dir ./data --model ViT-L-14:openai --years 2014-2016
     python -m benchmark_builder sql --data-dir ./data "select year, count(*) from samples group by 1"
     python -m benchmark_builder index --data-dir ./data      # rebuild index.duckdb (e.g. after moving ./data)
 
 Every command that writes the data dir holds its writer lock (``<data dir>/.writer.lock``); a
-second writer fails at once (exit 2) naming the holder. Refused input also exits 2 with one
-``error: ...`` line.
+second writer fails at once (exit 2) naming the holder. Refused input (a bad flag value, no
+input files, a year outside the benchmark, a missing index, bad SQL) exits 2 with one
+``error: ...`` line. Which jobs a command runs is decided in ``benchmark_builder.jobs``.
 """
 from __future__ import annotations
 
@@ -15,30 +17,56 @@ import argparse
 import logging
 import sys
 
+from benchmark_builder.specs import SPECS
 from pipelines import credentials
+from pipelines.cli import DEFAULT_BENCHMARK, Parser, add_data_args, add_device, add_model, example, user_errors
 from pipelines.options import RunnerConfig, add_runner_arguments, reject_unknown_flags
 
+BEAM_COMMANDS = ("build", "reshard", "filter", "caption")  # the commands that run Beam jobs
+WRITING_COMMANDS = ("build", "reshard", "filter", "caption", "filter-audit", "report", "index")
+YEARS_HELP = "FIRST-LAST or YEAR (several allowed); default: every built year"
+
+
+# ---------------------------------------------------------------- parser
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m benchmark_builder", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m benchmark_builder", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_build, _add_reshard, _add_filter, _add_caption, _add_reports, _add_sql):
+        add(sub)
+    return parser
 
-    b = sub.add_parser("build", help="build one year (and the earlier years it depends on)")
-    b.add_argument("benchmark", choices=["tic-datacomp"])
-    b.add_argument("--year", type=int, required=True)
-    b.add_argument("--data-dir", default="./data")
+
+def _add_build(sub) -> None:
+    b = sub.add_parser("build", help="build one year (and the earlier years it depends on)",
+                       epilog=example("python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data",
+                                      "python -m benchmark_builder build --year 2024 --years 2023-2024 --input 'crawl/*.warc.gz'"))
+    b.add_argument("benchmark_name", nargs="?", metavar="benchmark", choices=sorted(SPECS),
+                   help=f"same as --benchmark (default: {DEFAULT_BENCHMARK})")
+    b.add_argument("--year", type=int, required=True, help="build this year and every earlier year of the benchmark")
+    add_data_args(b)
+    _add_build_input(b)
+    _add_build_download(b)
+    _add_build_outputs(b)
+    add_runner_arguments(b)
+
+
+def _add_build_input(b) -> None:
     b.add_argument("--input", action="append", default=[],
                    help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
     b.add_argument("--pairs-per-year", type=int, default=4000, help="synthetic web size")
     b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
-    b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated: basic, none, and "
-                   "the CLIP variants clip_score, image_based, bestpool (scored after the build with --filter-model)")
-    b.add_argument("--filter-model", default="", help="CLIP variants: model spec (default: a small CLIP trained on the "
-                   "earliest time step)")
+    b.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: the data dir's, else "
+                   "TiC-DataComp's 2014-2022); any range, e.g. 2023-2024 for new crawls")
+    b.add_argument("--time-steps", default="", help="how years group into time steps: year groups 2014-2016,2017 or "
+                   "monthly:2019 (default: the benchmark's grouping)")
+    b.add_argument("--retry-failed", action="store_true", help="re-fetch the candidates of finished years dropped for "
+                   "transient reasons (timeouts, 5xx, 429, connection errors), then re-derive everything downstream")
+
+
+def _add_build_download(b) -> None:
     b.add_argument("--pool-shard-size", type=int, default=500)
-    b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--image-size", type=int, default=256)
     b.add_argument("--resize-mode", default="keep_ratio_largest")
     b.add_argument("--timeout", type=float, default=2.0, help="seconds per download attempt in total (connect, redirects, body)")
@@ -49,6 +77,14 @@ def _build_parser() -> argparse.ArgumentParser:
                    "(tic-benchmarks/<version> (+<contact>)); default: the project's URL")
     b.add_argument("--allow-loopback", action="store_true",
                    help="allow downloads from 127.0.0.0/8 (set automatically for the embedded synthetic web)")
+
+
+def _add_build_outputs(b) -> None:
+    b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated: basic, none, and "
+                   "the CLIP variants clip_score, image_based, bestpool (scored after the build with --model)")
+    add_model(b, "--filter-model", help="CLIP variants: filter model spec (default: a small CLIP trained on the "
+              "earliest time step)")
+    b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
     b.add_argument("--eval-classification-size", type=int, default=500, help="held-out classification images per year")
     b.add_argument("--classes", default="", help="class list: synthetic-web, imagenet or a file (default by input)")
@@ -59,226 +95,237 @@ def _build_parser() -> argparse.ArgumentParser:
                         "wheel, no download) or langid.py")
     b.add_argument("--lid-model", default="", metavar="PATH", help="fastText model file, e.g. lid.176.bin")
     b.add_argument("--near-dup-threshold", type=int, default=20, help="Hamming distance on the 256-bit pHash")
-    b.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: the data dir's, else "
-                   "TiC-DataComp's 2014-2022); any range, e.g. 2023-2024 for new crawls")
-    b.add_argument("--time-steps", default="", help="how years group into time steps: year groups 2014-2016,2017 or "
-                   "monthly:2019 (default: the benchmark's grouping)")
-    b.add_argument("--retry-failed", action="store_true", help="re-fetch the candidates of finished years dropped for "
-                   "transient reasons (timeouts, 5xx, 429, connection errors), then re-derive everything downstream")
-    add_runner_arguments(b)
 
-    r = sub.add_parser("reshard", help="write a variant from a DataComp uid file or an SQL predicate")
+
+def _add_reshard(sub) -> None:
+    r = sub.add_parser("reshard", help="write a variant from a DataComp uid file or an SQL predicate",
+                       epilog=example("python -m benchmark_builder reshard --name wide --where 'width >= 256' --years 2014-2016"))
     r.add_argument("--name", required=True, help="variant name (variants/<name>/)")
     r.add_argument("--uids", help="DataComp subset file: .npy of dtype u8,u8")
     r.add_argument("--where", help="SQL predicate on the metadata view, e.g. \"language = 'en' and width >= 256\"")
-    r.add_argument("--years", nargs="*", help="years to write: YEAR or FIRST-LAST (default: every built year)")
-    r.add_argument("--data-dir", default="./data")
-    r.add_argument("--benchmark", default="tic-datacomp")
+    r.add_argument("--years", nargs="*", default=[], help=YEARS_HELP)
+    add_data_args(r)
     r.add_argument("--samples-per-shard", type=int, default=10_000)
     r.add_argument("--overwrite", action="store_true", help="replace a variant the build wrote (e.g. basic)")
     add_runner_arguments(r)
 
-    f = sub.add_parser("filter", help="CLIP-based variants (clip_score, image_based, bestpool) from the pool")
-    f.add_argument("--data-dir", default="./data")
-    f.add_argument("--benchmark", default="tic-datacomp")
-    f.add_argument("--filter-model", default="", help="model spec, e.g. ViT-L-14:openai or NAME:/path.pt "
-                   "(default: a small CLIP trained on the earliest time step)")
-    f.add_argument("--years", nargs="*", default=[], help="years: YEAR or FIRST-LAST (default: every built year)")
+
+def _add_filter(sub) -> None:
+    f = sub.add_parser("filter", help="CLIP-based variants (clip_score, image_based, bestpool) from the pool",
+                       epilog=example("python -m benchmark_builder filter --data-dir ./data --model ViT-L-14:openai --device auto"))
+    add_data_args(f)
+    add_model(f, "--filter-model", help="model spec, e.g. ViT-L-14:openai or NAME:/path.pt "
+              "(default: a small CLIP trained on the earliest time step)")
+    f.add_argument("--years", nargs="*", default=[], help=YEARS_HELP)
     f.add_argument("--clip-threshold", type=float, default=None, help="absolute CLIP score threshold")
     f.add_argument("--clip-fraction", type=float, default=0.3, help="keep this top fraction of the whole pool")
     f.add_argument("--clusters", type=int, default=256, help="k-means clusters (DataComp: 100000)")
     f.add_argument("--reference", default="", help="reference images (image folder or WebDataset), e.g. ImageNet train")
-    f.add_argument("--device", default="cpu")
+    add_device(f)
     f.add_argument("--variants", default=",".join(("clip_score", "image_based", "bestpool")))
     add_runner_arguments(f)
-    c = sub.add_parser("caption", help="generated captions (caption_generated) for the pool; variants re-written")
-    c.add_argument("--data-dir", default="./data")
-    c.add_argument("--benchmark", default="tic-datacomp")
-    c.add_argument("--captioner", default="template:synthetic-web",
-                   help="Hugging Face image-to-text folder or cached id (BLIP, GIT, VisionEncoderDecoder), "
-                        "template:ATTRIBUTES.parquet, or template:synthetic-web (default)")
+
+
+def _add_caption(sub) -> None:
+    c = sub.add_parser("caption", help="generated captions (caption_generated) for the pool; variants re-written",
+                       epilog=example("python -m benchmark_builder caption --data-dir ./data --model Salesforce/blip-image-captioning-base"))
+    add_data_args(c)
+    add_model(c, "--captioner", default="template:synthetic-web",
+              help="captioner: Hugging Face image-to-text folder or cached id (BLIP, GIT, VisionEncoderDecoder), "
+                   "template:ATTRIBUTES.parquet, or template:synthetic-web (default)")
     c.add_argument("--templates", default="", help="template captioner: file with one template per line")
-    c.add_argument("--years", nargs="*", default=[], help="years: YEAR or FIRST-LAST (default: every built year)")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--years", nargs="*", default=[], help=YEARS_HELP)
+    add_device(c)
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--max-new-tokens", type=int, default=30)
     c.add_argument("--num-beams", type=int, default=1)
     c.add_argument("--no-rewrite", action="store_true", help="only the metadata; leave variant shards as they are")
     add_runner_arguments(c)
-    fa = sub.add_parser("filter-audit", help="fraction kept and mean CLIP score per filter variant and year; PNG")
-    fa.add_argument("--data-dir", default="./data")
-    fa.add_argument("--benchmark", default="tic-datacomp")
 
-    rep = sub.add_parser("report", help="per-year counts per stage, variant and split; PNG bar chart")
-    rep.add_argument("--data-dir", default="./data")
-    rep.add_argument("--benchmark", default="tic-datacomp")
 
-    ix = sub.add_parser("index", help="rebuild index.duckdb from the files on disk (e.g. after the data dir moved)")
-    ix.add_argument("--data-dir", default="./data")
-    ix.add_argument("--benchmark", default="tic-datacomp")
+def _add_reports(sub) -> None:
+    for name, help_, ex in (
+        ("filter-audit", "fraction kept and mean CLIP score per filter variant and year; PNG", "filter-audit --data-dir ./data"),
+        ("report", "per-year counts per stage, variant and split; PNG bar chart", "report --data-dir ./data"),
+        ("index", "rebuild index.duckdb from the files on disk (e.g. after the data dir moved)", "index --data-dir ./data"),
+    ):
+        add_data_args(sub.add_parser(name, help=help_, epilog=example(f"python -m benchmark_builder {ex}")))
 
-    q = sub.add_parser("sql", help="run SQL on index.duckdb")
+
+def _add_sql(sub) -> None:
+    q = sub.add_parser("sql", help="run SQL on index.duckdb", epilog=example(
+        "python -m benchmark_builder sql --data-dir ./data \"select year, count(*) from samples group by 1\""))
     q.add_argument("query")
-    q.add_argument("--data-dir", default="./data")
-    q.add_argument("--benchmark", default="tic-datacomp")
+    add_data_args(q)
     q.add_argument("--json", action="store_true", help="one JSON object per row")
-    return parser
 
 
-WRITING_COMMANDS = ("build", "reshard", "filter", "caption", "filter-audit", "report", "index")
+# ---------------------------------------------------------------- checks before any work
+
+def _check_flags(parser, args, beam_args: list[str]) -> None:
+    if args.command in BEAM_COMMANDS:
+        reject_unknown_flags(parser, beam_args)
+    elif beam_args:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "build":
+        if args.benchmark_name and args.benchmark_name != args.benchmark != DEFAULT_BENCHMARK:
+            parser.error(f"benchmark {args.benchmark_name!r} and --benchmark {args.benchmark!r} disagree")
+        args.benchmark = args.benchmark_name or args.benchmark
+        from benchmark_builder.jobs import plan_variants
+        from pipelines.safe_inputs import InputError
+
+        try:
+            args.plan = plan_variants(args.filter)
+        except InputError as e:
+            parser.error(str(e))
+        from pipelines.transforms.annotate import LidConfig, check_lid
+
+        try:  # a bad model file is refused before the data dir (and its lock) exists
+            check_lid(LidConfig(args.lid, args.lid_model))
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f"--lid/--lid-model: {e}")
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+def _years(args) -> list[int]:
+    """``--years`` of reshard/filter/caption as a year list, each year one the data dir holds."""
+    from benchmark_builder.specs import resolve_spec, year_list
+    from pipelines.safe_inputs import InputError
+
+    if not args.years:
+        return []
+    years, spec = year_list(args.years), resolve_spec(args.benchmark, data_dir=args.data_dir)
+    outside = [y for y in years if y not in spec.years]
+    if outside:
+        raise InputError(f"--years {' '.join(args.years)} names {outside}, outside the data dir's years {spec.year_range}")
+    return years
+
+
+# ---------------------------------------------------------------- commands
+
+def _build(args, runner: RunnerConfig) -> int:
+    from benchmark_builder.build import BuildConfig
+    from benchmark_builder.jobs import run_build
+
+    cfg = BuildConfig(
+        year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
+        pairs_per_year=args.pairs_per_year, web_port=args.web_port,
+        pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
+        image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
+        thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
+        max_per_host=args.max_per_host, user_agent_contact=args.user_agent_contact,
+        eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
+        classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
+        lid=args.lid, lid_model=args.lid_model, years=args.years, time_steps=args.time_steps, runner=runner,
+    )
+    run_build(cfg, args.plan, model=args.model, retry=args.retry_failed)
+    return 0
+
+
+def _reshard(args, runner: RunnerConfig) -> int:
+    from pipelines.safe_inputs import check_name
+
+    check_name(args.name, "variant name")  # before anything is imported or selected
+    from benchmark_builder.layout import Layout
+    from benchmark_builder.reshard import reshard, select_uids
+
+    layout = Layout(args.data_dir, args.benchmark)
+    reshard(layout, args.name, select_uids(layout, args.uids, args.where), _years(args), runner,
+            args.samples_per_shard, overwrite=args.overwrite)
+    return 0
+
+
+def _filter(args, runner: RunnerConfig) -> int:
+    from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig
+    from benchmark_builder.jobs import run_clip_filters
+    from pipelines.cli import resolve_device
+    from pipelines.safe_inputs import InputError
+
+    variants = tuple(v for v in args.variants.split(",") if v)
+    unknown = [v for v in variants if v not in CLIP_VARIANTS]
+    if unknown:
+        raise InputError(f"unknown --variants {unknown}; known: {list(CLIP_VARIANTS)}")
+    run_clip_filters(ClipFilterConfig(
+        data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.model, years=tuple(_years(args)),
+        clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction, clusters=args.clusters,
+        reference=args.reference, device=resolve_device(args.device), runner=runner), variants)
+    return 0
+
+
+def _caption(args, runner: RunnerConfig) -> int:
+    from benchmark_builder.captioning import CaptionConfig, run_captions
+    from pipelines.cli import resolve_device
+
+    run_captions(CaptionConfig(
+        data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.model, templates=args.templates,
+        years=tuple(_years(args)), device=resolve_device(args.device), batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, rewrite_variants=not args.no_rewrite, runner=runner))
+    return 0
+
+
+def _filter_audit(args, runner) -> int:
+    from benchmark_builder.filtering import audit
+
+    audit(args.data_dir, args.benchmark)
+    return 0
+
+
+def _report(args, runner) -> int:
+    from benchmark_builder.layout import Layout
+    from benchmark_builder.report import report
+
+    report(Layout(args.data_dir, args.benchmark))
+    return 0
+
+
+def _index(args, runner) -> int:
+    from benchmark_builder.index import build_index, query
+    from benchmark_builder.layout import Layout
+    from pipelines import io as pio
+    from pipelines.safe_inputs import InputError
+
+    layout = Layout(args.data_dir, args.benchmark)
+    if not pio.exists(layout.root):
+        raise InputError(f"no {args.benchmark} benchmark under {args.data_dir} ({layout.root} does not exist)")
+    path = build_index(layout)
+    _, [(n_shards, n_samples)] = query(layout, "select count(*), coalesce(sum(count), 0) from shards")
+    print(f"{path}: {n_shards} shard files ({n_samples} samples) under {layout.root}")
+    return 0
+
+
+def _sql(args, runner) -> int:
+    import duckdb
+
+    from benchmark_builder.index import format_table, query, to_json_rows
+    from benchmark_builder.layout import Layout
+    from pipelines.safe_inputs import InputError
+
+    try:
+        cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
+    except duckdb.Error as e:
+        raise InputError(f"sql: {str(e).splitlines()[0]}") from None
+    print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
+    return 0
+
+
+COMMANDS = {"build": _build, "reshard": _reshard, "filter": _filter, "caption": _caption, "filter-audit": _filter_audit,
+            "report": _report, "index": _index, "sql": _sql}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args, beam_args = parser.parse_known_args(argv)
-    if args.command in ("build", "reshard", "filter", "caption"):  # the commands that run Beam jobs
-        reject_unknown_flags(parser, beam_args)
-    elif beam_args:
-        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
-    try:
-        credentials.require([getattr(args, "data_dir", ""), *getattr(args, "input", [])])
-    except credentials.MissingCredentials as e:
-        parser.exit(2, f"error: {e}\n")
-    if args.command == "build":  # a bad model file is refused before the data dir (and its lock) exists
-        from pipelines.transforms.annotate import LidConfig, check_lid
-
-        try:
-            check_lid(LidConfig(args.lid, args.lid_model))
-        except (ValueError, FileNotFoundError) as e:
-            parser.error(f"--lid/--lid-model: {e}")
+    _check_flags(parser, args, beam_args)
     from benchmark_builder.lock import LockHeld, writer_lock
-    from pipelines.safe_inputs import InputError
 
-    try:
-        if args.command in WRITING_COMMANDS:
-            argv = sys.argv[1:] if argv is None else list(argv)
-            with writer_lock(args.data_dir, " ".join(["benchmark_builder", *argv])):
-                return _run(parser, args, beam_args)
-        return _run(parser, args, beam_args)
-    except (LockHeld, InputError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
-    if args.command in ("reshard", "filter", "caption") and args.years:
-        from benchmark_builder.specs import resolve_spec, year_list
-
-        try:
-            years, spec = year_list(args.years), resolve_spec(args.benchmark, data_dir=args.data_dir)
-        except ValueError as e:
-            return _error(str(e))
-        outside = [y for y in years if y not in spec.years]
-        if outside:
-            return _error(f"--years {' '.join(args.years)} names {outside}, outside the data dir's years {spec.year_range}")
-        args.years = years
-    if args.command == "build":
-        from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_failed
-
-        from benchmark_builder.filtering import CLIP_VARIANTS
-        from pipelines.transforms.filter import VARIANTS
-
-        requested = tuple(v.strip() for v in args.filter.split(",") if v.strip())
-        unknown = [v for v in requested if v not in VARIANTS and v not in CLIP_VARIANTS]
-        if unknown:
-            parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
-        clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
-        variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
-        cfg = BuildConfig(
-            year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
-            pairs_per_year=args.pairs_per_year, web_port=args.web_port, write_variants=variants,
-            variants=tuple(dict.fromkeys(("none", "basic") + variants)),
-            pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
-            image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
-            thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
-            max_per_host=args.max_per_host, user_agent_contact=args.user_agent_contact,
-            eval_retrieval_size=args.eval_retrieval_size, eval_classification_size=args.eval_classification_size,
-            classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
-            lid=args.lid, lid_model=args.lid_model,
-            years=args.years, time_steps=args.time_steps, runner=RunnerConfig(args.runner, beam_args),
-        )
-        try:
-            benchmark_spec(cfg)  # a bad or conflicting year range fails before any work
-        except ValueError as e:
-            return _error(str(e))
-        if args.retry_failed:
-            retry_failed(cfg)
-        else:
-            build(cfg)
-        if clip_variants and not cfg.runner.dry_run:  # download once, filter many times: from the built pool
-            from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
-
-            run_filters(ClipFilterConfig(data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.filter_model,
-                                         runner=RunnerConfig(args.runner, beam_args)), clip_variants)
-            audit(args.data_dir, args.benchmark)
-        return 0
-    if args.command == "reshard":
-        from pipelines.safe_inputs import check_name
-
-        check_name(args.name, "variant name")  # before anything is imported or selected
-        from benchmark_builder.layout import Layout
-        from benchmark_builder.reshard import reshard, select_uids
-
-        layout = Layout(args.data_dir, args.benchmark)
-        reshard(layout, args.name, select_uids(layout, args.uids, args.where), args.years,
-                RunnerConfig(args.runner, beam_args), args.samples_per_shard, overwrite=args.overwrite)
-        return 0
-    if args.command == "filter":
-        from benchmark_builder.filtering import ClipFilterConfig, audit, run_filters
-
-        cfg = ClipFilterConfig(data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.filter_model,
-                               years=tuple(args.years), clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction,
-                               clusters=args.clusters, reference=args.reference, device=args.device,
-                               runner=RunnerConfig(args.runner, beam_args))
-        run_filters(cfg, tuple(v for v in args.variants.split(",") if v))
-        audit(args.data_dir, args.benchmark)
-        return 0
-    if args.command == "caption":
-        from benchmark_builder.captioning import CaptionConfig, run_captions
-
-        run_captions(CaptionConfig(
-            data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.captioner, templates=args.templates,
-            years=tuple(args.years), device=args.device, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-            num_beams=args.num_beams, rewrite_variants=not args.no_rewrite, runner=RunnerConfig(args.runner, beam_args)))
-        return 0
-    if args.command == "filter-audit":
-        from benchmark_builder.filtering import audit
-
-        audit(args.data_dir, args.benchmark)
-        return 0
-    if args.command == "report":
-        from benchmark_builder.layout import Layout
-        from benchmark_builder.report import report
-
-        report(Layout(args.data_dir, args.benchmark))
-        return 0
-    if args.command == "index":
-        from benchmark_builder.index import build_index, query
-        from benchmark_builder.layout import Layout
-        from pipelines import io as pio
-
-        layout = Layout(args.data_dir, args.benchmark)
-        if not pio.exists(layout.root):
-            print(f"error: no {args.benchmark} benchmark under {args.data_dir} ({layout.root} does not exist)", file=sys.stderr)
-            return 2
-        path = build_index(layout)
-        _, [(n_shards, n_samples)] = query(layout, "select count(*), coalesce(sum(count), 0) from shards")
-        print(f"{path}: {n_shards} shard files ({n_samples} samples) under {layout.root}")
-        return 0
-    if args.command == "sql":
-        from benchmark_builder.index import format_table, query, to_json_rows
-        from benchmark_builder.layout import Layout
-
-        cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
-        print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
-        return 0
-    return 2
+    with user_errors(credentials.MissingCredentials, LockHeld, ValueError, KeyError, FileNotFoundError):
+        credentials.require([args.data_dir, *getattr(args, "input", [])])
+        runner = RunnerConfig(args.runner, beam_args) if args.command in BEAM_COMMANDS else None
+        if args.command not in WRITING_COMMANDS:
+            return COMMANDS[args.command](args, runner)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        with writer_lock(args.data_dir, " ".join(["benchmark_builder", *argv])):
+            return COMMANDS[args.command](args, runner)
 
 
 if __name__ == "__main__":
