@@ -30,7 +30,8 @@ YEARS_HELP = "FIRST-LAST or YEAR (several allowed); default: every built year"
 # ---------------------------------------------------------------- parser
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m benchmark_builder", description=__doc__)
+    parser = Parser(prog="python -m benchmark_builder", description=__doc__,
+                    epilog=example("python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data"))
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_build, _add_reshard, _add_filter, _add_caption, _add_reports, _add_sql):
         add(sub)
@@ -205,6 +206,7 @@ def _years(args) -> list[int]:
 def _build(args, runner: RunnerConfig) -> int:
     from benchmark_builder.build import BuildConfig
     from benchmark_builder.jobs import run_build
+    from pipelines.models import ModelLoadError
 
     cfg = BuildConfig(
         year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
@@ -217,7 +219,8 @@ def _build(args, runner: RunnerConfig) -> int:
         classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
         lid=args.lid, lid_model=args.lid_model, years=args.years, time_steps=args.time_steps, runner=runner,
     )
-    run_build(cfg, args.plan, model=args.model, retry=args.retry_failed)
+    with user_errors(ModelLoadError):
+        run_build(cfg, args.plan, model=args.model, retry=args.retry_failed)
     return 0
 
 
@@ -228,8 +231,8 @@ def _reshard(args, runner: RunnerConfig) -> int:
     from benchmark_builder.layout import Layout
     from benchmark_builder.reshard import reshard, select_uids
 
-    layout = Layout(args.data_dir, args.benchmark)
-    reshard(layout, args.name, select_uids(layout, args.uids, args.where), _years(args), runner,
+    layout, years = Layout(args.data_dir, args.benchmark), _years(args)
+    reshard(layout, args.name, select_uids(layout, args.uids, args.where), years, runner,
             args.samples_per_shard, overwrite=args.overwrite)
     return 0
 
@@ -237,6 +240,7 @@ def _reshard(args, runner: RunnerConfig) -> int:
 def _filter(args, runner: RunnerConfig) -> int:
     from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig
     from benchmark_builder.jobs import run_clip_filters
+    from pipelines.models import ModelLoadError
     from pipelines.cli import resolve_device
     from pipelines.safe_inputs import InputError
 
@@ -244,21 +248,25 @@ def _filter(args, runner: RunnerConfig) -> int:
     unknown = [v for v in variants if v not in CLIP_VARIANTS]
     if unknown:
         raise InputError(f"unknown --variants {unknown}; known: {list(CLIP_VARIANTS)}")
-    run_clip_filters(ClipFilterConfig(
-        data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.model, years=tuple(_years(args)),
-        clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction, clusters=args.clusters,
-        reference=args.reference, device=resolve_device(args.device), runner=runner), variants)
+    with user_errors(ModelLoadError):
+        run_clip_filters(ClipFilterConfig(
+            data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.model, years=tuple(_years(args)),
+            clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction, clusters=args.clusters,
+            reference=args.reference, device=resolve_device(args.device), runner=runner), variants)
     return 0
 
 
 def _caption(args, runner: RunnerConfig) -> int:
     from benchmark_builder.captioning import CaptionConfig, run_captions
+    from pipelines.models import ModelLoadError
     from pipelines.cli import resolve_device
 
-    run_captions(CaptionConfig(
-        data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.model, templates=args.templates,
-        years=tuple(_years(args)), device=resolve_device(args.device), batch_size=args.batch_size,
-        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, rewrite_variants=not args.no_rewrite, runner=runner))
+    with user_errors(ModelLoadError):
+        run_captions(CaptionConfig(
+            data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.model, templates=args.templates,
+            years=tuple(_years(args)), device=resolve_device(args.device), batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, rewrite_variants=not args.no_rewrite,
+            runner=runner))
     return 0
 
 
@@ -293,16 +301,10 @@ def _index(args, runner) -> int:
 
 
 def _sql(args, runner) -> int:
-    import duckdb
-
     from benchmark_builder.index import format_table, query, to_json_rows
     from benchmark_builder.layout import Layout
-    from pipelines.safe_inputs import InputError
 
-    try:
-        cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
-    except duckdb.Error as e:
-        raise InputError(f"sql: {str(e).splitlines()[0]}") from None
+    cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
     print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
     return 0
 

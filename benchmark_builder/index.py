@@ -140,16 +140,19 @@ def check_root(con, layout: Layout, path: str) -> None:
 
 
 def query(layout: Layout, sql: str):
-    """Run ``sql`` read-only on the index; returns (column names, rows)."""
+    """Run ``sql`` read-only on the index; returns (column names, rows). SQL that DuckDB refuses
+    (a syntax error, an unknown table or column) raises InputError with DuckDB's first line."""
     path = pio.local_path(layout.index)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
     con = duckdb.connect(path, read_only=True)
     try:
         check_root(con, layout, path)
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
+        try:
+            cur = con.execute(sql)
+            return [d[0] for d in cur.description] if cur.description else [], cur.fetchall()
+        except duckdb.Error as e:
+            raise InputError(f"sql: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
 
