@@ -164,10 +164,16 @@ def _add_sql(sub) -> None:
 # ---------------------------------------------------------------- checks before any work
 
 def _check_flags(parser, args, beam_args: list[str]) -> None:
+    """Refuse what can be refused before any work: unknown flags, missing object-store
+    credentials (in seconds, before the heavy imports), a bad --filter or language-ID model."""
     if args.command in BEAM_COMMANDS:
         reject_unknown_flags(parser, beam_args)
     elif beam_args:
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    try:
+        credentials.require([args.data_dir, *getattr(args, "input", [])])
+    except credentials.MissingCredentials as e:
+        parser.exit(2, f"error: {e}\n")
     if args.command == "build":
         if args.benchmark_name and args.benchmark_name != args.benchmark != DEFAULT_BENCHMARK:
             parser.error(f"benchmark {args.benchmark_name!r} and --benchmark {args.benchmark!r} disagree")
@@ -320,8 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     _check_flags(parser, args, beam_args)
     from benchmark_builder.lock import LockHeld, writer_lock
 
-    with user_errors(credentials.MissingCredentials, LockHeld, ValueError, KeyError, FileNotFoundError):
-        credentials.require([args.data_dir, *getattr(args, "input", [])])
+    with user_errors(LockHeld, ValueError, KeyError, FileNotFoundError):
         runner = RunnerConfig(args.runner, beam_args) if args.command in BEAM_COMMANDS else None
         if args.command not in WRITING_COMMANDS:
             return COMMANDS[args.command](args, runner)

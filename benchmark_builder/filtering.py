@@ -58,6 +58,7 @@ class ClipFilterConfig:
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0
+    filter_model_samples: int = 32768  # training budget of the default filter model (training.filter_model)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
 
 

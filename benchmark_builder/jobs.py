@@ -20,7 +20,6 @@ from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_fa
 from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig, audit, run_filters
 from pipelines.safe_inputs import InputError
 from pipelines.transforms.filter import VARIANTS
-from training.filter_model import ensure_filter_model
 
 ALWAYS_COMPUTED = ("none", "basic")
 
@@ -60,7 +59,9 @@ def run_build(cfg: BuildConfig, plan: VariantPlan, model: str = "", retry: bool 
 
 def run_clip_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     """The filter model (trained here when ``cfg.filter_model`` is empty), the CLIP variants, the audit."""
-    model = cfg.filter_model or ensure_filter_model(cfg.data_dir, cfg.benchmark, cfg.seed)
+    from training.filter_model import ensure_filter_model  # torch and the trainer load only for this job
+
+    model = cfg.filter_model or ensure_filter_model(cfg.data_dir, cfg.benchmark, cfg.seed, cfg.filter_model_samples)
     info = run_filters(dataclasses.replace(cfg, filter_model=model), tuple(variants))
     audit(cfg.data_dir, cfg.benchmark)
     return info

@@ -15,11 +15,11 @@ from pipelines import io as pio
 from training.train import TrainConfig, train
 
 MODEL = "tic-tiny-32"
-SAMPLES = 32768  # training budget: samples of the earliest time step
 
 
-def filter_model_config(data_dir: str, benchmark: str, seed: int = 0, samples: int = SAMPLES) -> tuple[TrainConfig, str]:
-    """(training config, cache key). The key hashes the options as the trainer's command line
+def filter_model_config(data_dir: str, benchmark: str, seed: int, samples: int) -> tuple[TrainConfig, str]:
+    """(training config, cache key) for ``samples`` of the earliest time step (the builder's
+    default budget is ``ClipFilterConfig.filter_model_samples``). The key hashes the options as the trainer's command line
     spells them, so a model cached before the trainer was called in-process is found again."""
     args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(samples),
             "--model", MODEL, "--seed", str(seed), "--data-dir", data_dir, "--benchmark", benchmark]
@@ -29,7 +29,7 @@ def filter_model_config(data_dir: str, benchmark: str, seed: int = 0, samples: i
     return cfg, key
 
 
-def ensure_filter_model(data_dir: str, benchmark: str, seed: int = 0, samples: int = SAMPLES) -> str:
+def ensure_filter_model(data_dir: str, benchmark: str, seed: int, samples: int) -> str:
     """The model spec of the cached filter model; trains it first (resuming a killed run) if absent."""
     cfg, key = filter_model_config(data_dir, benchmark, seed, samples)
     ckpt = Layout(data_dir, benchmark).filter_model_checkpoint(key)
