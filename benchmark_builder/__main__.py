@@ -165,7 +165,7 @@ def _add_sql(sub) -> None:
 
 def _check_flags(parser, args, beam_args: list[str]) -> None:
     """Refuse what can be refused before any work: unknown flags, missing object-store
-    credentials (in seconds, before the heavy imports), a bad --filter or language-ID model."""
+    credentials (in seconds, before the heavy imports), a bad language-ID model."""
     if args.command in BEAM_COMMANDS:
         reject_unknown_flags(parser, beam_args)
     elif beam_args:
@@ -178,13 +178,6 @@ def _check_flags(parser, args, beam_args: list[str]) -> None:
         if args.benchmark_name and args.benchmark_name != args.benchmark != DEFAULT_BENCHMARK:
             parser.error(f"benchmark {args.benchmark_name!r} and --benchmark {args.benchmark!r} disagree")
         args.benchmark = args.benchmark_name or args.benchmark
-        from benchmark_builder.jobs import plan_variants
-        from pipelines.safe_inputs import InputError
-
-        try:
-            args.plan = plan_variants(args.filter)
-        except InputError as e:
-            parser.error(str(e))
         from pipelines.transforms.annotate import LidConfig, check_lid
 
         try:  # a bad model file is refused before the data dir (and its lock) exists
@@ -211,9 +204,10 @@ def _years(args) -> list[int]:
 
 def _build(args, runner: RunnerConfig) -> int:
     from benchmark_builder.build import BuildConfig
-    from benchmark_builder.jobs import run_build
+    from benchmark_builder.jobs import plan_variants, run_build
     from pipelines.models import ModelLoadError
 
+    plan = plan_variants(args.filter)  # after the lock: a second writer is refused before these imports
     cfg = BuildConfig(
         year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
         pairs_per_year=args.pairs_per_year, web_port=args.web_port,
@@ -226,7 +220,7 @@ def _build(args, runner: RunnerConfig) -> int:
         lid=args.lid, lid_model=args.lid_model, years=args.years, time_steps=args.time_steps, runner=runner,
     )
     with user_errors(ModelLoadError):
-        run_build(cfg, args.plan, model=args.model, retry=args.retry_failed)
+        run_build(cfg, plan, model=args.model, retry=args.retry_failed)
     return 0
 
 

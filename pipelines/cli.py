@@ -40,7 +40,7 @@ def example(*lines: str) -> str:
 
 class _DeprecatedAlias(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
-        preferred = self.metadata_preferred  # type: ignore[attr-defined]
+        preferred = self.preferred  # type: ignore[attr-defined]
         if option_string != preferred:
             print(f"warning: {option_string} is deprecated; use {preferred}", file=sys.stderr)
         setattr(namespace, self.dest, values)
@@ -50,7 +50,7 @@ def add_model(parser: argparse.ArgumentParser, *deprecated: str, default: str = 
     """``--model`` (dest ``model``), with ``deprecated`` spellings that still work and warn."""
     action = parser.add_argument("--model", *deprecated, dest="model", default=default, action=_DeprecatedAlias,
                                  help=help + (f" ({', '.join(deprecated)}: deprecated spellings)" if deprecated else ""))
-    action.metadata_preferred = "--model"
+    action.preferred = "--model"
 
 
 def add_data_args(parser: argparse.ArgumentParser, benchmark: bool = True) -> None:
