@@ -44,7 +44,8 @@ def _add_build(sub) -> None:
                                       "python -m benchmark_builder build --year 2024 --years 2023-2024 --input 'crawl/*.warc.gz'"))
     b.add_argument("benchmark_name", nargs="?", metavar="benchmark", choices=sorted(SPECS),
                    help=f"same as --benchmark (default: {DEFAULT_BENCHMARK})")
-    b.add_argument("--year", type=int, required=True, help="build this year and every earlier year of the benchmark")
+    b.add_argument("--year", type=int, help="build this year and every earlier year of the benchmark (crawl source; "
+                   "required there)")
     add_data_args(b)
     _add_build_input(b)
     _add_build_download(b)
@@ -53,6 +54,14 @@ def _add_build(sub) -> None:
 
 
 def _add_build_input(b) -> None:
+    b.add_argument("--from", dest="source", choices=["crawl", "datacomp"], default="crawl",
+                   help="crawl: WARC/WAT archives (--input); datacomp: a DataComp pool resharded by TiC-CLIP's released "
+                        "uid files (--pool, --tic-uids; both default to the embedded fixture)")
+    b.add_argument("--pool", default="", help="--from datacomp: the DataComp pool (NNNNNNNN.tar/.parquet; dir or URL)")
+    b.add_argument("--tic-uids", default="", help="--from datacomp: dir of TiC-CLIP's released files (YYYY.npy, "
+                   "sizes.json, monthly YYYY.tar, the retrieval and DataCompNet pickles)")
+    b.add_argument("--granularity", choices=["yearly", "monthly"], default="yearly", help="--from datacomp: time steps")
+    b.add_argument("--bestpool-uids", default="", help="--from datacomp: a DataComp bestpool uid file (.npy u8,u8)")
     b.add_argument("--input", action="append", default=[],
                    help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
@@ -203,6 +212,12 @@ def _years(args) -> list[int]:
 # ---------------------------------------------------------------- commands
 
 def _build(args, runner: RunnerConfig) -> int:
+    from pipelines.safe_inputs import InputError
+
+    if args.source == "datacomp":
+        return _build_from_pool(args, runner)
+    if args.year is None:
+        raise InputError("--year is required (the crawl source builds up to a year)")
     from benchmark_builder.build import BuildConfig
     from benchmark_builder.jobs import plan_variants, run_build
     from pipelines.models import ModelLoadError
@@ -221,6 +236,27 @@ def _build(args, runner: RunnerConfig) -> int:
     )
     with user_errors(ModelLoadError):
         run_build(cfg, plan, model=args.model, retry=args.retry_failed)
+    return 0
+
+
+def _build_from_pool(args, runner: RunnerConfig) -> int:
+    """``build tic-datacomp --from datacomp``: benchmark_builder/from_pool.py."""
+    from benchmark_builder.from_pool import PoolBuildConfig, build_from_pool
+    from pipelines.safe_inputs import InputError
+    from pipelines.transforms.filter import VARIANTS
+
+    variants = tuple(v.strip() for v in args.filter.split(",") if v.strip()) or ("basic",)
+    unknown = [v for v in variants if v not in VARIANTS and v != "bestpool"]
+    if unknown or ("bestpool" in variants and not args.bestpool_uids and (args.pool or args.tic_uids)):
+        raise InputError(f"--filter {','.join(variants)}: --from datacomp writes none, basic and bestpool (with --bestpool-uids)")
+    if args.input or args.retry_failed:
+        raise InputError("--input and --retry-failed belong to the crawl source, not --from datacomp")
+    if args.years and args.years != "2014-2023" or args.time_steps:
+        raise InputError("--from datacomp covers TiC-DataComp's released years 2014-2023; choose --granularity yearly|monthly")
+    build_from_pool(PoolBuildConfig(
+        pool=args.pool, tic_uids=args.tic_uids, data_dir=args.data_dir, benchmark=args.benchmark,
+        granularity=args.granularity, bestpool_uids=args.bestpool_uids, write_variants=variants,
+        samples_per_shard=args.samples_per_shard, lid=args.lid, lid_model=args.lid_model, seed=args.seed, runner=runner))
     return 0
 
 
