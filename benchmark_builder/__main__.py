@@ -277,7 +277,7 @@ def _filter(args, runner: RunnerConfig) -> int:
     from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig
     from benchmark_builder.jobs import run_clip_filters
     from pipelines.models import ModelLoadError
-    from pipelines.cli import resolve_device
+    from pipelines.provenance import resolve_device
     from pipelines.safe_inputs import InputError
 
     variants = tuple(v for v in args.variants.split(",") if v)
@@ -295,7 +295,7 @@ def _filter(args, runner: RunnerConfig) -> int:
 def _caption(args, runner: RunnerConfig) -> int:
     from benchmark_builder.captioning import CaptionConfig, run_captions
     from pipelines.models import ModelLoadError
-    from pipelines.cli import resolve_device
+    from pipelines.provenance import resolve_device
 
     with user_errors(ModelLoadError):
         run_captions(CaptionConfig(

@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -40,6 +39,7 @@ from pipelines.reasons import is_transient
 from pipelines.sinks import webdataset as wds
 from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.provenance import code_version
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
 from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, split, timestamp
 
@@ -135,16 +135,6 @@ class BuildConfig:
             thread_count=self.thread_count,
             shard_size=self.pool_shard_size,
         )
-
-
-def code_version() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
 
 
 # ---------------------------------------------------------------- inputs
@@ -653,7 +643,7 @@ def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[s
         return {}
     shard = os.path.basename(status_path).removesuffix(".parquet")
     tar_path = pio.join(pool_dir, "shards", f"{shard}.tar")
-    samples = {s["key"]: s for s in wds.read_shard(tar_path)} if pio.exists(tar_path) else {}
+    samples = {s["key"]: s for s in wds.iter_samples(tar_path)} if pio.exists(tar_path) else {}
     outcome = {row["uid"]: (row, jpg) for row, jpg in download.download_rows(todo, dl_cfg, fetcher)}
     counts = {"retried": len(todo), "recovered": sum(1 for _, jpg in outcome.values() if jpg is not None)}
     same = lambda a, b: all(a.get(k) == b.get(k) for k in ("status", "reason", "http_status", "sha256"))  # noqa: E731
