@@ -19,7 +19,8 @@ import sys
 
 from benchmark_builder.specs import SPECS
 from pipelines import credentials
-from pipelines.cli import DEFAULT_BENCHMARK, Parser, add_data_args, add_device, add_model, example, user_errors
+from pipelines.cli import (DEFAULT_BENCHMARK, Parser, add_data_args, add_device, add_model, as_input_errors, example,
+                           exit_status)
 from pipelines.options import RunnerConfig, add_runner_arguments, reject_unknown_flags
 
 BEAM_COMMANDS = ("build", "reshard", "filter", "caption")  # the commands that run Beam jobs
@@ -234,7 +235,7 @@ def _build(args, runner: RunnerConfig) -> int:
         classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
         lid=args.lid, lid_model=args.lid_model, years=args.years, time_steps=args.time_steps, runner=runner,
     )
-    with user_errors(ModelLoadError):
+    with as_input_errors(ModelLoadError):
         run_build(cfg, plan, model=args.model, retry=args.retry_failed)
     return 0
 
@@ -284,7 +285,7 @@ def _filter(args, runner: RunnerConfig) -> int:
     unknown = [v for v in variants if v not in CLIP_VARIANTS]
     if unknown:
         raise InputError(f"unknown --variants {unknown}; known: {list(CLIP_VARIANTS)}")
-    with user_errors(ModelLoadError):
+    with as_input_errors(ModelLoadError):
         run_clip_filters(ClipFilterConfig(
             data_dir=args.data_dir, benchmark=args.benchmark, filter_model=args.model, years=tuple(_years(args)),
             clip_threshold=args.clip_threshold, clip_fraction=args.clip_fraction, clusters=args.clusters,
@@ -297,7 +298,7 @@ def _caption(args, runner: RunnerConfig) -> int:
     from pipelines.models import ModelLoadError
     from pipelines.provenance import resolve_device
 
-    with user_errors(ModelLoadError):
+    with as_input_errors(ModelLoadError):
         run_captions(CaptionConfig(
             data_dir=args.data_dir, benchmark=args.benchmark, captioner=args.model, templates=args.templates,
             years=tuple(_years(args)), device=resolve_device(args.device), batch_size=args.batch_size,
@@ -356,13 +357,16 @@ def main(argv: list[str] | None = None) -> int:
     _check_flags(parser, args, beam_args)
     from benchmark_builder.lock import LockHeld, writer_lock
 
-    with user_errors(LockHeld, ValueError, KeyError, FileNotFoundError):
-        runner = RunnerConfig(args.runner, beam_args) if args.command in BEAM_COMMANDS else None
+    runner = RunnerConfig(args.runner, beam_args) if args.command in BEAM_COMMANDS else None
+    command = " ".join(["benchmark_builder", *(sys.argv[1:] if argv is None else list(argv))])
+
+    def run() -> int:
         if args.command not in WRITING_COMMANDS:
             return COMMANDS[args.command](args, runner)
-        argv = sys.argv[1:] if argv is None else list(argv)
-        with writer_lock(args.data_dir, " ".join(["benchmark_builder", *argv])):
+        with writer_lock(args.data_dir, command):
             return COMMANDS[args.command](args, runner)
+
+    return exit_status(run, LockHeld, ValueError, KeyError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@
 - ``--years FIRST-LAST`` (a single ``YEAR`` too).
 - ``--device auto|cpu|cuda``: ``auto`` picks a GPU when there is one (``add_device``).
 - A user error (a bad flag value, no input files, a year outside the benchmark, a missing
-  index, bad SQL) prints one line ``error: ...`` and exits 2 (``Parser``, ``user_errors``).
+  index, bad SQL) prints one line ``error: ...`` and exits 2 (``Parser``, ``exit_status``).
 - ``--help`` shows an example (``example``).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 from pipelines.safe_inputs import InputError
 
@@ -63,13 +63,21 @@ def add_device(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     parser.add_argument("--device", default=default, help="auto (a GPU if there is one, else the CPU) | cpu | cuda | cuda:N")
 
 
-@contextlib.contextmanager
-def user_errors(*kinds: type[BaseException]) -> Iterator[None]:
-    """Turn ``InputError`` (refused user input) and ``kinds`` raised inside into one line
-    ``error: ...`` on stderr and exit status 2."""
+def exit_status(call: Callable[[], int], *kinds: type[BaseException]) -> int:
+    """``call()``'s status; refused user input (``InputError``) and ``kinds`` raised inside
+    print one line ``error: ...`` on stderr and give status 2 instead of a traceback."""
     try:
-        yield
+        return call()
     except (InputError, *kinds) as e:
         message = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
         print(f"error: {message.splitlines()[0] if message else type(e).__name__}", file=sys.stderr)
-        raise SystemExit(2) from None
+        return 2
+
+
+@contextlib.contextmanager
+def as_input_errors(*kinds: type[BaseException]) -> Iterator[None]:
+    """Re-raise ``kinds`` raised inside as ``InputError`` (e.g. a model file that cannot be loaded)."""
+    try:
+        yield
+    except kinds as e:
+        raise InputError(str(e)) from None
