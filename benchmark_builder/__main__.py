@@ -2,6 +2,10 @@
 
     python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data \
         [--input 'crawl/*.warc.gz' ...] [--runner DirectRunner|PortableRunner|DataflowRunner|SparkRunner|FlinkRunner] [beam options]
+    python -m benchmark_builder build tic-yfcc --data-dir ./data [--input yfcc15m.csv] [--image-root DIR]
+    python -m benchmark_builder build tic-redcaps --data-dir ./data [--input 'annotations/*.json'] [--image-root DIR]
+    python -m benchmark_builder build tic-datacomp --input-format url-list --input urls.parquet \
+        [--url-col url --caption-col caption --time-col time]
     python -m benchmark_builder filter --data-dir ./data --model ViT-L-14:openai --years 2014-2016
     python -m benchmark_builder sql --data-dir ./data "select year, count(*) from samples group by 1"
     python -m benchmark_builder index --data-dir ./data      # rebuild index.duckdb (e.g. after moving ./data)
@@ -45,8 +49,8 @@ def _add_build(sub) -> None:
                                       "python -m benchmark_builder build --year 2024 --years 2023-2024 --input 'crawl/*.warc.gz'"))
     b.add_argument("benchmark_name", nargs="?", metavar="benchmark", choices=sorted(SPECS),
                    help=f"same as --benchmark (default: {DEFAULT_BENCHMARK})")
-    b.add_argument("--year", type=int, help="build this year and every earlier year of the benchmark (crawl source; "
-                   "required there)")
+    b.add_argument("--year", type=int, default=None, help="build this year and every earlier year of the benchmark (the "
+                   "crawl of WARC files: required; other sources: default the benchmark's last year)")
     add_data_args(b)
     _add_build_input(b)
     _add_build_download(b)
@@ -56,17 +60,30 @@ def _add_build(sub) -> None:
 
 def _add_build_input(b) -> None:
     b.add_argument("--from", dest="source", choices=["crawl", "datacomp"], default="crawl",
-                   help="crawl: WARC/WAT archives (--input); datacomp: a DataComp pool resharded by TiC-CLIP's released "
-                        "uid files (--pool, --tic-uids; both default to the embedded fixture)")
+                   help="crawl: the build's input files (--input, --input-format); datacomp: a DataComp pool resharded by "
+                        "TiC-CLIP's released uid files (--pool, --tic-uids; both default to the embedded fixture)")
     b.add_argument("--pool", default="", help="--from datacomp: the DataComp pool (NNNNNNNN.tar/.parquet; dir or URL)")
     b.add_argument("--tic-uids", default="", help="--from datacomp: dir of TiC-CLIP's released files (YYYY.npy, "
                    "sizes.json, monthly YYYY.tar, the retrieval and DataCompNet pickles)")
     b.add_argument("--granularity", choices=["yearly", "monthly"], default="yearly", help="--from datacomp: time steps")
     b.add_argument("--bestpool-uids", default="", help="--from datacomp: a DataComp bestpool uid file (.npy u8,u8)")
+    from pipelines.sources.tables import INPUT_FORMATS
+
     b.add_argument("--input", action="append", default=[],
-                   help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
+                   help="input files or globs (local or fsspec URLs) in --input-format; default: the embedded synthetic web "
+                        "(TiC-YFCC and TiC-RedCaps: its YFCC15M CSV / RedCaps annotations)")
+    b.add_argument("--input-format", choices=INPUT_FORMATS, default="",
+                   help="warc (WARC/WAT), yfcc (YFCC15M CSV), redcaps (annotations/<subreddit>_<year>.json), url-list "
+                        "(Parquet/CSV/TSV with URL, caption and time columns); default: the benchmark's own")
+    b.add_argument("--image-root", default="", help="yfcc/redcaps: local image folder (key[:3]/key[3:6]/key.jpg, "
+                   "<subreddit>/<image_id>.jpg) read instead of downloading by URL")
+    b.add_argument("--url-col", default="", help="url-list: URL column (default url; yfcc: downloadurl)")
+    b.add_argument("--caption-col", default="", help="url-list: caption column (default caption)")
+    b.add_argument("--time-col", default="", help="url-list: time column, Unix seconds or ISO date/date-time, UTC "
+                   "unless a zone is given (default time)")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
-    b.add_argument("--pairs-per-year", type=int, default=4000, help="synthetic web size")
+    b.add_argument("--pairs-per-year", type=int, default=None, help="synthetic web size (default: the benchmark's "
+                   "fixture: 4000 for tic-datacomp, 500 for tic-yfcc and tic-redcaps)")
     b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
     b.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: the data dir's, else "
                    "TiC-DataComp's 2014-2022); any range, e.g. 2023-2024 for new crawls")
@@ -97,6 +114,8 @@ def _add_build_outputs(b) -> None:
               "earliest time step)")
     b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
+    b.add_argument("--eval-retrieval-fraction", type=float, default=None, help="held-out share of each year's eligible "
+                   "pairs instead of --eval-retrieval-size (default: the benchmark's recipe, 0.01 for tic-yfcc and tic-redcaps)")
     b.add_argument("--eval-classification-size", type=int, default=500, help="held-out classification images per year")
     b.add_argument("--classes", default="", help="class list: synthetic-web, imagenet or a file (default by input)")
     b.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
@@ -215,18 +234,29 @@ def _years(args) -> list[int]:
 def _build(args, runner: RunnerConfig) -> int:
     from pipelines.safe_inputs import InputError
 
+    from benchmark_builder.specs import get_spec, resolve_spec
+
+    if args.source == "datacomp" and args.benchmark != "tic-datacomp":
+        raise InputError(f"--from datacomp builds tic-datacomp, not {args.benchmark}")
     if args.source == "datacomp":
         return _build_from_pool(args, runner)
-    if args.year is None:
+    if args.year is None and (args.input_format or get_spec(args.benchmark).source) == "warc":
         raise InputError("--year is required (the crawl source builds up to a year)")
-    from benchmark_builder.build import BuildConfig
+    if args.year is None:
+        args.year = resolve_spec(args.benchmark, args.years, args.time_steps, args.data_dir, extend=True).years[-1]
+    if args.eval_retrieval_fraction is not None and not 0 < args.eval_retrieval_fraction <= 1:
+        raise InputError(f"--eval-retrieval-fraction {args.eval_retrieval_fraction}: a share in (0, 1]")
+    from benchmark_builder.build import BuildConfig, input_paths
     from benchmark_builder.jobs import plan_variants, run_build
     from pipelines.models import ModelLoadError
 
     plan = plan_variants(args.filter)  # after the lock: a second writer is refused before these imports
     cfg = BuildConfig(
         year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
-        pairs_per_year=args.pairs_per_year, web_port=args.web_port,
+        pairs_per_year=args.pairs_per_year or get_spec(args.benchmark).fixture_pairs_per_year,
+        input_format=args.input_format, image_root=args.image_root, url_col=args.url_col,
+        caption_col=args.caption_col, time_col=args.time_col, eval_retrieval_fraction=args.eval_retrieval_fraction,
+        web_port=args.web_port,
         pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
         image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
         thread_count=args.thread_count, allow_loopback=args.allow_loopback or not args.input,
@@ -235,6 +265,8 @@ def _build(args, runner: RunnerConfig) -> int:
         classes=args.classes, eval_sets=tuple(args.eval_set), near_dup_threshold=args.near_dup_threshold,
         lid=args.lid, lid_model=args.lid_model, years=args.years, time_steps=args.time_steps, runner=runner,
     )
+    if cfg.inputs and not cfg.runner.dry_run:
+        input_paths(cfg)  # inputs that match nothing or are not of their format fail before any work
     with as_input_errors(ModelLoadError):
         run_build(cfg, plan, model=args.model, retry=args.retry_failed)
     return 0
@@ -250,8 +282,8 @@ def _build_from_pool(args, runner: RunnerConfig) -> int:
     unknown = [v for v in variants if v not in VARIANTS and v != "bestpool"]
     if unknown or ("bestpool" in variants and not args.bestpool_uids and (args.pool or args.tic_uids)):
         raise InputError(f"--filter {','.join(variants)}: --from datacomp writes none, basic and bestpool (with --bestpool-uids)")
-    if args.input or args.retry_failed:
-        raise InputError("--input and --retry-failed belong to the crawl source, not --from datacomp")
+    if args.input or args.retry_failed or args.input_format or args.image_root:
+        raise InputError("--input, --input-format, --image-root and --retry-failed belong to the crawl source, not --from datacomp")
     if args.years and args.years != "2014-2023" or args.time_steps:
         raise InputError("--from datacomp covers TiC-DataComp's released years 2014-2023; choose --granularity yearly|monthly")
     build_from_pool(PoolBuildConfig(
