@@ -1,4 +1,4 @@
-"""``python -m bench [name ...]``: run the benchmarks and print their figures.
+"""``python -m bench [name ...]`` (or ``tic-bench``): run the benchmarks and print their figures.
 
     download   download+resize+write throughput against img2dataset on the same URL list
     dedup      near-duplicate detection scaling exponent, 100k -> 1M hashes
@@ -65,7 +65,9 @@ def _eval(argv=None):
 
 def _ensure_data():
     """The training and eval benchmarks read the embedded default: build it once if missing."""
-    if not os.path.exists(os.path.join(REPO, "data", "tic-datacomp", "years", "2022.json")):
+    from benchmark_builder.layout import Layout
+
+    if not os.path.exists(Layout(os.path.join(REPO, "data")).year_manifest(2022)):
         subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2022",
                         "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
 
@@ -80,11 +82,14 @@ BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _
 
 
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    from pipelines.cli import Parser, example
+
+    p = Parser(prog="python -m bench", description=__doc__, epilog=example("python -m bench download dedup"))
+    p.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    names = p.parse_args(argv).names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
-        return 2
+        p.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     results = {}
     for name in names:
         print(f"\n### {name}")

@@ -217,13 +217,13 @@ def _inputs_hash(cfg: BuildConfig, layout: Layout, files: list[str]) -> str:
 def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     """Crawl every input into a scratch dir, then replace only the year partitions whose bytes
     changed: adding a crawl of a new year leaves every earlier year's files untouched."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     key = _inputs_hash(cfg, layout, files)
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
     t = time.time()
-    scratch = pio.join(layout.root, "_crawl_scratch")
+    scratch = layout.crawl_scratch
     remove_tree(scratch)
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
@@ -231,7 +231,7 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
                                  source_root=layout.web if cfg.synthetic else None, fmt=cfg.fmt,
                                  opts=cfg.table_options(benchmark_spec(cfg).years))
     counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
-    changed = sum(_sync_tree(pio.join(scratch, d), pio.join(layout.root, d)) for d in ("candidates", "crawl_status"))
+    changed = sum(_sync_tree(pio.join(scratch, d), layout.table(d)) for d in ("candidates", "crawl_status"))
     remove_tree(scratch)
     print(f"crawl: {changed} partition file(s) changed")
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
@@ -272,7 +272,7 @@ def remove_tree(path: str) -> None:
 def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[str]:
     """Parquet files of ``table`` for ``years``; with ``patterns``, the globs unexpanded (a dry
     run builds the job graph without touching storage)."""
-    globs = [pio.join(layout.root, table, f"year={y}", "*.parquet") for y in years]
+    globs = [pio.join(layout.partition(table, y), "*.parquet") for y in years]
     return globs if patterns else [f for g in globs for f in pio.glob(g)]
 
 
@@ -319,7 +319,7 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         p = beam.Pipeline(options=opts)
         fmt = cfg.fmt if cfg.inputs else "warc"  # without inputs the graph is the embedded web's crawl
-        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+        crawl.crawl_pipeline(p, files, layout.table("candidates"), layout.table("crawl_status"),
                              fmt=fmt, opts=cfg.table_options(benchmark_spec(cfg).years) if fmt != "warc" else None)
         p.run()
     years_pipeline_run(cfg, layout, years, [])
@@ -380,15 +380,15 @@ def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
         for sub in ("shards", "status"):
             remove_tree(pio.join(layout.pool(year), sub))
     pio.write_json(pool_id_path, identity)
-    stale = [layout.metadata(year), layout.status(year), pio.join(layout.root, "clip", f"year={year}")]
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "train", str(year)))
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", str(year)))
+    stale = [layout.metadata(year), layout.status(year), layout.clip(year)]
+    stale += pio.glob(layout.any_variant("train", str(year)))
+    stale += pio.glob(layout.any_variant("eval", "*", str(year)))
     stale = [d for d in stale if pio.exists(d)]
     for d in stale:
         remove_tree(d)
     if stale:  # scores and captions of the removed metadata are gone: their markers must not claim them
-        for marker in ("clip/_SUCCESS.json", "captions/_SUCCESS.json"):
-            remove_tree(pio.join(layout.root, marker))
+        for marker in (layout.clip_marker, layout.captions_marker):
+            remove_tree(marker)
 
 
 def _sha256_files(paths: list[str]) -> str:
@@ -645,7 +645,7 @@ def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[i
 def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
     """Whether the crawl's candidates are those of the current inputs (without generating the
     synthetic web: its inputs are the files of its config up to ``cfg.year``)."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     if not pio.exists(marker):
         return False
     if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
@@ -693,7 +693,7 @@ def build(cfg: BuildConfig) -> dict:
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
             if cfg.synthetic:
-                marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+                marker = layout.candidates_marker
                 pio.write_json(marker, {**pio.read_json(marker), "synthetic": _synthetic_key(cfg)})
             eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
             built = build_years(cfg, layout, years, eval_refs)
