@@ -1,6 +1,6 @@
 """A data dir in a bucket, end to end, against emulators this suite starts (tests/storage/conftest.py):
 build two years of the embedded default into ``gs://`` (fake-gcs-server) and ``s3://`` (moto),
-killed with SIGKILL while downloading the second year and resumed; then reshard, train one
+killed with SIGKILL while the pool downloads and resumed (finished pool shards reused); then reshard, train one
 protocol for two time steps reading the bucket's shards, evaluate, score with CLIP (``filter``) and
 query with ``make sql``. The oracle is the same commands on a local data dir: every build output
 and reshard byte-identical, the manifests' content hashes, the metadata rows, the evaluation and
@@ -122,22 +122,25 @@ def test_bucket_data_dir_matches_a_local_build_with_kill_and_resume(bucket, loca
     proc = subprocess.Popen([sys.executable, "-m", "benchmark_builder", *BUILD, "--data-dir", data], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
                             env={**os.environ, "PYTHONPATH": REPO})
-    shard_2015 = pio.join(layout.pool(2015), "shards", "*.tar")
+    shard_2015 = pio.join(layout.pool(2015), "status", "*.parquet")  # a finished 2015 pool shard
     try:
-        while not pio.glob(shard_2015):  # killed while year 2015 downloads: 2014 is finished, 2015 is not
+        while not pio.glob(shard_2015):  # killed while the pool downloads
             assert proc.poll() is None, "the build ended before it could be killed"
-            assert time.time() - t0 < 600, "no 2015 pool shard after 600 s"
+            assert time.time() - t0 < 600, "no finished 2015 pool shard after 600 s"
             time.sleep(0.2)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert pio.exists(layout.year_manifest(2014)) and not pio.exists(layout.year_manifest(2015))
-    assert not pio.exists(layout.manifest)
+    assert not pio.exists(layout.manifest) and not pio.exists(layout.year_manifest(2015))  # killed before the end
+    # a pool shard is finished once its status file exists (the tar is written first)
+    done = {f: pio.stamp(f) for f in pio.glob(pio.join(layout.root, "pool", "*", "shards", "*.tar"))
+            if pio.exists(f.replace("/shards/", "/status/").removesuffix(".tar") + ".parquet")}
+    assert done
     capsys.readouterr()
     _bb([*BUILD, "--data-dir", data])
     out = capsys.readouterr().out
-    assert "year 2014: up to date, skipped" in out  # resumed: the finished year is not redone
-    assert "=== year 2015" in out
+    assert "crawl: candidates up to date, skipped" in out  # resumed, not started over
+    assert {f: pio.stamp(f) for f in done} == done  # pool shards finished before the kill are reused, not rewritten
 
     got = _pipeline(data, str(tmp_path / "run"), filter_model)
     assert "index.duckdb" in {f.rsplit("/", 1)[-1] for f in pio.glob(pio.join(layout.root, "*"))}
