@@ -13,6 +13,7 @@ A method's extra passes are thus added to its compute, as TiC-CLIP's table count
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -90,7 +91,8 @@ def _seed_everything(seed: int) -> None:
 
 def measure_macs(method, ctx, model, micro, precision) -> float:
     """MACs of one training iteration (forward, method loss, backward) on this rank's micro-batches
-    (with --accum-freq K: the K cached-feature passes and the K passes with gradients)."""
+    (with --accum-freq K: the K cached-feature passes and the K passes with gradients), by an
+    extra iteration whose gradients are dropped."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -98,6 +100,22 @@ def measure_macs(method, ctx, model, micro, precision) -> float:
         scale.iteration_backward(method, ctx, model, micro, precision, lambda loss: loss.backward())
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
+
+
+def macs_key(method, ctx, model, micro, precision) -> tuple:
+    """What one iteration's MACs depend on: the method, whether it has a previous model (LwF's
+    teacher pass), which parameters get gradients, the micro-batches' shapes and the precision."""
+    return (type(method).__name__, ctx.prev_model is not None, precision.name,
+            tuple((tuple(p.shape), p.requires_grad) for p in model.parameters()),
+            tuple((tuple(m[0].shape), tuple(m[1].shape)) for m in micro))
+
+
+def counted_in_the_iteration(method, cfg) -> bool:
+    """Whether the first real iteration is itself counted (and the count cached for later steps):
+    the method's loss is the plain task loss and the model is not compiled. A method with its own
+    loss terms (GCL, GDRO, SI, ... whose loss updates their state) or a compiled model keeps the
+    extra measured iteration at the start of every step, which is part of those runs' results."""
+    return scale.accumulates(method) and not cfg.torchcompile
 
 
 def measure_end_step(method, ctx, model, batches) -> float:
@@ -177,6 +195,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
               f"device {device}, precision {precision.name}")
     runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb)
     samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
+    macs_cache: dict = {}  # macs_key -> MACs of one iteration over all ranks
 
     for t in range(T):
         if t in done or not method.trains_at(t, T):
@@ -237,15 +256,27 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                 micro.append((images.to(device, dtype=precision.input_dtype, non_blocking=True),
                               tokens.to(device, non_blocking=True), ids))
             data_wait = time.time() - t_iter
-            if macs_per_iter is None:
+            counter = None
+            if macs_per_iter is None and not counted_in_the_iteration(method, cfg):
                 macs_per_iter = measure_macs(method, ctx, ddp, micro, precision) * info.world_size
+            elif macs_per_iter is None:  # counted once per run and iteration shape (macs_cache)
+                key = macs_key(method, ctx, model, micro, precision)
+                if key in macs_cache:
+                    macs_per_iter = macs_cache[key]
+                else:
+                    from torch.utils.flop_counter import FlopCounterMode
+
+                    counter = FlopCounterMode(display=False)
             lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
                        meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
                        cooldown_steps=cfg.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
+            with counter or contextlib.nullcontext():
+                loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
+            if counter is not None:
+                macs_per_iter = macs_cache[key] = counter.get_total_flops() / 2 * info.world_size
             if scaler:
                 scaler.unscale_(optimizer)
             if cfg.grad_clip:
