@@ -88,15 +88,21 @@ BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _
 
 
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    args = argv if argv is not None else sys.argv[1:]
+    names = [a for a in args if not a.startswith("-")][:1] if any(a.startswith("-") for a in args) else args
+    names = names or list(BENCHMARKS)
+    options = args[len(names):] if any(a.startswith("-") for a in args) else []  # python -m bench train --repeat 3
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(f"error: unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    if options and (len(names) != 1 or args[0] != names[0]):
+        print("error: options go after one benchmark's name: python -m bench NAME [--option ...]", file=sys.stderr)
         return 2
     results = {}
     for name in names:
         print(f"\n### {name}")
-        results[name] = BENCHMARKS[name]([])  # the sub-benchmark must not read this command's own argv
+        results[name] = BENCHMARKS[name](options)  # never this command's own argv
     print("\n### summary")
     if "download" in results:
         print(f"download+resize+write vs img2dataset: {results['download']['ratio']:.2f}x")
