@@ -7,7 +7,7 @@
 - ``caption``: ``RunInference(HFCaptionHandler(folder))`` (pipelines/transforms/caption.py) with a
   tiny BLIP written by ``save_pretrained`` (tests/pipelines/tiny_captioners.py; random weights,
   so the figure is the stage's overhead, not a real captioner's speed) against a bare loop
-  calling ``generate`` per batch.
+  calling ``generate`` per batch; both greedy, ``--caption-tokens`` new tokens.
 
 Images are the embedded web's pictures (benchmark_builder/synthetic_web), JPEG-encoded. Each side
 runs on ``N1`` and ``N2`` images, in alternation, ``--repeat`` times; the marginal rate
@@ -88,14 +88,14 @@ def plain_clip(samples: list[dict], spec: str, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def plain_caption(samples: list[dict], folder: str, batch: int) -> float:
+def plain_caption(samples: list[dict], folder: str, batch: int, max_new_tokens: int) -> float:
     from pipelines.models import load_captioner
     from pipelines.transforms.caption import caption_images
 
     t = time.perf_counter()
     loaded = load_captioner(folder)
     for i in range(0, len(samples), batch):
-        caption_images(loaded, [s["jpg"] for s in samples[i:i + batch]])
+        caption_images(loaded, [s["jpg"] for s in samples[i:i + batch]], max_new_tokens=max_new_tokens)
     return time.perf_counter() - t
 
 
@@ -127,6 +127,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--caption-n2", type=int, default=512)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=256, help="RunInference max_batch_size and the plain loop's batch")
+    ap.add_argument("--caption-tokens", type=int, default=8, help="max_new_tokens of both caption sides")
     ap.add_argument("--stages", default="clip_score,caption")
     a = ap.parse_args(argv)
     from pipelines.transforms.caption import HFCaptionHandler
@@ -144,9 +145,10 @@ def main(argv=None) -> dict:
 
         with tempfile.TemporaryDirectory() as folder:
             make_captioner("blip", folder)
-            handler = HFCaptionHandler(folder, batch_size=64)
+            handler = HFCaptionHandler(folder, batch_size=min(64, a.batch), max_new_tokens=a.caption_tokens)
             results["caption"] = compare("caption", samples, lambda s: _beam(s, handler),
-                                         lambda s: plain_caption(s, folder, 64), a.caption_n1, a.caption_n2, a.repeat)
+                                         lambda s: plain_caption(s, folder, min(64, a.batch), a.caption_tokens),
+                                         a.caption_n1, a.caption_n2, a.repeat)
     result = {"benchmark": "score_speed", **results}
     os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
     with open(os.path.join(REPO, "bench", "out", "score_speed.json"), "w") as f:
