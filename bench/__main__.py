@@ -88,15 +88,14 @@ BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _
 
 
 def main(argv=None) -> int:
-    args = argv if argv is not None else sys.argv[1:]
-    names = [a for a in args if not a.startswith("-")][:1] if any(a.startswith("-") for a in args) else args
-    names = names or list(BENCHMARKS)
-    options = args[len(names):] if any(a.startswith("-") for a in args) else []  # python -m bench train --repeat 3
+    args = list(argv if argv is not None else sys.argv[1:])
+    first_option = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
+    names, options = args[:first_option] or list(BENCHMARKS), args[first_option:]  # python -m bench train --repeat 3
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"error: unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
         return 2
-    if options and (len(names) != 1 or args[0] != names[0]):
+    if options and first_option != 1:
         print("error: options go after one benchmark's name: python -m bench NAME [--option ...]", file=sys.stderr)
         return 2
     results = {}
