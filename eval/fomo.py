@@ -28,6 +28,7 @@ from eval.embed import Embedder, file_hash
 from eval.metrics import geometric_mean
 from eval.report import save_figure
 from eval.tasks import retrieval_metrics
+from pipelines.models import load_model, parse_spec
 
 
 def _per_concept_accuracy(pred: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict]:
@@ -69,7 +70,6 @@ def evaluate_model(emb: Embedder, cls_sets: dict, ret_sets: list, stream, classn
 
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", cache_dir: str | None = None) -> dict:
-    from pipelines.models import load_model, parse_spec
     from training.checkpoint import RunDir
     from training.fomo.streams import Stream
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from benchmark_builder import task_streams as ts
 from pipelines import io as pio
+from pipelines.models import load_model
 from training.data import Source
 
 
@@ -94,7 +95,6 @@ def seen_classes(manifest: dict, t: int) -> list[int]:
 def train_run(cfg: CILConfig) -> dict:
     """Write (or reuse) the stream and train the method over its tasks, one checkpoint per task.
     Returns what the evaluation needs: the manifest, the run dir and the memory's composition."""
-    from pipelines.models import load_model
     from training.train import TrainConfig, train
 
     methods = cil_methods()
@@ -109,7 +109,7 @@ def train_run(cfg: CILConfig) -> dict:
         method = methods[cfg.method]({**cfg.options, "memory": cfg.memory})
         if cfg.method == "finetune-ce":
             tok = load_model(cfg.model).tokenizer
-            method.task_prompts = [tok([ts.PROMPT.format(manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
+            method.task_prompts = [tok([ts.PROMPT.format(c=manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
                                    for t in manifest["tasks"]]
         tc = TrainConfig(protocol=cfg.method, data_dir=cfg.data_dir, run_dir=run_dir, model=cfg.model,
                          samples_per_step=cfg.samples_per_task, batch_size=cfg.batch_size, lr=cfg.lr, device=cfg.device,

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from pipelines.models import load_model
 from training.fomo.mixture import parse_shares
 from training.fomo.runner import FomoConfig, plan_budget, resolve_base, run
 from training.fomo.streams import ALL_ORDERS
@@ -86,7 +87,6 @@ def main(argv=None) -> int:
         print(table)
         return 0
     if a.stream_only:
-        from pipelines.models import load_model
         from training.fomo.streams import build_index, make_stream
 
         index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)

@@ -17,6 +17,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from pipelines.models import load_model
+from pipelines.provenance import resolve_device
 from training.data import Source
 from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
@@ -83,18 +85,12 @@ class WithMixture:
         return getattr(self._method, name)
 
 
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
     """Measured cost and steps per task of ``methods`` (default: the recipe's method) next to
     full fine-tuning, under the recipe's budget."""
     names = list(dict.fromkeys(["full-ft", *(methods or [cfg.method])]))
     costs = maf_lib.measure_costs({n: (cfg.options if n == cfg.method else {}) for n in names}, base, cfg.batch_size,
-                                  _device(cfg.device))
+                                  resolve_device(cfg.device))
     ref = costs["full-ft"]
     budget = cfg.maf_budget * 1e9 if cfg.maf_budget > 0 else cfg.full_ft_steps * cfg.tasks * maf_lib.maf(ref, ref)
     rows, table = maf_lib.budget_table(costs, ref, budget, cfg.tasks)
@@ -102,14 +98,13 @@ def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
 
 
 def run(cfg: FomoConfig, resume: bool = False) -> dict:
-    from pipelines.models import load_model
     from training.methods import get_method
     from training.train import TrainConfig, train
 
     run_dir = cfg.run_dir or f"runs/fomo-{cfg.method}-{cfg.order}-T{cfg.tasks}"
     os.makedirs(run_dir, exist_ok=True)
     base = resolve_base(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)
     loaded = load_model(base, device=device) if cfg.order.split("reverse-")[-1] in ("semantic", "performance") else None
     stream = make_stream(index, cfg.order, cfg.tasks, cfg.seed, cfg.holdout, loaded, device)
