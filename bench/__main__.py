@@ -1,4 +1,4 @@
-"""``python -m bench [name ...]``: run the benchmarks and print their figures.
+"""``python -m bench [name ...]`` (or ``tic-bench``): run the benchmarks and print their figures.
 
     download   download+resize+write throughput against img2dataset on the same URL list
     dedup      near-duplicate detection scaling exponent, 100k -> 1M hashes
@@ -7,6 +7,7 @@
     score      RunInference CLIP scoring and captioning vs plain batched torch loops
     sql        uid lookups and year aggregates on a 1M-row index vs raw DuckDB over unsorted Parquet
     build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
+    scale      one year of the embedded web at 10k, 30k, 100k pairs: wall, rows/s per stage, peak memory, exponent
 """
 from __future__ import annotations
 
@@ -78,26 +79,36 @@ def _sql(argv=None):
 
 def _ensure_data(year: int = 2022):
     """The training and eval benchmarks read the embedded default: build it up to ``year`` once if missing."""
-    if not os.path.exists(os.path.join(REPO, "data", "tic-datacomp", "years", f"{year}.json")):
+    from benchmark_builder.layout import Layout
+
+    if not os.path.exists(Layout(os.path.join(REPO, "data")).year_manifest(year)):
         subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", str(year),
                         "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
 
 
+def _scale(argv=None):
+    from bench.scale import main
+
+    return main(argv)
+
+
 BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "score": _score, "sql": _sql,
-              "build": bench_build}
+              "build": bench_build, "scale": _scale}
 
 
 def main(argv=None) -> int:
-    args = list(argv if argv is not None else sys.argv[1:])
-    first_option = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
-    names, options = args[:first_option] or list(BENCHMARKS), args[first_option:]  # python -m bench train --repeat 3
+    from pipelines.cli import Parser, example
+
+    p = Parser(prog="python -m bench", description=__doc__, epilog=example("python -m bench download dedup"))
+    p.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all); "
+                   "options after exactly one name go to that benchmark (python -m bench train --repeat 3)")
+    known, options = p.parse_known_args(argv)
+    names = known.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        print(f"error: unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
-        return 2
-    if options and first_option != 1:
-        print("error: options go after one benchmark's name: python -m bench NAME [--option ...]", file=sys.stderr)
-        return 2
+        p.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
+    if options and len(known.names) != 1:
+        p.error("options go after one benchmark's name: python -m bench NAME [--option ...]")
     results = {}
     for name in names:
         print(f"\n### {name}")
@@ -123,6 +134,10 @@ def main(argv=None) -> int:
               f"{q['aggregate']['ours']['median_ms']:.1f} ms ({q['aggregate']['speedup']:.1f}x)")
     if "build" in results:
         print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
+    if "scale" in results and "exponent_job" in results["scale"]:
+        last = results["scale"]["sizes"][-1]
+        print(f"build cost exponent {results['scale']['sizes'][0]['pairs']:,} -> {last['pairs']:,} pairs: "
+              f"{results['scale']['exponent_job']:.3f}; peak memory at {last['pairs']:,}: {last['peak_pss_bytes'] / 2**30:.2f} GiB")
     return 0
 
 

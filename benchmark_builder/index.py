@@ -49,22 +49,22 @@ EMPTY_VIEW_SCHEMAS = {"candidates": schema.CANDIDATE, "crawl_status": schema.CRA
 MATERIALISED = ("status", "metadata")
 
 
-def _parquet_files(root: str, table: str) -> list[str]:
-    return pio.glob(pio.join(root, table, "*", "*.parquet"))
+def _parquet_files(layout: Layout, table: str) -> list[str]:
+    return pio.glob(layout.table_files(table))
 
 
-def _parquet_select(con, name: str, root: str, table: str, files: list[str]) -> str:
+def _parquet_select(con, name: str, layout: Layout, table: str, files: list[str]) -> str:
     if not files:
         return _empty_select(con, EMPTY_VIEW_SCHEMAS.get(name))
-    if _glob.has_magic(root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
+    if _glob.has_magic(layout.root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
         src = "[" + ", ".join(sql_string(f) for f in files) + "]"
     else:  # a pattern: a view also sees years added later
-        src = sql_string(pio.join(root, table, "*", "*.parquet"))
+        src = sql_string(layout.table_files(table))
     return f"select * from read_parquet({src}, hive_partitioning=false, union_by_name=true)"
 
 
-def _parquet_view(con, name: str, root: str, table: str, where: str = "", temp: bool = False) -> None:
-    select = _parquet_select(con, name, root, table, _parquet_files(root, table))
+def _parquet_view(con, name: str, layout: Layout, table: str, where: str = "", temp: bool = False) -> None:
+    select = _parquet_select(con, name, layout, table, _parquet_files(layout, table))
     con.execute(f"create or replace {'temp ' if temp else ''}view {name} as select * from ({select}) {where}")
 
 
@@ -77,12 +77,12 @@ def _fingerprint(files: list[str]) -> str:
     return h.hexdigest()
 
 
-def _materialise(con, name: str, root: str) -> tuple[str, int, str]:
+def _materialise(con, name: str, layout: Layout) -> tuple[str, int, str]:
     """``name`` as a table sorted by year and uid, indexed on uid; returns its row of ``index_materialised``."""
-    files = _parquet_files(root, name)
-    con.execute(f"create table {name} as select * from ({_parquet_select(con, name, root, name, files)}) order by year, uid")
+    files = _parquet_files(layout, name)
+    con.execute(f"create table {name} as select * from ({_parquet_select(con, name, layout, name, files)}) order by year, uid")
     con.execute(f"create index {name}_uid on {name} (uid)")
-    return name, len(files), _fingerprint(files) if pio.is_local(root) else ""
+    return name, len(files), _fingerprint(files) if pio.is_local(layout.root) else ""
 
 
 def _empty_select(con, arrow_schema) -> str:
@@ -96,14 +96,13 @@ def _empty_select(con, arrow_schema) -> str:
 
 def benchmark_root(layout: Layout) -> str:
     """The benchmark root as recorded in the index: absolute for a local data dir."""
-    root = layout.root
-    return os.path.abspath(pio.local_path(root)) if pio.is_local(root) else root
+    return layout.absolute().root
 
 
-def _shard_rows(root: str) -> list[tuple]:
+def _shard_rows(layout: Layout) -> list[tuple]:
     rows = []
-    for sizes_path in pio.glob(pio.join(root, "variants", "*", "*", "*", "sizes.json")) + pio.glob(
-        pio.join(root, "variants", "*", "eval", "*", "*", "sizes.json")
+    for sizes_path in pio.glob(layout.any_variant("*", "*", "sizes.json")) + pio.glob(
+        layout.any_variant("eval", "*", "*", "sizes.json")
     ):
         parts = sizes_path.split("/")
         if parts[-4] == "eval":
@@ -113,7 +112,7 @@ def _shard_rows(root: str) -> list[tuple]:
         for shard, count in pio.read_json(sizes_path).items():
             year = int(step) if step.isdigit() else None
             rows.append((variant, split, step, year, os.path.join(os.path.dirname(sizes_path), shard), int(count)))
-    for count_path in pio.glob(pio.join(root, "variants", "*", "eval", "*", "*", "test", "count.txt")):
+    for count_path in pio.glob(layout.any_variant("eval", "*", "*", "test", "count.txt")):
         parts = count_path.split("/")
         variant, kind, step = parts[-6], parts[-4], parts[-3]
         rows.append((variant, f"eval_{kind}", step, int(step) if step.isdigit() else None, os.path.dirname(count_path),
@@ -125,20 +124,21 @@ def build_index(layout: Layout) -> str:
     """(Re)write ``index.duckdb`` atomically; returns its path. Tables other tools added (the
     evaluator's ``results``) are carried over. Call it holding the data dir's writer lock."""
     path = pio.local_path(layout.index)
-    root = benchmark_root(layout)
+    here = layout.absolute()  # the index records absolute paths
+    root = here.root
     tmp = pio.temp_path(path)  # this process's own temp: concurrent callers never share one
     con = duckdb.connect(tmp)
     try:
-        _parquet_view(con, "candidates", root, "candidates")
-        _parquet_view(con, "crawl_status", root, "crawl_status")
-        materialised = [_materialise(con, name, root) for name in MATERIALISED]
+        _parquet_view(con, "candidates", here, "candidates")
+        _parquet_view(con, "crawl_status", here, "crawl_status")
+        materialised = [_materialise(con, name, here) for name in MATERIALISED]
         con.execute("create view samples as select * from metadata where shard is not null")
         con.execute("create table index_materialised (name varchar, files bigint, fingerprint varchar)")
         con.executemany("insert into index_materialised values (?, ?, ?)", materialised)
         con.execute(
             "create table shards (variant varchar, split varchar, step varchar, year integer, path varchar, count bigint)"
         )
-        rows = _shard_rows(root)
+        rows = _shard_rows(here)
         if rows:
             con.executemany("insert into shards values (?, ?, ?, ?, ?, ?)", rows)
         con.execute("create table index_info (root varchar, built_at varchar)")
@@ -178,18 +178,18 @@ def check_root(con, layout: Layout, path: str) -> None:
 def _read_changed_tables_directly(con, layout: Layout) -> None:
     """A materialised table whose Parquet files changed since the index was built (a writer
     updated them, or a build is under way) is shadowed by a temporary view over the files."""
-    root = benchmark_root(layout)
-    if not pio.is_local(root):
+    here = layout.absolute()
+    if not pio.is_local(here.root):
         return
     try:
         recorded = dict(con.execute("select name, fingerprint from index_materialised").fetchall())
     except duckdb.Error:  # an index from before materialisation: its views read the files
         return
-    changed = [n for n in MATERIALISED if n in recorded and recorded[n] != _fingerprint(_parquet_files(root, n))]
+    changed = [n for n in MATERIALISED if n in recorded and recorded[n] != _fingerprint(_parquet_files(here, n))]
     for name in changed:
-        _parquet_view(con, name, root, name, temp=True)
+        _parquet_view(con, name, here, name, temp=True)
         if name == "metadata":
-            _parquet_view(con, "samples", root, "metadata", "where shard is not null", temp=True)
+            _parquet_view(con, "samples", here, "metadata", "where shard is not null", temp=True)
     if changed:
         print(f"note: {', '.join(changed)} changed since {layout.index} was built: reading the Parquet files "
               f"directly (python -m benchmark_builder index --data-dir {shlex.quote(layout.data_dir)} makes it fast again)",
@@ -197,7 +197,8 @@ def _read_changed_tables_directly(con, layout: Layout) -> None:
 
 
 def query(layout: Layout, sql: str):
-    """Run ``sql`` read-only on the index; returns (column names, rows)."""
+    """Run ``sql`` read-only on the index; returns (column names, rows). SQL that DuckDB refuses
+    (a syntax error, an unknown table or column) raises InputError with DuckDB's first line."""
     path = pio.local_path(layout.index)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
@@ -205,9 +206,11 @@ def query(layout: Layout, sql: str):
     try:
         check_root(con, layout, path)
         _read_changed_tables_directly(con, layout)
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
+        try:
+            cur = con.execute(sql)
+            return [d[0] for d in cur.description] if cur.description else [], cur.fetchall()
+        except duckdb.Error as e:
+            raise InputError(f"sql: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
 

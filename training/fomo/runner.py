@@ -17,6 +17,8 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from benchmark_builder.layout import Layout
+from pipelines import io as pio
 from pipelines.models import load_model
 from pipelines.provenance import resolve_device
 from training.data import Source
@@ -24,7 +26,6 @@ from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
 from training.fomo.streams import DEFAULT_POOL_YEARS, build_index, make_stream, pool_source, task_sources
 
-DEFAULT_BASE = "tic-tiny-32:{data_dir}/tic-datacomp/filter-model/*/checkpoints/step_0.pt"
 
 
 @dataclass
@@ -63,10 +64,8 @@ class FomoConfig:
 def resolve_base(cfg: FomoConfig) -> str:
     if cfg.base_model:
         return cfg.base_model
-    import glob
-
-    pattern = DEFAULT_BASE.format(data_dir=cfg.data_dir.rstrip("/"))
-    found = sorted(glob.glob(pattern.split(":", 1)[1]))
+    pattern = Layout(cfg.data_dir, cfg.benchmark).filter_model_checkpoint("*")
+    found = sorted(pio.glob(pattern))
     if not found:
         raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --base-model")
     return f"tic-tiny-32:{found[0]}"
