@@ -12,11 +12,11 @@ The recipe is saved as ``<run>/fomo.json``; ``python -m eval.fomo <run>...`` eva
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from training.config import CLConfig, base_values, resolve_device
 from training.data import Source
 from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
@@ -26,15 +26,21 @@ DEFAULT_BASE = "tic-tiny-32:{data_dir}/tic-datacomp/filter-model/*/checkpoints/s
 
 
 @dataclass
-class FomoConfig:
+class FomoConfig(CLConfig):
+    """The base config with this family's defaults (``model`` "": the embedded default's base, the
+    filter CLIP pretrained on 2014-2016; ``samples_per_step`` follows from the MAF budget), plus the
+    concept stream, the data mixture and the budget in MAF units."""
+    model: str = ""
+    samples_per_step: int = 0  # set by the budget: steps per task x batch_size
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 2  # warmup iterations of every task
+    workers: int = 0
+    buffer: int = 256
+    checkpoint_every: int = 0
     method: str = "full-ft"
     order: str = "random"
     tasks: int = 5
-    data_dir: str = "./data"
-    benchmark: str = "tic-datacomp"
-    variant: str = "basic"
-    run_dir: str = ""
-    base_model: str = ""  # "": the embedded default's base (the filter CLIP pretrained on 2014-2016)
     pool_years: tuple[int, ...] = DEFAULT_POOL_YEARS
     holdout: int = 4
     shares: tuple[float, float, float] = DEFAULT_SHARES
@@ -42,31 +48,17 @@ class FomoConfig:
     full_ft_steps: int = 20  # budget: full fine-tuning iterations per task (MAF units follow from it)
     maf_budget: float = 0.0  # >0: the total budget in GMAF (GFLOPs x memory ratio), instead of full_ft_steps
     steps_per_task: int = 0  # >0: skip the MAF budget and run this many iterations per task
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 2
-    cooldown: int = 0  # rsqrt: linear cooldown iterations at the end of each task
-    schedule: str = "cosine"
-    text: str = "alt"  # caption trained on: alt | generated | both (training.data.TEXT_FIELDS)
-    meta_schedule: str = "constant"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    options: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def resolve_base(cfg: FomoConfig) -> str:
-    if cfg.base_model:
-        return cfg.base_model
+    if cfg.model:
+        return cfg.model
     import glob
 
     pattern = DEFAULT_BASE.format(data_dir=cfg.data_dir.rstrip("/"))
     found = sorted(glob.glob(pattern.split(":", 1)[1]))
     if not found:
-        raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --base-model")
+        raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --model")
     return f"tic-tiny-32:{found[0]}"
 
 
@@ -83,18 +75,12 @@ class WithMixture:
         return getattr(self._method, name)
 
 
-def _device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
     """Measured cost and steps per task of ``methods`` (default: the recipe's method) next to
     full fine-tuning, under the recipe's budget."""
     names = list(dict.fromkeys(["full-ft", *(methods or [cfg.method])]))
     costs = maf_lib.measure_costs({n: (cfg.options if n == cfg.method else {}) for n in names}, base, cfg.batch_size,
-                                  _device(cfg.device))
+                                  resolve_device(cfg.device))
     ref = costs["full-ft"]
     budget = cfg.maf_budget * 1e9 if cfg.maf_budget > 0 else cfg.full_ft_steps * cfg.tasks * maf_lib.maf(ref, ref)
     rows, table = maf_lib.budget_table(costs, ref, budget, cfg.tasks)
@@ -109,7 +95,7 @@ def run(cfg: FomoConfig, resume: bool = False) -> dict:
     run_dir = cfg.run_dir or f"runs/fomo-{cfg.method}-{cfg.order}-T{cfg.tasks}"
     os.makedirs(run_dir, exist_ok=True)
     base = resolve_base(cfg)
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)
     loaded = load_model(base, device=device) if cfg.order.split("reverse-")[-1] in ("semantic", "performance") else None
     stream = make_stream(index, cfg.order, cfg.tasks, cfg.seed, cfg.holdout, loaded, device)
@@ -127,14 +113,10 @@ def run(cfg: FomoConfig, resume: bool = False) -> dict:
             json.dump(costs, f, indent=1)
     tasks = task_sources(stream, index)
     pool = pool_source(cfg.data_dir, cfg.variant, cfg.pool_years, cfg.benchmark) if cfg.shares[0] > 0 else None
-    method = WithMixture(get_method(cfg.method, cfg.options), pool, cfg.shares, cfg.buffer_size)
-    tcfg = TrainConfig(
-        protocol=cfg.method, data_dir=cfg.data_dir, benchmark=cfg.benchmark, variant=cfg.variant, run_dir=run_dir,
-        model=base, samples_per_step=steps * cfg.batch_size, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup,
-        warmup_later=cfg.warmup, cooldown=cfg.cooldown, schedule=cfg.schedule, meta_schedule=cfg.meta_schedule,
-        seed=cfg.seed, text=cfg.text, device=cfg.device, workers=cfg.workers, buffer=256, checkpoint_every=0, options=dict(cfg.options),
-        time_steps=f"fomo:{cfg.order}:T{cfg.tasks}",
-    )
+    method = WithMixture(get_method(cfg.method, cfg.options, family="fomo"), pool, cfg.shares, cfg.buffer_size)
+    tcfg = TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "model": base, "samples_per_step": steps * cfg.batch_size,
+                          "options": dict(cfg.options)},
+                       protocol=cfg.method, warmup_later=cfg.warmup, time_steps=f"fomo:{cfg.order}:T{cfg.tasks}")
     recipe = {"fomo": cfg.to_json(), "base_model": base, "steps_per_task": steps, "stream": "stream.json",
               "maf": costs.get(cfg.method), "maf_full_ft": costs.get("full-ft")}
     with open(os.path.join(run_dir, "fomo.json"), "w") as f:
