@@ -41,10 +41,9 @@ FAMILIES = ("tic", "cil", "fomo")
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    family = argv[0] if argv and argv[0] in FAMILIES else "tic"
-    if argv and argv[0] in FAMILIES:
-        argv = argv[1:]
-    p = argparse.ArgumentParser(prog=f"python -m eval {family}", description=__doc__,
+    named = bool(argv) and argv[0] in FAMILIES
+    family = argv.pop(0) if named else "tic"  # no family: the TiC evaluation, as before the families
+    p = argparse.ArgumentParser(prog="python -m eval" + (f" {family}" if named else ""), description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     if family == "cil":
@@ -92,6 +91,9 @@ def main(argv=None) -> int:
         return _main(args)
     except LockHeld as e:  # the evaluation itself is saved in <run>/eval; re-running reloads it from the cache
         print(f"error: {e}; the results are in each run's eval/results.jsonl, re-running loads them (embeddings are cached)", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # not a training run, no checkpoints, no eval sets: one line
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

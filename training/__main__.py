@@ -28,6 +28,8 @@ import sys
 import yaml
 
 from training.config import add_base_args, base_from_args
+from training.fomo.__main__ import main as fomo_main
+from training.incremental import main as cil_main
 from training.methods import FAMILIES, methods
 from training.scale import PRECISIONS
 from training.train import TrainConfig, train
@@ -130,12 +132,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     family = argv[0] if argv and argv[0] in FAMILIES else None
     if family == "cil":
-        from training.incremental import main as cil_main
-
         return cil_main(argv[1:], prog="python -m training cil")
     if family == "fomo":
-        from training.fomo.__main__ import main as fomo_main
-
         return fomo_main(argv[1:], prog="python -m training fomo")
     if argv and not argv[0].startswith("-") and family is None:
         print(f"error: unknown family {argv[0]!r}; one of {', '.join(FAMILIES)} (python -m training --help)", file=sys.stderr)

@@ -27,6 +27,7 @@ from pipelines import io as pio
 from training.config import CLConfig, add_base_args, base_from_args, base_values
 from training.data import Source
 from training.methods import get_method, methods
+from training.train import TrainConfig, train
 
 RUN_RECORD = "cil.json"  # <run>/cil.json: what the evaluation of a class/domain-incremental run reads
 
@@ -90,11 +91,17 @@ def seen_classes(manifest: dict, t: int) -> list[int]:
     return sorted({c for task in manifest["tasks"][: t + 1] for c in task["classes"]})
 
 
+def trainer_config(cfg: CILConfig, run_dir: str):
+    """The trainer's config of a class/domain-incremental run: the base part as given, the method
+    and its options with the memory size."""
+    return TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "options": {**cfg.options, "memory": cfg.memory}},
+                       protocol=cfg.method)
+
+
 def train_run(cfg: CILConfig) -> dict:
     """Write (or reuse) the stream and train the method over its tasks, one checkpoint per task;
     writes ``<run>/cil.json`` (config, stream, memory composition) for the evaluation and returns it."""
     from pipelines.models import load_model
-    from training.train import TrainConfig, train
 
     if cfg.method not in methods("cil"):
         raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(methods('cil'))}")
@@ -111,8 +118,7 @@ def train_run(cfg: CILConfig) -> dict:
             tok = load_model(cfg.model).tokenizer
             method.task_prompts = [tok([ts.PROMPT.format(manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
                                    for t in manifest["tasks"]]
-        tc = TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "options": options}, protocol=cfg.method)
-        train(tc, resume=os.path.exists(os.path.join(run_dir, "config.json")), sources=train_src, method=method)
+        train(trainer_config(cfg, run_dir), resume=os.path.exists(os.path.join(run_dir, "config.json")), sources=train_src, method=method)
         if cfg.memory > 0:  # the memory each task trained with (rebuilt the way the method builds it)
             method.data(T - 1, train_src)
             memory_history = getattr(method, "memory_history", None)
@@ -160,8 +166,8 @@ def main(argv=None, prog: str = "python -m training cil") -> int:
     try:
         for cfg in configs_from_args(p, p.parse_args(argv)):
             print(f"trained: {train_run(cfg)['run_dir']}")
-    except InputError as e:  # a refused dataset file (crafted pickle, bad split line): one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, ValueError, FileNotFoundError, FileExistsError) as e:  # a refused dataset file (crafted pickle,
+        print(f"error: {e}", file=sys.stderr)  # bad split line), a missing dataset, a run dir of another run: one line
         return 2
     return 0
 

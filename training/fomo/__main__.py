@@ -13,10 +13,11 @@ import argparse
 import json
 import sys
 
+from pipelines.models import load_model
+from training.config import add_base_args, base_from_args
 from training.fomo.mixture import parse_shares
 from training.fomo.runner import FomoConfig, plan_budget, resolve_base, run
-from training.fomo.streams import ALL_ORDERS
-from training.config import add_base_args, base_from_args
+from training.fomo.streams import ALL_ORDERS, build_index, make_stream
 from training.methods import get_method, methods
 
 
@@ -59,20 +60,24 @@ def parse(argv=None, prog: str = "python -m training fomo"):
 
 def main(argv=None, prog: str = "python -m training fomo") -> int:
     cfg, a = parse(argv, prog)
+    try:
+        _run(cfg, a)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # no base model, no benchmark, a run dir of another run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(cfg: FomoConfig, a) -> None:
     if a.budget_only:
         _, table = plan_budget(cfg, resolve_base(cfg), [m for m in a.methods.split(",") if m])
         print(table)
-        return 0
-    if a.stream_only:
-        from pipelines.models import load_model
-        from training.fomo.streams import build_index, make_stream
-
+    elif a.stream_only:
         index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)
         stream = make_stream(index, cfg.order, cfg.tasks, cfg.seed, cfg.holdout, load_model(resolve_base(cfg)))
         print(json.dumps(stream.to_json(), indent=1))
-        return 0
-    run(cfg, resume=a.resume)
-    return 0
+    else:
+        run(cfg, resume=a.resume)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from training.data import Source
 from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
 from training.fomo.streams import DEFAULT_POOL_YEARS, build_index, make_stream, pool_source, task_sources
+from training.methods import get_method
+from training.train import TrainConfig, train
 
 DEFAULT_BASE = "tic-tiny-32:{data_dir}/tic-datacomp/filter-model/*/checkpoints/step_0.pt"
 
@@ -87,10 +89,16 @@ def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
     return rows, table
 
 
+def trainer_config(cfg: FomoConfig, run_dir: str, base: str, steps: int):
+    """The trainer's config of a recipe: the base part as given, the resolved base model, ``steps``
+    iterations per task, the warmup at every task."""
+    return TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "model": base, "samples_per_step": steps * cfg.batch_size,
+                          "options": dict(cfg.options)},
+                       protocol=cfg.method, warmup_later=cfg.warmup, time_steps=f"fomo:{cfg.order}:T{cfg.tasks}")
+
+
 def run(cfg: FomoConfig, resume: bool = False) -> dict:
     from pipelines.models import load_model
-    from training.methods import get_method
-    from training.train import TrainConfig, train
 
     run_dir = cfg.run_dir or f"runs/fomo-{cfg.method}-{cfg.order}-T{cfg.tasks}"
     os.makedirs(run_dir, exist_ok=True)
@@ -114,9 +122,7 @@ def run(cfg: FomoConfig, resume: bool = False) -> dict:
     tasks = task_sources(stream, index)
     pool = pool_source(cfg.data_dir, cfg.variant, cfg.pool_years, cfg.benchmark) if cfg.shares[0] > 0 else None
     method = WithMixture(get_method(cfg.method, cfg.options, family="fomo"), pool, cfg.shares, cfg.buffer_size)
-    tcfg = TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "model": base, "samples_per_step": steps * cfg.batch_size,
-                          "options": dict(cfg.options)},
-                       protocol=cfg.method, warmup_later=cfg.warmup, time_steps=f"fomo:{cfg.order}:T{cfg.tasks}")
+    tcfg = trainer_config(cfg, run_dir, base, steps)
     recipe = {"fomo": cfg.to_json(), "base_model": base, "steps_per_task": steps, "stream": "stream.json",
               "maf": costs.get(cfg.method), "maf_full_ft": costs.get("full-ft")}
     with open(os.path.join(run_dir, "fomo.json"), "w") as f:
