@@ -17,6 +17,11 @@ FILTER ?= basic
 RUNNER ?= DirectRunner
 BEAM_ARGS ?=
 INPUT ?=
+FROM ?= crawl
+POOL ?=
+TIC_UIDS ?=
+GRANULARITY ?= yearly
+BESTPOOL_UIDS ?=
 OUTPUT ?= ./candidates
 Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
@@ -65,8 +70,12 @@ $(VENV)/.installed: requirements.lock requirements-nodeps.txt pyproject.toml
 
 venv: $(VENV)/.installed ## create .venv (pip, Python 3.11) from requirements.lock
 
-build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...)
+build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./data, RUNNER=DirectRunner, BEAM_ARGS=...); FROM=datacomp [POOL=dir TIC_UIDS=dir GRANULARITY=monthly BESTPOOL_UIDS=f.npy]: from a DataComp pool
+ifeq ($(FROM),datacomp)
+	$(PY) -m benchmark_builder build tic-datacomp --from datacomp $(if $(POOL),--pool '$(POOL)') $(if $(TIC_UIDS),--tic-uids '$(TIC_UIDS)') --granularity $(GRANULARITY) $(if $(BESTPOOL_UIDS),--bestpool-uids '$(BESTPOOL_UIDS)') --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
+else
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+endif
 
 retry-failed: $(VENV)/.installed ## re-fetch transient download failures of finished years (YEAR=2019), re-derive downstream
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --retry-failed --runner $(RUNNER) $(BEAM_ARGS)

@@ -26,7 +26,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("build", help="build one year (and the earlier years it depends on)")
     b.add_argument("benchmark", choices=["tic-datacomp"])
-    b.add_argument("--year", type=int, required=True)
+    b.add_argument("--year", type=int, help="build up to this year (crawl source; required there)")
+    b.add_argument("--from", dest="source", choices=["crawl", "datacomp"], default="crawl",
+                   help="crawl: WARC/WAT archives (--input); datacomp: a DataComp pool resharded by TiC-CLIP's released "
+                        "uid files (--pool, --tic-uids; both default to the embedded fixture)")
+    b.add_argument("--pool", default="", help="--from datacomp: the DataComp pool (NNNNNNNN.tar/.parquet; dir or URL)")
+    b.add_argument("--tic-uids", default="", help="--from datacomp: dir of TiC-CLIP's released files (YYYY.npy, "
+                   "sizes.json, monthly YYYY.tar, the retrieval and DataCompNet pickles)")
+    b.add_argument("--granularity", choices=["yearly", "monthly"], default="yearly", help="--from datacomp: time steps")
+    b.add_argument("--bestpool-uids", default="", help="--from datacomp: a DataComp bestpool uid file (.npy u8,u8)")
     b.add_argument("--data-dir", default="./data")
     b.add_argument("--input", action="append", default=[],
                    help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
@@ -178,6 +186,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         if outside:
             return _error(f"--years {' '.join(args.years)} names {outside}, outside the data dir's years {spec.year_range}")
         args.years = years
+    if args.command == "build" and args.source == "datacomp":
+        return _build_from_pool(parser, args, beam_args)
+    if args.command == "build" and args.year is None:
+        parser.error("--year is required (the crawl source builds up to a year)")
     if args.command == "build":
         from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_failed
 
@@ -279,6 +291,30 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
         return 0
     return 2
+
+
+def _build_from_pool(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: list[str]) -> int:
+    """``build tic-datacomp --from datacomp``: benchmark_builder/from_pool.py."""
+    from benchmark_builder.from_pool import PoolBuildConfig, build_from_pool
+    from pipelines.transforms.filter import VARIANTS
+
+    variants = tuple(v.strip() for v in args.filter.split(",") if v.strip()) or ("basic",)
+    unknown = [v for v in variants if v not in VARIANTS and v != "bestpool"]
+    if unknown or ("bestpool" in variants and not args.bestpool_uids and (args.pool or args.tic_uids)):
+        parser.error(f"--filter {','.join(variants)}: --from datacomp writes none, basic and bestpool (with --bestpool-uids)")
+    if args.input or args.retry_failed:
+        parser.error("--input and --retry-failed belong to the crawl source, not --from datacomp")
+    if args.years and args.years != "2014-2023" or args.time_steps:
+        parser.error("--from datacomp covers TiC-DataComp's released years 2014-2023; choose --granularity yearly|monthly")
+    try:
+        build_from_pool(PoolBuildConfig(
+            pool=args.pool, tic_uids=args.tic_uids, data_dir=args.data_dir, benchmark=args.benchmark,
+            granularity=args.granularity, bestpool_uids=args.bestpool_uids, write_variants=variants,
+            samples_per_shard=args.samples_per_shard, lid=args.lid, lid_model=args.lid_model, seed=args.seed,
+            runner=RunnerConfig(args.runner, beam_args)))
+    except ValueError as e:  # InputError included: a refused input or year range, one line
+        return _error(str(e))
+    return 0
 
 
 if __name__ == "__main__":

@@ -537,6 +537,10 @@ def benchmark_spec(cfg: BuildConfig):
     """The benchmark over the years this build covers; ValueError (one line) on a bad range."""
     # a dry run builds job graphs offline: it must not read the (possibly remote) data dir
     spec = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, None if cfg.runner.dry_run else cfg.data_dir, extend=True)
+    manifest = pio.join(cfg.data_dir, cfg.benchmark, "manifest.json")
+    if not cfg.runner.dry_run and pio.exists(manifest) and (pio.read_json(manifest).get("config") or {}).get("source") == "datacomp":
+        raise ValueError(f"{pio.join(cfg.data_dir, cfg.benchmark)} was built from a DataComp pool (--from datacomp); "
+                         "crawl into another --data-dir")
     if cfg.year not in spec.years:
         hint = "" if cfg.years else " (give --years FIRST-LAST to build other years)"
         raise ValueError(f"{cfg.benchmark} covers years {spec.year_range} here; got --year {cfg.year}{hint}")

@@ -115,6 +115,17 @@ SAMPLE = pa.schema(
     ]
 )
 
+# A sample built from a DataComp pool (benchmark_builder/from_pool.py) keeps DataComp's own
+# columns beside the record schema; the index reads both kinds of files (union by name).
+DATACOMP_COLUMNS = [
+    ("clip_b32_similarity_score", pa.float32()),
+    ("clip_l14_similarity_score", pa.float32()),
+    ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+    ("pool_shard", pa.string()),  # the DataComp pool shard (NNNNNNNN) the sample was read from
+    ("copies", pa.int32()),  # times the released uid file lists it (DataComp's resharder upsampling)
+]
+DATACOMP_SAMPLE = pa.schema(list(SAMPLE) + DATACOMP_COLUMNS)
+
 SPLITS = ("train", "eval_retrieval", "eval_classification")
 
 

@@ -32,6 +32,9 @@ SHARD_JSON_FIELDS = (
 )
 
 
+# DataComp's per-sample scores, carried into <key>.json when the row has them (pool builds)
+EXTRA_JSON_FIELDS = ("clip_b32_similarity_score", "clip_l14_similarity_score", "face_bboxes")
+
 KEY_STYLES = ("img2dataset", "uid")
 
 
@@ -66,6 +69,7 @@ def copies(row: dict) -> int:
 
 def shard_sample(row: dict) -> dict:
     meta = {k: row.get(k) for k in SHARD_JSON_FIELDS}
+    meta.update({k: row[k] for k in EXTRA_JSON_FIELDS if k in row})
     meta["status"] = "success"
     sample = {"key": row["key"], "jpg": row["jpg"], "txt": row.get("text") or "", "json": meta}
     if row.get("label") is not None:
@@ -151,3 +155,48 @@ def in_variant(row: dict, variant: str) -> bool:
 def write_directory_files_if_any(sizes, out_dir, meta):
     pio.makedirs(out_dir)
     write_directory_files(out_dir, sizes, meta)
+
+
+def write_variant_dir(out_dir: str, variant: str, rows: list[dict], meta: dict, cfg: ReshardConfig) -> list[tuple[str, str, str]]:
+    """One variant directory written in one call: what ``WriteVariant`` does with a whole
+    PCollection, for rows already grouped by directory. Returns (uid, shard, key) of each row's
+    first copy."""
+    rows = sorted((r for r in rows if in_variant(r, variant)), key=lambda r: r["uid"])
+    sorted_uids = [r["uid"] for r in rows for _ in range(copies(r))]
+    by_shard: dict[str, list[dict]] = {}
+    placed = []
+    for r in rows:
+        for j in range(copies(r)):
+            shard, key = locate(sorted_uids, r["uid"], cfg, j)
+            by_shard.setdefault(shard, []).append({**r, "shard": shard, "key": key, "copy": j})
+            if j == 0:
+                placed.append((r["uid"], shard, key))
+    sizes = [write_shard_group(out_dir, shard, group, variant) for shard, group in sorted(by_shard.items())]
+    write_directory_files_if_any(sizes, out_dir, meta)
+    return placed
+
+
+class WriteVariantDirs(beam.PTransform):
+    """Rows -> many variant directories in one job graph (a pool build writes every year at once).
+    ``targets``: (variant, group) -> (out_dir, meta); ``group_of(row)`` names a row's group (its
+    year). Every target directory is written, empty ones too. Returns (uid, (variant, shard, key))."""
+
+    def __init__(self, targets: dict, group_of, cfg: ReshardConfig = ReshardConfig()):
+        super().__init__()
+        self.targets, self.group_of, self.cfg = targets, group_of, cfg
+
+    def expand(self, rows):
+        targets, group_of, cfg = self.targets, self.group_of, self.cfg
+        variants = sorted({v for v, _ in targets})
+        keyed = rows | "ByTarget" >> beam.FlatMap(
+            lambda r: [((v, group_of(r)), r) for v in variants if (v, group_of(r)) in targets and in_variant(r, v)])
+        everyone = rows.pipeline | "Targets" >> beam.Create(sorted(targets, key=str)) | "EmptyOf" >> beam.Map(lambda t: (t, None))
+
+        def write(item):
+            (variant, group), values = item
+            out_dir, meta = targets[(variant, group)]
+            return [(u, (variant, s, k)) for u, s, k in
+                    write_variant_dir(out_dir, variant, [r for r in values if r is not None], meta, cfg)]
+
+        return ((keyed, everyone) | "AllTargets" >> beam.Flatten() | "GroupTarget" >> beam.GroupByKey()
+                | "WriteDir" >> beam.FlatMap(write))
