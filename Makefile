@@ -27,13 +27,16 @@ Q ?= select year, count(*) as n from samples group by 1 order by 1
 PYTEST_ARGS ?=
 
 VARIANT ?= basic
+BENCHMARK ?= tic-datacomp
+IMAGE_ROOT ?=
 FILTER_MODEL ?=
 CAPTIONER ?= template:synthetic-web
 PROTOCOL ?= sequential
 CONFIG ?=
-RUN_DIR ?= runs/$(PROTOCOL)
-RUN ?= runs/sequential
-RUNS ?= runs/sequential runs/cumulative-all runs/oracle
+RUNS_ROOT = runs$(if $(filter-out tic-datacomp,$(BENCHMARK)),/$(BENCHMARK))
+RUN_DIR ?= $(RUNS_ROOT)/$(PROTOCOL)
+RUN ?= $(RUNS_ROOT)/sequential
+RUNS ?= $(RUNS_ROOT)/sequential $(RUNS_ROOT)/cumulative-all $(RUNS_ROOT)/oracle
 NPROC ?= 1
 TRAIN_ARGS ?=
 DATASET ?= synthetic-web
@@ -55,7 +58,7 @@ CL_METHOD = $(or $(METHOD),clip-replay)
 # the run dirs of one make cil/dil: python -m training cil's default runs/<kind>-<dataset>-<method>-m<memory>
 CL_RUNS_OF = $(foreach m,$(MEMORY),runs/$(1)-$(DATASET)-$(CL_METHOD)-m$(m))
 
-.PHONY: help venv build-tic-datacomp retry-failed build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
+.PHONY: help venv build-tic-datacomp build-tic-yfcc build-tic-redcaps retry-failed build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
 help: ## list every target
 	@grep -hE '^[a-zA-Z_.-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-22s %s\n", $$1, $$2}'
@@ -76,6 +79,12 @@ ifeq ($(FROM),datacomp)
 else
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 endif
+
+build-tic-yfcc: $(VENV)/.installed ## TiC-YFCC, 2004..2014 in 4 steps [INPUT=yfcc15m.csv IMAGE_ROOT=dir]; default: the embedded fixture, offline
+	$(PY) -m benchmark_builder build tic-yfcc --data-dir $(DATA_DIR) $(if $(INPUT),--input '$(INPUT)') $(if $(IMAGE_ROOT),--image-root '$(IMAGE_ROOT)') --runner $(RUNNER) $(BEAM_ARGS)
+
+build-tic-redcaps: $(VENV)/.installed ## TiC-RedCaps, 2017..2020 [INPUT='annotations/*.json' IMAGE_ROOT=dir]; default: the embedded fixture, offline
+	$(PY) -m benchmark_builder build tic-redcaps --data-dir $(DATA_DIR) $(if $(INPUT),--input '$(INPUT)') $(if $(IMAGE_ROOT),--image-root '$(IMAGE_ROOT)') --runner $(RUNNER) $(BEAM_ARGS)
 
 retry-failed: $(VENV)/.installed ## re-fetch transient download failures of finished years (YEAR=2019), re-derive downstream
 	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --retry-failed --runner $(RUNNER) $(BEAM_ARGS)
@@ -101,22 +110,22 @@ filter-audit: $(VENV)/.installed ## per filter variant and year: fraction kept, 
 reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make reshard NAME=x UIDS=subset.npy | WHERE="..."
 	$(PY) -m benchmark_builder reshard --name '$(NAME)' --data-dir $(DATA_DIR) $(if $(UIDS),--uids '$(UIDS)') $(if $(WHERE),--where "$(WHERE)") --runner $(RUNNER) $(BEAM_ARGS)
 
-train: $(VENV)/.installed ## one protocol over all time steps: make train PROTOCOL=cumulative-all [CONFIG=configs/tic-datacomp-medium.yaml] [NPROC=2] [TRAIN_ARGS="--resume"]
+train: $(VENV)/.installed ## one protocol over the benchmark's time steps: make train PROTOCOL=cumulative-all [BENCHMARK=tic-yfcc] [CONFIG=configs/tic-datacomp-medium.yaml] [NPROC=2] [TRAIN_ARGS="--resume"]
 ifeq ($(NPROC),1)
-	$(PY) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 endif
 
 train-all: $(VENV)/.installed ## every TiC protocol (python -m training tic --list, or PROTOCOLS=...) into runs/<protocol>, then eval + compare
-	@for p in $(PROTOCOLS); do $(MAKE) --no-print-directory train PROTOCOL=$$p RUN_DIR=runs/$$p TRAIN_ARGS="$(TRAIN_ARGS)" || exit 1; done
-	$(PY) -m eval tic compare $(addprefix runs/,$(PROTOCOLS)) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
+	@for p in $(PROTOCOLS); do $(MAKE) --no-print-directory train PROTOCOL=$$p RUN_DIR=$(RUNS_ROOT)/$$p TRAIN_ARGS="$(TRAIN_ARGS)" || exit 1; done
+	$(PY) -m eval tic compare $(addprefix $(RUNS_ROOT)/,$(PROTOCOLS)) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
 
-eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [DATA_DIR=./data]
-	$(PY) -m eval tic run $(RUN) --data-dir $(DATA_DIR) --variant $(VARIANT)
+eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [BENCHMARK=tic-yfcc] [DATA_DIR=./data]
+	$(PY) -m eval tic run $(RUN) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT)
 
-compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b"
-	$(PY) -m eval tic compare $(RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/compare
+compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b" [BENCHMARK=tic-yfcc]
+	$(PY) -m eval tic compare $(RUNS) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
 
 fomo: $(VENV)/.installed ## FoMo-in-Flux recipe + evaluation: make fomo METHOD=ema-merge ORDER=time T=10 [FOMO_ARGS="--option decay=0.7"]
 	$(PY) -m training fomo --method $(FOMO_METHOD) --order $(ORDER) --tasks $(T) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(FOMO_RUN) $(FOMO_ARGS)
@@ -140,7 +149,7 @@ crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.g
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)
 
 sql: $(VENV)/.installed ## run SQL on index.duckdb: make sql Q="select year, count(*) from samples group by 1"
-	$(PY) -m benchmark_builder sql --data-dir $(DATA_DIR) "$(Q)"
+	$(PY) -m benchmark_builder sql --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) "$(Q)"
 
 test: $(VENV)/.installed ## run the test suite (fast; slow end-to-end runs: make test-slow)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

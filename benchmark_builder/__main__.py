@@ -2,6 +2,10 @@
 
     python -m benchmark_builder build tic-datacomp --year 2019 --data-dir ./data \
         [--input 'crawl/*.warc.gz' ...] [--runner DirectRunner|PortableRunner|DataflowRunner|SparkRunner|FlinkRunner] [beam options]
+    python -m benchmark_builder build tic-yfcc --data-dir ./data [--input yfcc15m.csv] [--image-root DIR]
+    python -m benchmark_builder build tic-redcaps --data-dir ./data [--input 'annotations/*.json'] [--image-root DIR]
+    python -m benchmark_builder build tic-datacomp --input-format url-list --input urls.parquet \
+        [--url-col url --caption-col caption --time-col time]
     python -m benchmark_builder sql --data-dir ./data "select year, count(*) from samples group by 1"
     python -m benchmark_builder index --data-dir ./data      # rebuild index.duckdb (e.g. after moving ./data)
 
@@ -25,11 +29,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     b = sub.add_parser("build", help="build one year (and the earlier years it depends on)")
-    b.add_argument("benchmark", choices=["tic-datacomp"])
-    b.add_argument("--year", type=int, help="build up to this year (crawl source; required there)")
+    from pipelines.sources.tables import INPUT_FORMATS
+
+    b.add_argument("benchmark", help="tic-datacomp, tic-yfcc or tic-redcaps (benchmark_builder/specs.py)")
+    b.add_argument("--year", type=int, default=None, help="build up to this year (the crawl of WARC files: required; "
+                   "other sources: default the benchmark's last year)")
     b.add_argument("--from", dest="source", choices=["crawl", "datacomp"], default="crawl",
-                   help="crawl: WARC/WAT archives (--input); datacomp: a DataComp pool resharded by TiC-CLIP's released "
-                        "uid files (--pool, --tic-uids; both default to the embedded fixture)")
+                   help="crawl: the build's input files (--input, --input-format); datacomp: a DataComp pool resharded by "
+                        "TiC-CLIP's released uid files (--pool, --tic-uids; both default to the embedded fixture)")
     b.add_argument("--pool", default="", help="--from datacomp: the DataComp pool (NNNNNNNN.tar/.parquet; dir or URL)")
     b.add_argument("--tic-uids", default="", help="--from datacomp: dir of TiC-CLIP's released files (YYYY.npy, "
                    "sizes.json, monthly YYYY.tar, the retrieval and DataCompNet pickles)")
@@ -37,9 +44,20 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bestpool-uids", default="", help="--from datacomp: a DataComp bestpool uid file (.npy u8,u8)")
     b.add_argument("--data-dir", default="./data")
     b.add_argument("--input", action="append", default=[],
-                   help="WARC/WAT files or globs (local or fsspec URLs); default: the embedded synthetic web")
+                   help="input files or globs (local or fsspec URLs) in --input-format; default: the embedded synthetic web "
+                        "(TiC-YFCC and TiC-RedCaps: its YFCC15M CSV / RedCaps annotations)")
+    b.add_argument("--input-format", choices=INPUT_FORMATS, default="",
+                   help="warc (WARC/WAT), yfcc (YFCC15M CSV), redcaps (annotations/<subreddit>_<year>.json), url-list "
+                        "(Parquet/CSV/TSV with URL, caption and time columns); default: the benchmark's own")
+    b.add_argument("--image-root", default="", help="yfcc/redcaps: local image folder (key[:3]/key[3:6]/key.jpg, "
+                   "<subreddit>/<image_id>.jpg) read instead of downloading by URL")
+    b.add_argument("--url-col", default="", help="url-list: URL column (default url; yfcc: downloadurl)")
+    b.add_argument("--caption-col", default="", help="url-list: caption column (default caption)")
+    b.add_argument("--time-col", default="", help="url-list: time column, Unix seconds or ISO date/date-time, UTC "
+                   "unless a zone is given (default time)")
     b.add_argument("--seed", type=int, default=0, help="synthetic web seed")
-    b.add_argument("--pairs-per-year", type=int, default=4000, help="synthetic web size")
+    b.add_argument("--pairs-per-year", type=int, default=None, help="synthetic web size (default: the benchmark's "
+                   "fixture: 4000 for tic-datacomp, 500 for tic-yfcc and tic-redcaps)")
     b.add_argument("--web-port", type=int, default=18919, help="port of the synthetic web's image server")
     b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated: basic, none, and "
                    "the CLIP variants clip_score, image_based, bestpool (scored after the build with --filter-model)")
@@ -58,6 +76,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--allow-loopback", action="store_true",
                    help="allow downloads from 127.0.0.0/8 (set automatically for the embedded synthetic web)")
     b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
+    b.add_argument("--eval-retrieval-fraction", type=float, default=None, help="held-out share of each year's eligible "
+                   "pairs instead of --eval-retrieval-size (default: the benchmark's recipe, 0.01 for tic-yfcc and tic-redcaps)")
     b.add_argument("--eval-classification-size", type=int, default=500, help="held-out classification images per year")
     b.add_argument("--classes", default="", help="class list: synthetic-web, imagenet or a file (default by input)")
     b.add_argument("--eval-set", action="append", default=[], metavar="NAME=PATH",
@@ -186,12 +206,19 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         if outside:
             return _error(f"--years {' '.join(args.years)} names {outside}, outside the data dir's years {spec.year_range}")
         args.years = years
+    if args.command == "build":
+        from benchmark_builder.specs import SPECS, get_spec
+
+        if args.benchmark not in SPECS:
+            parser.error(f"argument benchmark: invalid choice: {args.benchmark!r} (choose from {', '.join(sorted(SPECS))})")
+        if args.source == "datacomp" and args.benchmark != "tic-datacomp":
+            parser.error(f"--from datacomp builds tic-datacomp, not {args.benchmark}")
     if args.command == "build" and args.source == "datacomp":
         return _build_from_pool(parser, args, beam_args)
-    if args.command == "build" and args.year is None:
+    if args.command == "build" and args.year is None and (args.input_format or get_spec(args.benchmark).source) == "warc":
         parser.error("--year is required (the crawl source builds up to a year)")
     if args.command == "build":
-        from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_failed
+        from benchmark_builder.build import BuildConfig, benchmark_spec, build, input_paths, retry_failed
 
         from benchmark_builder.filtering import CLIP_VARIANTS
         from pipelines.transforms.filter import VARIANTS
@@ -202,9 +229,21 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
             parser.error(f"unknown --filter {unknown}; known: {sorted(VARIANTS)} and the CLIP variants {list(CLIP_VARIANTS)}")
         clip_variants = tuple(v for v in requested if v in CLIP_VARIANTS)
         variants = tuple(v for v in requested if v not in CLIP_VARIANTS) or ("basic",)
+        from benchmark_builder.specs import resolve_spec
+
+        if args.year is None:
+            try:
+                args.year = resolve_spec(args.benchmark, args.years, args.time_steps, args.data_dir, extend=True).years[-1]
+            except ValueError as e:
+                return _error(str(e))
+        if args.eval_retrieval_fraction is not None and not 0 < args.eval_retrieval_fraction <= 1:
+            return _error(f"--eval-retrieval-fraction {args.eval_retrieval_fraction}: a share in (0, 1]")
         cfg = BuildConfig(
             year=args.year, data_dir=args.data_dir, benchmark=args.benchmark, inputs=args.input, seed=args.seed,
-            pairs_per_year=args.pairs_per_year, web_port=args.web_port, write_variants=variants,
+            pairs_per_year=args.pairs_per_year or get_spec(args.benchmark).fixture_pairs_per_year,
+            input_format=args.input_format, image_root=args.image_root, url_col=args.url_col,
+            caption_col=args.caption_col, time_col=args.time_col, eval_retrieval_fraction=args.eval_retrieval_fraction,
+            web_port=args.web_port, write_variants=variants,
             variants=tuple(dict.fromkeys(("none", "basic") + variants)),
             pool_shard_size=args.pool_shard_size, samples_per_shard=args.samples_per_shard,
             image_size=args.image_size, resize_mode=args.resize_mode, timeout=args.timeout, retries=args.retries,
@@ -217,6 +256,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         )
         try:
             benchmark_spec(cfg)  # a bad or conflicting year range fails before any work
+            if cfg.inputs and not cfg.runner.dry_run:
+                input_paths(cfg)  # and so do inputs that match nothing or are not of their format
         except ValueError as e:
             return _error(str(e))
         if args.retry_failed:
@@ -287,7 +328,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace, beam_args: l
         from benchmark_builder.index import format_table, query, to_json_rows
         from benchmark_builder.layout import Layout
 
-        cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
+        try:
+            cols, rows = query(Layout(args.data_dir, args.benchmark), args.query)
+        except FileNotFoundError as e:
+            return _error(str(e))
         print(to_json_rows(cols, rows) if args.json else format_table(cols, rows))
         return 0
     return 2
@@ -302,8 +346,8 @@ def _build_from_pool(parser: argparse.ArgumentParser, args: argparse.Namespace, 
     unknown = [v for v in variants if v not in VARIANTS and v != "bestpool"]
     if unknown or ("bestpool" in variants and not args.bestpool_uids and (args.pool or args.tic_uids)):
         parser.error(f"--filter {','.join(variants)}: --from datacomp writes none, basic and bestpool (with --bestpool-uids)")
-    if args.input or args.retry_failed:
-        parser.error("--input and --retry-failed belong to the crawl source, not --from datacomp")
+    if args.input or args.retry_failed or args.input_format or args.image_root:
+        parser.error("--input, --input-format, --image-root and --retry-failed belong to the crawl source, not --from datacomp")
     if args.years and args.years != "2014-2023" or args.time_steps:
         parser.error("--from datacomp covers TiC-DataComp's released years 2014-2023; choose --granularity yearly|monthly")
     try:

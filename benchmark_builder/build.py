@@ -20,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -32,14 +31,16 @@ from benchmark_builder.classes import class_list
 from benchmark_builder.decontaminate import load_eval_sets
 from benchmark_builder.index import build_index
 from benchmark_builder.layout import Layout
-from benchmark_builder.specs import resolve_spec
+from benchmark_builder.specs import get_spec, resolve_spec
 from pipelines import io as pio
 from pipelines import neardup, schema
 from pipelines.fetch import Fetcher
 from pipelines.reasons import is_transient
+from pipelines.sources.tables import TableOptions
 from pipelines.sinks import webdataset as wds
 from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.provenance import code_version
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
 from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, split, timestamp
 
@@ -51,7 +52,13 @@ class BuildConfig:
     year: int
     data_dir: str = "./data"
     benchmark: str = "tic-datacomp"
-    inputs: list[str] = field(default_factory=list)  # WARC/WAT globs; empty: the embedded synthetic web
+    inputs: list[str] = field(default_factory=list)  # input globs; empty: the embedded synthetic web (or fixture)
+    input_format: str = ""  # crawl.INPUT_FORMATS: warc, yfcc, redcaps, url-list; "": the benchmark's source
+    image_root: str = ""  # local image folder of a table source (read instead of downloaded)
+    url_col: str = ""  # table columns (url-list; url_col also YFCC's download URL); "": the format's defaults
+    caption_col: str = ""
+    time_col: str = ""
+    eval_retrieval_fraction: float | None = None  # None: the benchmark's recipe (1% for TiC-YFCC/RedCaps, else sizes)
     seed: int = 0
     pairs_per_year: int = 4000
     web_port: int = 18919  # baked into the synthetic web's URLs, so uids do not depend on a random port
@@ -84,6 +91,14 @@ class BuildConfig:
         return not self.inputs
 
     @property
+    def fmt(self) -> str:
+        return self.input_format or get_spec(self.benchmark).source
+
+    def table_options(self, years: tuple[int, ...]) -> TableOptions:
+        return TableOptions(years=tuple(years), image_root=self.image_root, url_col=self.url_col,
+                            caption_col=self.caption_col, time_col=self.time_col)
+
+    @property
     def default_variant(self) -> str:
         return self.write_variants[0]
 
@@ -92,6 +107,9 @@ class BuildConfig:
         d = dataclasses.asdict(self)
         for k in ("runner", "data_dir", "year", "thread_count", "max_per_host", "user_agent_contact", "years", "time_steps"):
             d.pop(k)
+        for k in ("input_format", "image_root", "url_col", "caption_col", "time_col", "eval_retrieval_fraction"):
+            if d[k] in ("", None):  # unset: a WARC build's config (and hash) is what it was before table sources
+                d.pop(k)
         return d
 
     def year_config(self) -> dict:
@@ -124,49 +142,70 @@ class BuildConfig:
         return class_list(self.classes or ("synthetic-web" if self.synthetic else "imagenet"))
 
     def split_config(self) -> split.SplitConfig:
-        return split.SplitConfig(self.eval_retrieval_size, self.eval_classification_size, self.class_list()[0],
-                                 eligible_variant="basic" if "basic" in self.variants else self.default_variant, seed=self.seed)
+        spec = get_spec(self.benchmark)
+        fraction = self.eval_retrieval_fraction if self.eval_retrieval_fraction is not None else spec.eval_retrieval_fraction
+        return split.SplitConfig(self.eval_retrieval_size, self.eval_classification_size if spec.eval_classification else 0,
+                                 self.class_list()[0], eligible_variant="basic" if "basic" in self.variants else self.default_variant,
+                                 seed=self.seed, retrieval_fraction=fraction)
 
     def download_config(self) -> download.DownloadConfig:
         return download.DownloadConfig(
             fetch=download.FetchConfig(timeout=self.timeout, retries=self.retries, allow_loopback=self.allow_loopback,
-                                       max_per_host=self.max_per_host, user_agent_contact=self.user_agent_contact),
+                                       max_per_host=self.max_per_host, user_agent_contact=self.user_agent_contact,
+                                       local_root=os.path.abspath(pio.local_path(self.image_root)) if self.image_root else ""),
             resize=download.ResizeConfig(image_size=self.image_size, resize_mode=self.resize_mode),
             thread_count=self.thread_count,
             shard_size=self.pool_shard_size,
         )
 
 
-def code_version() -> str:
-    try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-            cwd=os.path.dirname(os.path.abspath(__file__)),
-        ).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
 # ---------------------------------------------------------------- inputs
 
 @contextlib.contextmanager
 def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
-    """The archives to crawl; for the synthetic web, generate it and serve its images meanwhile."""
+    """The files to read; for the synthetic web, generate it (and the fixture of a table
+    format: a YFCC15M CSV, RedCaps annotation files or a URL list of its pages' images) and
+    serve its images meanwhile."""
     if not cfg.synthetic:
-        files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
-        if not files:
-            raise FileNotFoundError(f"--input matched no files: {cfg.inputs}")
-        yield files
+        yield input_paths(cfg)
         return
     from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
+    from benchmark_builder.synthetic_web import fixtures
 
     t = time.time()
-    web = generate_web(layout.web, WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port))
-    files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
-    print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
-    with SyntheticWebServer(layout.web, subprocess=True, years=[int(y) for y in web["warc_files"] if int(y) <= cfg.year]) as server:
+    web_years = fixtures.web_years(cfg.benchmark, cfg.fmt)
+    web_cfg = WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port,
+                        **({"years": web_years} if web_years else {}))
+    web = generate_web(layout.web, web_cfg)
+    served = [int(y) for y in web["warc_files"] if web_years or int(y) <= cfg.year]
+    if cfg.fmt == "warc":
+        files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
+        print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
+    else:
+        files = fixtures.write_fixture(layout.web, cfg.fmt, cfg.benchmark, up_to_year=cfg.year)
+        print(f"synthetic web: {cfg.fmt} fixture of {len(files)} file(s) under {layout.web} ({time.time() - t:.1f} s)")
+    with SyntheticWebServer(layout.web, subprocess=True, years=served) as server:
         print(f"synthetic web server: {server.base_url}")
         yield files
+
+
+def input_paths(cfg: BuildConfig) -> list[str]:
+    """The files ``--input`` names, checked for the input format (ValueError, one line)."""
+    files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
+    if not files:
+        raise ValueError(f"--input matched no files: {cfg.inputs}")
+    if cfg.image_root and not os.path.isdir(pio.local_path(cfg.image_root)):
+        raise ValueError(f"--image-root {cfg.image_root}: not a local directory")
+    crawl.check_inputs(files, cfg.fmt, cfg.table_options(benchmark_spec(cfg).years))
+    return files
+
+
+def _inputs_hash(cfg: BuildConfig, layout: Layout, files: list[str]) -> str:
+    """What the crawl's candidates depend on: the input files, their format and a table source's options."""
+    names = [crawl.source_name(f, layout.web) for f in files]
+    if cfg.fmt != "warc":
+        names.append(json.dumps([cfg.fmt, dataclasses.asdict(cfg.table_options(benchmark_spec(cfg).years))], sort_keys=True))
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------- crawl
@@ -175,7 +214,7 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     """Crawl every input into a scratch dir, then replace only the year partitions whose bytes
     changed: adding a crawl of a new year leaves every earlier year's files untouched."""
     marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
-    key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
+    key = _inputs_hash(cfg, layout, files)
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
@@ -185,7 +224,8 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
             crawl.crawl_pipeline(p, files, pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"),
-                                 source_root=layout.web if cfg.synthetic else None)
+                                 source_root=layout.web if cfg.synthetic else None, fmt=cfg.fmt,
+                                 opts=cfg.table_options(benchmark_spec(cfg).years))
     counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
     changed = sum(_sync_tree(pio.join(scratch, d), pio.join(layout.root, d)) for d in ("candidates", "crawl_status"))
     remove_tree(scratch)
@@ -263,7 +303,9 @@ def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
     files = cfg.inputs or [pio.join(layout.web, "crawl", "*.warc.gz")]
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         p = beam.Pipeline(options=opts)
-        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"))
+        fmt = cfg.fmt if cfg.inputs else "warc"  # without inputs the graph is the embedded web's crawl
+        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+                             fmt=fmt, opts=cfg.table_options(benchmark_spec(cfg).years) if fmt != "warc" else None)
         p.run()
     for y in years:
         year_pipeline_run(cfg, layout, y, [e for e in years if e < y])
@@ -523,12 +565,12 @@ def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
         key = pio.read_json(marker).get("synthetic") or []
         return key[:-1] == _synthetic_key(cfg)[:-1] and key[-1] >= cfg.year
     files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
-    key = hashlib.sha256("\n".join(crawl.source_name(f, layout.web) for f in files).encode()).hexdigest()[:16]
-    return pio.read_json(marker).get("inputs_hash") == key
+    return pio.read_json(marker).get("inputs_hash") == _inputs_hash(cfg, layout, files)
 
 
 def _synthetic_key(cfg: BuildConfig) -> list:
-    return [cfg.seed, cfg.pairs_per_year, cfg.web_port, cfg.year]
+    fmt = [] if cfg.fmt == "warc" else [cfg.fmt]  # the WARC key stays as it was: built data dirs stay up to date
+    return [cfg.seed, cfg.pairs_per_year, cfg.web_port, *fmt, cfg.year]
 
 
 # ---------------------------------------------------------------- whole build
@@ -653,7 +695,7 @@ def retry_pool_shard(pool_dir: str, status_path: str, dl_cfg, fetcher) -> dict[s
         return {}
     shard = os.path.basename(status_path).removesuffix(".parquet")
     tar_path = pio.join(pool_dir, "shards", f"{shard}.tar")
-    samples = {s["key"]: s for s in wds.read_shard(tar_path)} if pio.exists(tar_path) else {}
+    samples = {s["key"]: s for s in wds.iter_samples(tar_path)} if pio.exists(tar_path) else {}
     outcome = {row["uid"]: (row, jpg) for row, jpg in download.download_rows(todo, dl_cfg, fetcher)}
     counts = {"retried": len(todo), "recovered": sum(1 for _, jpg in outcome.values() if jpg is not None)}
     same = lambda a, b: all(a.get(k) == b.get(k) for k in ("status", "reason", "http_status", "sha256"))  # noqa: E731

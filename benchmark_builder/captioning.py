@@ -31,6 +31,7 @@ import apache_beam as beam
 from benchmark_builder.filtering import built_years
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
+from pipelines.models import load_captioner
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.sinks import webdataset as wds
 from pipelines.transforms import caption as cap
@@ -82,7 +83,6 @@ def make_handler(cfg: CaptionConfig, layout: Layout):
         handler = cap.TemplateCaptionHandler(source, templates)
         handler.load_model()  # a bad table fails here, not inside a Beam worker
         return handler, {"captioner": cfg.captioner, "templates": list(templates)}
-    from pipelines.models import load_captioner
 
     load_captioner(cfg.captioner)  # fail now, with the loader's message
     handler = cap.HFCaptionHandler(cfg.captioner, cfg.device, cfg.batch_size, cfg.max_new_tokens, cfg.num_beams)
@@ -97,7 +97,7 @@ def variant_uids(layout: Layout, name: str, years: list[int]) -> tuple[collectio
         if pio.exists(pio.join(layout.train_shards(name, y), "sizes.json")):
             have.append(y)
         for tar in tars:
-            uids.update(json.loads(s["json"])["uid"] for s in wds.read_shard(tar))
+            uids.update(json.loads(s["json"])["uid"] for s in wds.iter_samples(tar))
     return uids, have
 
 

@@ -9,11 +9,11 @@ is the set's name. The dedup stage then drops matching samples as ``eval_overlap
 from __future__ import annotations
 
 import os
-import tarfile
 
 from pipelines import io as pio
 from pipelines import neardup
 from pipelines.resize import ResizeConfig, resize_image
+from pipelines.sinks import webdataset as wds
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -43,10 +43,10 @@ def iter_images(path: str):
     if not tars:
         raise FileNotFoundError(f"evaluation set {path}: no tars and no images found")
     for t in tars:
-        with pio.open_read(t) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                if m.isfile() and m.name.lower().endswith(IMAGE_EXTS):
-                    yield f"{os.path.basename(t)}/{m.name}", tar.extractfile(m).read()
+        for s in wds.iter_samples(t):
+            for ext, data in s.items():
+                if ext != "key" and f".{ext}".lower().endswith(IMAGE_EXTS):
+                    yield f"{os.path.basename(t)}/{s['key']}.{ext}", data
 
 
 def eval_items(name: str, path: str, resize: ResizeConfig, cfg: neardup.NearDupConfig) -> tuple[list[neardup.Item], int]:

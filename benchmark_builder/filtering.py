@@ -41,6 +41,8 @@ import numpy as np
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines import schema
+from pipelines.models import load_model
+from pipelines.models.encode import encode_images
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.transforms import clip_score as cs
 
@@ -75,8 +77,6 @@ def built_years(layout: Layout) -> list[int]:
 def ensure_filter_model(cfg: ClipFilterConfig, layout: Layout) -> str:
     """The model spec to score with; trains and caches the embedded default's filter model."""
     if cfg.filter_model:
-        from pipelines.models import load_model
-
         load_model(cfg.filter_model)  # fail now, with the loader's message, not inside a Beam worker
         return cfg.filter_model
     args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(cfg.filter_model_samples),
@@ -111,8 +111,6 @@ def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int
 
 
 def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
-    from pipelines.models import load_model
-
     loaded = load_model(spec, device=cfg.device)
     loaded.model.eval()
     if cfg.reference:
@@ -142,15 +140,7 @@ def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
 
 
 def _embed(loaded, images, cfg) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(images), cfg.batch_size):
-            batch = torch.stack(images[s:s + cfg.batch_size]).to(cfg.device)
-            out.append(F.normalize(loaded.model.encode_image(batch).float(), dim=-1).cpu())
-    return torch.cat(out).numpy()
+    return encode_images(loaded.model, images, cfg.device, cfg.batch_size).numpy()
 
 
 def select(scores: np.ndarray, assign: np.ndarray, targets, clip_threshold: float | None = None,

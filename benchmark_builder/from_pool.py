@@ -46,7 +46,7 @@ from dataclasses import asdict, dataclass, field
 import apache_beam as beam
 from PIL import Image
 
-from benchmark_builder.build import code_version, remove_tree, write_eval_sets
+from benchmark_builder.build import remove_tree, write_eval_sets
 from benchmark_builder.classes import class_list
 from benchmark_builder.index import build_index
 from benchmark_builder.layout import Layout
@@ -55,6 +55,7 @@ from pipelines import io as pio
 from pipelines import schema
 from pipelines import uid as uidcodec
 from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.provenance import code_version
 from pipelines.safe_inputs import InputError
 from pipelines.sources import datacomp as dc
 from pipelines.stats import StageSummary

@@ -69,5 +69,6 @@ class Layout:
 
     @property
     def web(self) -> str:
-        """The embedded synthetic web (WARC snapshots + image catalogue)."""
-        return join(self.data_dir, "synthetic-web")
+        """The embedded synthetic web (WARC snapshots + image catalogue); a benchmark other than
+        TiC-DataComp has its own, smaller one (its fixture: ``synthetic_web/fixtures.py``)."""
+        return join(self.data_dir, "synthetic-web" if self.benchmark == "tic-datacomp" else f"synthetic-web-{self.benchmark}")

@@ -50,7 +50,7 @@ def _rows_of(path: str, year: int, selected: Mapping, name: str, pool_dir: str):
     if not rows:
         return
     shard = os.path.basename(path).removesuffix(".parquet")
-    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
+    images = {s["key"]: s["jpg"] for s in wds.iter_samples(pio.join(pool_dir, "shards", f"{shard}.tar"))}
     for r in rows:
         yield {**r, "jpg": images[r["uid"]], "filters": [name], "shard": None, "key": None, "copies": selected[r["uid"]]}
 
@@ -128,7 +128,7 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
                     rs.ReshardConfig(samples_per_shard, keys=keys),
                 )
     written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
-               for s in wds.read_shard(tar)]
+               for s in wds.iter_samples(tar)]
     src = pio.local_path(pio.join(layout.variant(default_variant), "eval"))
     if os.path.isdir(src) and name != default_variant and not rewrite:
         shutil.copytree(src, pio.local_path(pio.join(layout.variant(name), "eval")), dirs_exist_ok=True)

@@ -1,4 +1,7 @@
-"""What a benchmark is: its years, how years group into time steps, its default filter.
+"""What a benchmark is: its years, how years group into time steps, its default filter, its
+source (the input format its published inputs come in) and its evaluation recipe. ``SPECS`` is
+the one registry: TiC-DataComp (WARC crawls), TiC-YFCC (YFCC15M's CSV), TiC-RedCaps (RedCaps'
+annotation files); a plain URL list (``--input-format url-list``) builds any of them.
 
 TiC-DataComp groups 2014-2016 into the first time step and then one step per year up to 2022.
 A time step may also be a set of months (monthly granularity): ``TimeStep("2019-01", (2019,), (1,))``.
@@ -36,6 +39,11 @@ class BenchmarkSpec:
     default_variant: str = "basic"
     variants: tuple[str, ...] = ("none", "basic")
     description: str = ""
+    source: str = "warc"  # default --input-format (pipelines.transforms.crawl.INPUT_FORMATS)
+    eval_recipe: str = "per year: 1000 held-out retrieval pairs, 500 held-out classification images"
+    eval_retrieval_fraction: float | None = None  # held-out share of each year's eligible samples; None: fixed sizes
+    eval_classification: bool = True  # a held-out classification set per year
+    fixture_pairs_per_year: int = 4000  # size of the embedded synthetic web per year (its default input)
 
     def step_of(self, year: int, month: int | None = None) -> TimeStep:
         for s in self.time_steps:
@@ -86,6 +94,8 @@ def monthly_steps(year: int) -> tuple[TimeStep, ...]:
 
 
 _YEARS = tuple(range(2014, 2023))
+_YFCC_STEPS = ((2004, 2005, 2006, 2007, 2008), (2009, 2010), (2011, 2012), (2013, 2014))
+_HELD_OUT_1PC = "per year: 1% of the eligible pairs held out for retrieval (TiC-CLIP's test_size=0.01), no classification set"
 
 SPECS: dict[str, BenchmarkSpec] = {
     "tic-datacomp": BenchmarkSpec(
@@ -93,6 +103,28 @@ SPECS: dict[str, BenchmarkSpec] = {
         years=_YEARS,
         time_steps=yearly_steps(_YEARS, first_group=(2014, 2015, 2016)),
         description="TiC-DataComp: web image-text pairs by first-seen year, steps {2014-2016}, 2017, ..., 2022",
+    ),
+    "tic-yfcc": BenchmarkSpec(
+        "tic-yfcc",
+        years=tuple(range(2004, 2015)),
+        time_steps=tuple(TimeStep(f"{g[0]}-{g[-1]}", g) for g in _YFCC_STEPS),
+        description="TiC-YFCC: YFCC15M photos by upload date, steps {2004-2008}, {2009-2010}, {2011-2012}, {2013-2014}",
+        source="yfcc",
+        eval_recipe=_HELD_OUT_1PC,
+        eval_retrieval_fraction=0.01,
+        eval_classification=False,
+        fixture_pairs_per_year=500,
+    ),
+    "tic-redcaps": BenchmarkSpec(
+        "tic-redcaps",
+        years=(2017, 2018, 2019, 2020),
+        time_steps=yearly_steps((2017, 2018, 2019, 2020)),
+        description="TiC-RedCaps: RedCaps' Reddit image-text pairs by post date, steps 2017, 2018, 2019, 2020",
+        source="redcaps",
+        eval_recipe=_HELD_OUT_1PC,
+        eval_retrieval_fraction=0.01,
+        eval_classification=False,
+        fixture_pairs_per_year=500,
     ),
 }
 

@@ -33,7 +33,7 @@ from pipelines import io as pio
 from pipelines.safe_inputs import InputError, load_pickle
 from pipelines.sinks import webdataset as wds
 
-PROMPT = "a photo of a {}."
+PROMPT = "a photo of a {c}."  # the one template format: {c} is the class name (pipelines.models.encode)
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -253,7 +253,7 @@ def _samples(ds: Dataset, items: list[Item], split: str, task: int) -> Iterator[
     for i, it in enumerate(sorted(items, key=lambda x: uid_of(ds.name, split, x.key))):
         uid = uid_of(ds.name, split, it.key)
         name = ds.classnames[it.cls]
-        text = PROMPT.format(name.replace("_", " "))
+        text = PROMPT.format(c=name.replace("_", " "))
         yield {"key": uid, "jpg": it.load(), "txt": text, "cls": it.cls,
                "json": {"uid": uid, "text": text, "cls": it.cls, "classname": name, "domain": it.domain, "task": task,
                         "source_key": it.key}}

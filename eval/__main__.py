@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     except (KeyError, ValueError) as e:
         p.error(str(e).strip("'\""))
     from benchmark_builder.lock import LockHeld
-    from training.config import resolve_device
+    from pipelines.provenance import resolve_device
 
     args.device = resolve_device(args.device)
     try:
@@ -110,7 +110,7 @@ def _main(args) -> int:
         if not os.path.exists(os.path.join(d, "summary.json")):
             _evaluate(r, args)  # evaluations are cached, so this only fills what is missing
         with open(os.path.join(d, "summary.json")) as f:
-            summaries.append(json.load(f))
+            summaries.append({**json.load(f), "benchmark": args.benchmark})
         with open(os.path.join(d, "matrices.json")) as f:
             mats.append((os.path.basename(os.path.normpath(r)), json.load(f)))
     table = compare_table(summaries)
@@ -118,6 +118,10 @@ def _main(args) -> int:
     with open(os.path.join(args.out, "compare.md"), "w") as f:
         f.write(table + "\n")
     pngs = [compare_heatmaps(mats, os.path.join(args.out, f"heatmaps_{k}.png"), k) for k in ("retrieval", "classification")]
+    from benchmark_builder.specs import resolve_spec
+
+    spec = resolve_spec(args.benchmark, data_dir=args.data_dir)
+    print(f"{args.benchmark}: time steps {', '.join(st.name for st in spec.time_steps)} ({args.data_dir})")
     print(table)
     print(f"\n{args.out}/compare.md, " + ", ".join(pngs))
     return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tarfile
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -15,6 +14,7 @@ from PIL import Image
 
 from pipelines import io as pio
 from pipelines.sinks import clip_benchmark
+from pipelines.sinks import webdataset as wds
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _HASHES: dict = {}
@@ -83,19 +83,8 @@ def samples(es: EvalSet) -> Iterator[tuple[bytes, object]]:
                         yield fh.read(), label
         return
     for shard in es.files():
-        cur: dict = {}
-        with pio.open_read(shard) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.partition(".")
-                if cur and cur["key"] != key:
-                    yield _pack(cur, es.kind)
-                    cur = {}
-                cur["key"] = key
-                cur[ext] = tar.extractfile(m).read()
-            if cur:
-                yield _pack(cur, es.kind)
+        for s in wds.iter_samples(shard):
+            yield _pack(s, es.kind)
 
 
 def _pack(s: dict, kind: str):

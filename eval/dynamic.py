@@ -24,6 +24,7 @@ from eval import metrics
 from eval.datasets import EvalSet, benchmark_sets, open_set
 from eval.embed import Embedder, file_hash
 from eval.tasks import classification_metrics, retrieval_metrics
+from pipelines.models import load_model
 
 STATIC_TASKS = os.path.join(os.path.dirname(__file__), "static_tasks.yaml")
 
@@ -98,7 +99,6 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
                  static_root: str | None = None, draft: bool = False) -> RunEval:
-    from pipelines.models import load_model
     from training.checkpoint import RunDir
 
     t0 = time.time()

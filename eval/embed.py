@@ -21,12 +21,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
-import torch.nn.functional as F
-
 from PIL import Image
 
 from eval.datasets import EvalSet, samples
-from eval.tasks import zero_shot_classifier
+from pipelines.models.encode import encode_images, encode_texts, zero_shot_classifier
 
 
 def file_hash(path: str) -> str:
@@ -66,17 +64,8 @@ class Embedder:
         with ThreadPoolExecutor(self.threads) as pool:
             return torch.stack(list(pool.map(self._preprocess, images)))
 
-    @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = []
-        for s in range(0, len(pixels), self.batch_size):
-            batch = pixels[s:s + self.batch_size].to(self.device, torch.float32)
-            out.append(F.normalize(self.model.encode_image(batch).float(), dim=-1).cpu())
-        return torch.cat(out) if out else torch.empty(0, 0)
-
-    @torch.no_grad()
-    def encode_texts(self, texts) -> torch.Tensor:
-        return F.normalize(self.model.encode_text(self.loaded.tokenizer(texts).to(self.device)).float(), dim=-1).cpu()
+        return encode_images(self.model, pixels, self.device, self.batch_size)
 
     def features(self, es: EvalSet) -> dict:
         """{"image": [N, D], "text": [M, D], "text_to_image": [M]} or {"image", "labels"}."""
@@ -87,7 +76,7 @@ class Embedder:
         out = {"image": self.encode_pixels(px)}
         self.images_embedded += out["image"].shape[0]
         if es.kind == "retrieval":
-            out["text"] = torch.cat([self.encode_texts(texts[s:s + self.batch_size]) for s in range(0, len(texts), self.batch_size)])
+            out["text"] = encode_texts(self.model, self.loaded.tokenizer, texts, self.device, self.batch_size)
             out["text_to_image"] = torch.tensor(t2i, dtype=torch.long)
         else:
             out["labels"] = torch.tensor(labels, dtype=torch.long)
@@ -129,4 +118,4 @@ class Embedder:
         return px, texts, t2i, labels
 
     def classifier(self, classnames, templates) -> torch.Tensor:
-        return zero_shot_classifier(self.model, self.loaded.tokenizer, list(classnames), list(templates), self.device).cpu()
+        return zero_shot_classifier(self.model, self.loaded.tokenizer, classnames, templates, self.device)

@@ -32,7 +32,8 @@ from eval.metrics import geometric_mean
 from eval.report import save_figure
 from eval.tasks import retrieval_metrics
 from pipelines import io as pio
-from training.config import resolve_device
+from pipelines.models import load_model, parse_spec
+from pipelines.provenance import resolve_device
 
 
 def _per_concept_accuracy(pred: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict]:
@@ -74,7 +75,6 @@ def evaluate_model(emb: Embedder, cls_sets: dict, ret_sets: list, stream, classn
 
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "auto", cache_dir: str | None = None) -> dict:
-    from pipelines.models import load_model, parse_spec
     from training.checkpoint import RunDir
     from training.fomo.streams import Stream
 

@@ -26,13 +26,15 @@ import torch
 
 from eval.metrics import continual_metrics
 from eval.report import save_figure
-from eval.tasks import zero_shot_classifier
 from pipelines import io as pio
-from training.config import resolve_device
-from training.data import Source, _raw_samples
+from pipelines.models import load_model
+from pipelines.models.encode import encode_images, zero_shot_classifier
+from pipelines.provenance import resolve_device
+from pipelines.sinks import webdataset as wds
+from training.data import Source
 from training.incremental import RUN_RECORD, CILConfig, seen_classes, task_sources
 
-TEMPLATES = ["a photo of a {}."]
+TEMPLATES = ["a photo of a {c}."]
 
 
 @torch.no_grad()
@@ -52,15 +54,10 @@ def accuracy_row(loaded, manifest: dict, test: list[Source], t: int, device: str
             continue
         imgs, labels = [], []
         for shard in test[j].shards:
-            for s in _raw_samples(shard):
+            for s in wds.iter_samples(shard):
                 imgs.append(loaded.preprocess_val(Image.open(io.BytesIO(s["jpg"])).convert("RGB")))
                 labels.append(col[int(json.loads(s["json"])["cls"])])
-        correct = 0
-        for b in range(0, len(imgs), 256):
-            x = torch.stack(imgs[b:b + 256]).to(device)
-            feats = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
-            pred = (feats @ clf).argmax(dim=1).cpu()
-            correct += int((pred == torch.tensor(labels[b:b + 256])).sum())
+        correct = int(((encode_images(model, imgs, device) @ clf).argmax(dim=1) == torch.tensor(labels)).sum()) if imgs else 0
         row.append(correct / max(1, len(imgs)))
     return row
 
@@ -79,8 +76,6 @@ def read_run(run_dir: str) -> tuple[CILConfig, dict]:
 def evaluate(run_dir: str, device: str = "auto") -> dict:
     """Fill R[t, j] (checkpoint after task t, test images of task j <= t) and its metrics; writes
     ``<run>/cl_results.json``."""
-    from pipelines.models import load_model
-
     cfg, record = read_run(run_dir)
     manifest = pio.read_json(pio.join(cfg.stream_dir(), "stream.json"))
     test_src = task_sources(cfg, manifest, "test")

@@ -1,33 +1,12 @@
 """Zero-shot classification and image-text retrieval on precomputed, normalised features.
 
-Semantics follow clip_benchmark (``zeroshot_classification`` / ``zeroshot_retrieval``) and
-open_clip's ``build_zero_shot_classifier``; everything is batched matrix algebra, no loop
-over samples.
+Semantics follow clip_benchmark (``zeroshot_classification`` / ``zeroshot_retrieval``); the
+classifier comes from ``pipelines.models.encode.zero_shot_classifier``. Everything is batched
+matrix algebra, no loop over samples.
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-
-
-def _format(template: str, c: str) -> str:
-    return template.format(c=c) if "{c}" in template else template.format(c)
-
-
-@torch.no_grad()
-def zero_shot_classifier(model, tokenizer, classnames: list[str], templates: list[str], device="cpu",
-                         batch_size: int = 256) -> torch.Tensor:
-    """[embed_dim, n_classes]: per class, the mean of its L2-normalised template embeddings,
-    normalised again (open_clip's ``build_zero_shot_classifier``). Texts of all classes are
-    encoded together in batches of ``batch_size``; embeddings are float32 so that the result
-    multiplies float32 image features whatever the model's precision."""
-    if not classnames or not templates:
-        raise ValueError("zero_shot_classifier needs at least one class name and one template")
-    texts = [_format(t, c) for c in classnames for t in templates]
-    feats = [F.normalize(model.encode_text(tokenizer(texts[i:i + batch_size]).to(device)).float(), dim=-1)
-             for i in range(0, len(texts), batch_size)]
-    emb = torch.cat(feats).view(len(classnames), len(templates), -1).mean(dim=1)
-    return F.normalize(emb, dim=-1).T
 
 
 def classification_metrics(image_features: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor,

@@ -13,6 +13,12 @@ Every outcome is a ``FetchResult``; nothing raises out of ``Fetcher.fetch``. Rea
 - ``shard_deadline`` when the shard's watchdog cancelled the download (see ``Cancel``);
 - ``fetch_error:<ExceptionType>`` as the last resort, the message in ``error_message``.
 
+Local images (TiC-YFCC's and TiC-RedCaps' image folders, ``--image-root``): a ``file://`` URL is
+read from disk, only under ``FetchConfig.local_root`` (``invalid_url:file_outside_image_root``
+otherwise, and for every ``file://`` URL when no root is set), with the same ``max_bytes`` cap
+(``too_large``, checked before reading); ``file_not_found``, ``unreadable_file`` (not a regular
+file, no permission). Format and decode guards are the download stage's, as for a fetched body.
+
 Destinations are checked after DNS resolution and on every redirect hop, and the connection
 goes to the address that was checked (no second lookup a rebinding DNS server could answer
 differently). Private, loopback, link-local, multicast, reserved and unspecified addresses
@@ -94,6 +100,7 @@ class FetchConfig:
     user_agent_contact: str = USER_AGENT_CONTACT
     user_agent_token: str | None = "tic-bot"
     disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
+    local_root: str = ""  # folder whose ``file://`` images may be read ("": no local reads)
 
 
 @dataclass
@@ -603,6 +610,8 @@ class Fetcher:
             return FetchResult(None, f"fetch_error:{type(e).__name__}", error_message=f"{type(e).__name__}: {e}"[:300])
 
     def _fetch(self, url: str, cancel: Cancel) -> FetchResult:
+        if isinstance(url, str) and url.startswith("file://"):
+            return read_local(url, self.cfg)
         norm, why = check_url(url)
         if why:
             return FetchResult(None, why, error_message=repr(url)[:300])
@@ -633,3 +642,29 @@ class Fetcher:
                 err = FetchError("shard_deadline", str(err), err.http_status)
                 break
         return FetchResult(None, err.reason, err.http_status, error_message=str(err)[:300])
+
+
+def read_local(url: str, cfg: FetchConfig) -> FetchResult:
+    """A ``file://`` image under ``cfg.local_root``, as a fetch answers (see the module docstring)."""
+    import os
+    import stat
+
+    path = os.path.realpath(url[len("file://"):])
+    root = os.path.realpath(cfg.local_root) if cfg.local_root else ""
+    if not root or os.path.commonpath([root, path]) != root:
+        return FetchResult(None, "invalid_url:file_outside_image_root", error_message=url[:300])
+    try:
+        with open(path, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                return FetchResult(None, "unreadable_file", error_message=f"{path}: not a regular file"[:300])
+            if st.st_size > cfg.max_bytes:
+                return FetchResult(None, "too_large", error_message=f"{st.st_size} bytes"[:300])
+            body = f.read(cfg.max_bytes + 1)
+    except FileNotFoundError:
+        return FetchResult(None, "file_not_found", error_message=path[:300])
+    except (IsADirectoryError, PermissionError, OSError) as e:
+        return FetchResult(None, "unreadable_file", error_message=f"{type(e).__name__}: {e}"[:300])
+    if len(body) > cfg.max_bytes:
+        return FetchResult(None, "too_large", error_message=f"more than {cfg.max_bytes} bytes")
+    return FetchResult(body, None, None, None, url)

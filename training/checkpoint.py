@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from pipelines import io as pio
+from pipelines.provenance import code_version
 
 
 def _rng_state() -> dict:
@@ -45,8 +46,6 @@ def restore_rng(state: dict) -> None:
 
 
 def state(model, optimizer, method, step: int, iteration: int, cfg, step_name: str, final: bool = False) -> dict:
-    from training.train import code_version
-
     m = model.module if hasattr(model, "module") else model
     return {
         "state_dict": {k: v.detach().cpu() for k, v in m.state_dict().items()},

@@ -67,15 +67,6 @@ def base_values(cfg: CLConfig) -> dict:
     return {k: getattr(cfg, k) for k in BASE_FIELDS}
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu; anything else as given."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # flag, config field, type, help; one spelling per concept in every family's CLI
 _FLAGS = [
     ("--model", "model", str, "model spec (pipelines.models): preset, NAME:TAG, NAME:/path.pt"),

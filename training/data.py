@@ -20,7 +20,6 @@ import io
 import json
 import os
 import random
-import tarfile
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -30,6 +29,7 @@ from PIL import Image
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import TimeStep, parse_time_steps, resolve_spec  # noqa: F401 (parse_time_steps re-exported)
 from pipelines import io as pio
+from pipelines.sinks import webdataset as wds
 
 TEXT_FIELDS = ("alt", "generated", "both")
 
@@ -56,7 +56,7 @@ class Source:
 def _month_counts(shards: list[str]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for shard in shards:
-        for s in _raw_samples(shard, only_json=True):
+        for s in wds.iter_samples(shard, keys=("json",)):
             m = json.loads(s["json"]).get("month")
             counts[m] = counts.get(m, 0) + 1
     return counts
@@ -113,24 +113,6 @@ def _rng(*keys) -> random.Random:
     return random.Random(hashlib.sha256(repr(keys).encode()).digest())
 
 
-def _raw_samples(path: str, only_json: bool = False) -> Iterator[dict]:
-    with pio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        cur: dict = {}
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            if only_json and ext != "json":
-                continue
-            if cur and cur["__key__"] != key:
-                yield cur
-                cur = {}
-            cur["__key__"] = key
-            cur[ext] = tar.extractfile(m).read()
-        if cur:
-            yield cur
-
-
 def source_epochs(src: Source, seed: int, slot: int, n_slots: int) -> Iterator[dict]:
     """Endless stream of this reader slot's samples of ``src``, epoch after epoch."""
     epoch = 0
@@ -140,7 +122,7 @@ def source_epochs(src: Source, seed: int, slot: int, n_slots: int) -> Iterator[d
         i = 0
         produced = 0
         for shard in shards:
-            for s in _raw_samples(shard):
+            for s in wds.iter_samples(shard):
                 meta = json.loads(s["json"])
                 if src.keep_fraction < 1.0 and uid_fraction(meta["uid"]) >= src.keep_fraction:
                     continue
@@ -266,10 +248,6 @@ def loader(cfg: StreamConfig) -> torch.utils.data.DataLoader:
         MixtureStream(cfg), batch_size=None, num_workers=cfg.workers, persistent_workers=False,
         prefetch_factor=4 if cfg.workers else None,
     )
-
-
-def count_samples(sources: list[Source]) -> dict[str, float]:
-    return {s.name: s.expected_size for s in sources}
 
 
 def default_workers() -> int:

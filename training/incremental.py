@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from benchmark_builder import task_streams as ts
 from pipelines import io as pio
+from pipelines.models import load_model
 from training.config import CLConfig, add_base_args, base_from_args, base_values
 from training.data import Source
 from training.methods import get_method, methods
@@ -101,8 +102,6 @@ def trainer_config(cfg: CILConfig, run_dir: str):
 def train_run(cfg: CILConfig) -> dict:
     """Write (or reuse) the stream and train the method over its tasks, one checkpoint per task;
     writes ``<run>/cil.json`` (config, stream, memory composition) for the evaluation and returns it."""
-    from pipelines.models import load_model
-
     if cfg.method not in methods("cil"):
         raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(methods('cil'))}")
     manifest = ensure_stream(cfg)
@@ -116,7 +115,7 @@ def train_run(cfg: CILConfig) -> dict:
     if trains:
         if hasattr(method, "task_prompts"):  # finetune-ce: each task's class prompts
             tok = load_model(cfg.model).tokenizer
-            method.task_prompts = [tok([ts.PROMPT.format(manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
+            method.task_prompts = [tok([ts.PROMPT.format(c=manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
                                    for t in manifest["tasks"]]
         train(trainer_config(cfg, run_dir), resume=os.path.exists(os.path.join(run_dir, "config.json")), sources=train_src, method=method)
         if cfg.memory > 0:  # the memory each task trained with (rebuilt the way the method builds it)

@@ -13,9 +13,7 @@ A method's extra passes are thus added to its compute, as TiC-CLIP's table count
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass
@@ -25,6 +23,7 @@ import open_clip
 import torch
 
 from benchmark_builder.specs import resolve_spec
+from pipelines.models import load_model
 from training import checkpoint as ckpt
 from training import distributed
 from training import scale
@@ -97,8 +96,6 @@ def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> 
 
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=None, method=None) -> dict:
-    from pipelines.models import load_model
-
     method = method if method is not None else get_method(cfg.protocol, cfg.options)
     if sources is None:
         steps = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir).time_steps
@@ -300,18 +297,3 @@ def format_summary(summary: dict) -> str:
     if "total_samples_seen" in summary:
         lines.append(f"{'total':<12}{'':>7}{summary['total_samples_seen']:>10}{summary['total_macs']:>12.3g}")
     return "\n".join(lines)
-
-
-def load_config(path: str) -> TrainConfig:
-    with open(path) as f:
-        return TrainConfig(**json.load(f))
-
-
-def code_version() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, check=True,
-                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-    except Exception:
-        return "unknown"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pipelines import io as pio
 
@@ -67,13 +67,26 @@ def write_shard(out_dir: str, shard_id: int, samples: list[dict], stats: dict) -
     return tar_path
 
 
-def read_shard(path: str) -> list[dict]:
-    """Tar -> samples (key -> {ext: bytes}), in file order. For resume and tests."""
-    out: dict[str, dict] = {}
-    with pio.open_read(path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+def iter_samples(path_or_url: str, keys: Iterable[str] | None = None) -> Iterator[dict]:
+    """The one shard reader: the samples of a WebDataset tar (local path or object-store URL,
+    through ``pipelines.io``), streamed in file order, each ``{"key": <key>, <ext>: bytes, ...}``
+    (the form ``tar_bytes`` writes back). Members of a sample are consecutive in the tar (the
+    WebDataset convention); a member's key is its name up to the first dot. ``keys``: read only
+    these extensions (e.g. ``("json",)``), the others are skipped without being read; a sample with
+    none of them is not yielded."""
+    wanted = None if keys is None else set(keys)
+    with pio.open_read(path_or_url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        cur: dict = {}
         for m in tar:
             if not m.isfile():
                 continue
             key, _, ext = m.name.partition(".")
-            out.setdefault(key, {"key": key})[ext] = tar.extractfile(m).read()
-    return list(out.values())
+            if wanted is not None and ext not in wanted:
+                continue
+            if cur and cur["key"] != key:
+                yield cur
+                cur = {}
+            cur["key"] = key
+            cur[ext] = tar.extractfile(m).read()
+        if cur:
+            yield cur

@@ -41,6 +41,7 @@ import numpy as np
 from pipelines import io as pio
 from pipelines import uid as uidcodec
 from pipelines.safe_inputs import InputError, load_pickle
+from pipelines.sinks import webdataset as wds
 
 POOL_COLUMNS = ("uid", "url", "text", "original_width", "original_height", "sha256",
                 "clip_b32_similarity_score", "clip_l14_similarity_score", "face_bboxes")
@@ -124,11 +125,8 @@ def read_pool_images(shard: PoolShard) -> tuple[dict[str, dict], str | None]:
     out: dict[str, dict] = {}
     by_key: dict[str, dict] = {}
     try:
-        with pio.open_read(shard.tar) as f, tarfile.open(fileobj=f, mode="r|") as tar:
-            for m in tar:
-                if m.isfile():
-                    key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")
-                    by_key.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        for s in wds.iter_samples(shard.tar):
+            by_key.setdefault(s.pop("key").rsplit("/", 1)[-1], {}).update(s)
     except (tarfile.TarError, OSError, EOFError):
         return {}, "pool_shard_unreadable"
     for key, s in by_key.items():

@@ -43,6 +43,7 @@ class HFCaptionHandler(ModelHandler[dict, PredictionResult, Any]):
         self.max_new_tokens, self.num_beams, self.share = max_new_tokens, num_beams, share_across_processes
 
     def load_model(self):
+        # imported here, in the worker: the handler is pickled to Beam workers, which load the model themselves
         from pipelines.models import load_captioner
 
         return load_captioner(self.spec, device=self.device)

@@ -34,6 +34,7 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
         self.spec, self.device, self.batch_size, self.share = spec, device, batch_size, share_across_processes
 
     def load_model(self):
+        # imported here, in the worker: the handler is pickled to Beam workers, which load the model themselves
         from pipelines.models import load_model
 
         loaded = load_model(self.spec, device=self.device)
@@ -41,9 +42,9 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
         return loaded
 
     def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[PredictionResult]:
-        import torch
-        import torch.nn.functional as F
         from PIL import Image
+
+        from pipelines.models.encode import encode_images, encode_texts
 
         size = model.image_size
 
@@ -52,13 +53,11 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
             img.draft("RGB", (size, size))
             return model.preprocess_val(img.convert("RGB"))
 
-        with torch.no_grad():
-            images = torch.stack([pixels(r["jpg"]) for r in batch]).to(self.device)
-            tokens = model.tokenizer([r.get("text") or "" for r in batch]).to(self.device)
-            img = F.normalize(model.model.encode_image(images).float(), dim=-1)
-            txt = F.normalize(model.model.encode_text(tokens).float(), dim=-1)
-            scores = (img * txt).sum(dim=-1)
-        img, txt, scores = img.cpu().numpy(), txt.cpu().numpy(), scores.cpu().numpy()
+        n = len(batch)  # Beam's batch is one forward pass
+        img = encode_images(model.model, [pixels(r["jpg"]) for r in batch], self.device, batch_size=n)
+        txt = encode_texts(model.model, model.tokenizer, [r.get("text") or "" for r in batch], self.device, batch_size=n)
+        scores = (img * txt).sum(dim=-1)
+        img, txt, scores = img.numpy(), txt.numpy(), scores.numpy()
         for i, r in enumerate(batch):
             yield PredictionResult(r, {"image_embedding": img[i].astype(np.float16), "text_embedding": txt[i].astype(np.float16),
                                        "clip_score": float(scores[i])})

@@ -1,4 +1,6 @@
-"""Crawl stage: WARC pages and Common Crawl WAT metadata -> image-text candidates.
+"""Crawl stage: WARC pages and Common Crawl WAT metadata -> image-text candidates; the table
+sources (``--input-format yfcc | redcaps | url-list``, ``pipelines/sources/``) go through the same
+stage, so every input format writes the same candidates and crawl_status tables.
 
 From HTML (``response`` records) every ``<img>`` with a non-empty alt text becomes a candidate:
 its URL resolved against the page (and ``<base href>``), entities decoded, whitespace
@@ -29,6 +31,8 @@ from selectolax.lexbor import LexborHTMLParser
 
 from pipelines import io as pio
 from pipelines import schema
+from pipelines.sources import redcaps, urllist, yfcc
+from pipelines.sources.tables import INPUT_FORMATS, TableOptions
 from pipelines.sources.warc import (DEFAULT_MAX_MEMBER_BYTES, DEFAULT_MAX_RECORD_BYTES, RecordError, iter_records,
                                     parse_warc_date)
 from pipelines.stats import StageSummary
@@ -272,12 +276,42 @@ def crawl_file(path: str, source_root: str | None = None, max_record_bytes: int 
                      "n_candidates": n_total, "year": file_year()}
 
 
+TABLE_FORMATS = {m.NAME: m.read_file for m in (yfcc, redcaps, urllist)}
+assert INPUT_FORMATS == ("warc",) + tuple(TABLE_FORMATS)  # the CLI's choices (sources/tables.py) name every reader
+
+
+def read_file(path: str, source_root: str | None = None, fmt: str = "warc", opts: TableOptions | None = None
+              ) -> Iterator[tuple[str, dict]]:
+    """("candidate", row) and ("status", row) for one input file of format ``fmt``."""
+    if fmt == "warc":
+        yield from crawl_file(path, source_root)
+        return
+    yield from TABLE_FORMATS[fmt](path, source_name(path, source_root), opts or TableOptions())
+
+
+def check_inputs(files: list[str], fmt: str, opts: TableOptions | None = None) -> None:
+    """Refuse a table input whose columns or structure are not its format's (ValueError naming
+    the file and what is missing), before any pipeline runs. WARC files need no check: any
+    bytes become crawl_status rows."""
+    if fmt == "warc":
+        return
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"unknown --input-format {fmt!r}; known: {', '.join(INPUT_FORMATS)}")
+    for f in files:
+        try:
+            next(iter(TABLE_FORMATS[fmt](f, f, opts or TableOptions())), None)
+        except ValueError:
+            raise
+        except Exception as e:  # unreadable file, bad JSON, bad CSV quoting
+            raise ValueError(f"{f}: cannot be read as {fmt}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+
 class _CrawlFile(beam.DoFn):
-    def __init__(self, source_root: str | None = None):
-        self.source_root = source_root
+    def __init__(self, source_root: str | None = None, fmt: str = "warc", opts: TableOptions | None = None):
+        self.source_root, self.fmt, self.opts = source_root, fmt, opts
 
     def process(self, path):
-        for kind, row in crawl_file(path, self.source_root):
+        for kind, row in read_file(path, self.source_root, self.fmt, self.opts):
             if kind == "candidate":
                 yield row
             else:
@@ -287,17 +321,17 @@ class _CrawlFile(beam.DoFn):
 class ReadCandidates(beam.PTransform):
     """File paths -> tagged outputs ``candidates`` (main) and ``status`` (crawl_status rows)."""
 
-    def __init__(self, files: list[str], source_root: str | None = None):
+    def __init__(self, files: list[str], source_root: str | None = None, fmt: str = "warc", opts: TableOptions | None = None):
         super().__init__()
         self.files = list(files)
-        self.source_root = source_root
+        self.source_root, self.fmt, self.opts = source_root, fmt, opts
 
     def expand(self, pbegin):
         return (
             pbegin
             | "Files" >> beam.Create(self.files)
             | "Spread" >> beam.Reshuffle()
-            | "Crawl" >> beam.ParDo(_CrawlFile(self.source_root)).with_outputs("status", main="candidates")
+            | "Crawl" >> beam.ParDo(_CrawlFile(self.source_root, self.fmt, self.opts)).with_outputs("status", main="candidates")
         )
 
 
@@ -332,10 +366,12 @@ def status_order(row):
     return (row["source"], row["record_offset"] if row["record_offset"] is not None else -1, row["status"], row["reason"] or "")
 
 
-def crawl_pipeline(p, files: list[str], candidates_dir: str, status_dir: str, source_root: str | None = None) -> None:
+def crawl_pipeline(p, files: list[str], candidates_dir: str, status_dir: str, source_root: str | None = None,
+                   fmt: str = "warc", opts: TableOptions | None = None) -> None:
     """Wire the crawl stage into pipeline ``p``: read files, write candidates and crawl status.
-    ``source_root``: record sources relative to it (the synthetic web's directory)."""
-    read = p | "ReadCandidates" >> ReadCandidates(files, source_root)
+    ``source_root``: record sources relative to it (the synthetic web's directory); ``fmt``: the
+    input format (``INPUT_FORMATS``), ``opts`` a table source's options."""
+    read = p | "ReadCandidates" >> ReadCandidates(files, source_root, fmt, opts)
     _ = read.candidates | "WriteCandidates" >> WriteByYear(candidates_dir, schema.CANDIDATE, candidate_order)
     _ = read.status | "WriteCrawlStatus" >> WriteByYear(status_dir, schema.CRAWL_STATUS, status_order)
 
@@ -361,7 +397,7 @@ def summarize(candidates_dir: str, status_dir: str, seconds: float) -> dict:
     if cands is not None:
         for y in cands.column("year").to_pylist():
             by_year[y] = by_year.get(y, 0) + 1
-    print(f"\n=== crawl: {n_files} files, {n_cand} candidates, {sum(errors.values())} unreadable records, {seconds:.1f} s")
+    print(f"\n=== crawl: {n_files} files, {n_cand} candidates, {sum(errors.values())} records or rows dropped (unreadable, outside the years), {seconds:.1f} s")
     print(StageSummary.render_all([summary]))
     print("candidates by year: " + ", ".join(f"{y}: {n}" for y, n in sorted(by_year.items())))
     return {"files": n_files, "candidates": n_cand, "record_errors": errors, "by_year": {str(k): v for k, v in sorted(by_year.items())}}

@@ -113,10 +113,6 @@ def download_rows(rows: list[dict], cfg: DownloadConfig, fetcher: Fetcher | None
             for row, f in zip(rows, futures)]
 
 
-def shard_name(shard_id: int) -> str:
-    return f"{shard_id:0{SHARD_DIGITS}d}"
-
-
 def _status_path(out_dir: str, shard: str) -> str:
     return pio.join(out_dir, "status", f"{shard}.parquet")
 
@@ -155,7 +151,7 @@ def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfi
     if pio.exists(status_path) and pio.exists(tar_path):
         table = pio.read_parquet(status_path)
         if sorted(table.column("uid").to_pylist()) == sorted(r["uid"] for r in rows):
-            images = {s["key"]: s["jpg"] for s in wds.read_shard(tar_path)}
+            images = {s["key"]: s["jpg"] for s in wds.iter_samples(tar_path)}
             return table.to_pylist(), images
     rows = sorted(rows, key=lambda r: r["uid"])
     results = download_rows(rows, cfg, fetcher)
@@ -223,7 +219,8 @@ class DownloadShards(beam.PTransform):
         )
         return (
             candidates
-            | "AssignShard" >> beam.Map(lambda r, rank: (shard_name(rank[r["uid"]] // size), r), beam.pvalue.AsSingleton(order))
+            | "AssignShard" >> beam.Map(lambda r, rank: (wds.shard_name(rank[r["uid"]] // size, SHARD_DIGITS), r),
+                                        beam.pvalue.AsSingleton(order))
             | "GroupShard" >> beam.GroupByKey()
             | "Fetch" >> beam.ParDo(_DownloadShard(self.out_dir, self.cfg)).with_outputs("status", main="samples")
         )

@@ -85,10 +85,6 @@ VARIANTS: dict[str, Callable[[dict], str | None]] = {
 }
 
 
-def register_variant(name: str, rule: Callable[[dict], str | None]) -> None:
-    VARIANTS[name] = rule
-
-
 def apply_filters(row: dict, variants: tuple[str, ...]) -> dict:
     """Set ``filters`` (variants keeping the sample) and ``filter_reasons`` (variant -> reason)."""
     out = dict(row)

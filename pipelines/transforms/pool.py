@@ -22,7 +22,7 @@ def pool_samples(metadata_path: str, pool_dir: str) -> Iterable[dict]:
     if not rows:
         return
     shard = os.path.basename(metadata_path).removesuffix(".parquet")
-    images = {s["key"]: s["jpg"] for s in wds.read_shard(pio.join(pool_dir, "shards", f"{shard}.tar"))}
+    images = {s["key"]: s["jpg"] for s in wds.iter_samples(pio.join(pool_dir, "shards", f"{shard}.tar"))}
     for r in rows:
         yield {"uid": r["uid"], "url": r.get("url"), "text": r.get("text"), "year": r["year"], "shard": shard,
                "jpg": images[r["uid"]], "metadata_path": metadata_path}

@@ -8,7 +8,9 @@ Rule for held-out sets (TiC-CLIP keeps its evaluation sets to high-quality pairs
 eligible when exact and near-duplicate removal kept it and the ``eligible_variant`` filter
 (DataComp's ``basic`` by default: English caption of 3+ words, shorter side >= 200 px, aspect
 ratio <= 3) keeps it; when a CLIP score is present, it must also reach ``min_clip_score``.
-``eval_retrieval`` takes the ``retrieval_size`` eligible samples first in hash order;
+``eval_retrieval`` takes the ``retrieval_size`` eligible samples first in hash order (with
+``retrieval_fraction``, as TiC-YFCC and TiC-RedCaps hold out 1%: the first
+``ceil(fraction x eligible)`` in hash order);
 ``eval_classification`` then takes ``classification_size`` of the remaining eligible samples
 whose caption names exactly one class of ``classnames``, labelled with that class id (the
 TiC-DataComp-Net recipe: captions that name an ImageNet class). Everything else is ``train``;
@@ -33,6 +35,14 @@ class SplitConfig:
     eligible_variant: str = "basic"
     min_clip_score: float | None = None
     seed: int = 0
+    retrieval_fraction: float | None = None  # held-out share of the eligible samples instead of retrieval_size
+
+
+def first_fraction(ranked: list[tuple[str, str]], fraction: float) -> set[str]:
+    """The uids of the first ``ceil(fraction x n)`` of ``(rank, uid)`` pairs in rank order."""
+    import math
+
+    return {u for _, u in sorted(ranked)[: math.ceil(fraction * len(ranked) - 1e-9)]}
 
 
 def rank(uid: str, purpose: str, seed: int) -> str:
@@ -81,12 +91,19 @@ class AssignSplits(beam.PTransform):
     def expand(self, samples):
         cfg = self.cfg
         pool = samples | "Eligible" >> beam.Filter(eligible, cfg)
-        retrieval = (
-            pool
-            | "RankRetrieval" >> beam.Map(lambda r: (rank(r["uid"], "retrieval", cfg.seed), r["uid"]))
-            | "TopRetrieval" >> beam.combiners.Top.Smallest(cfg.retrieval_size)
-            | "RetrievalSet" >> beam.Map(lambda top: {u for _, u in top})
-        )
+        ranked = pool | "RankRetrieval" >> beam.Map(lambda r: (rank(r["uid"], "retrieval", cfg.seed), r["uid"]))
+        if cfg.retrieval_fraction is not None:
+            retrieval = (
+                ranked
+                | "AllRetrieval" >> beam.combiners.ToList()
+                | "RetrievalSet" >> beam.Map(first_fraction, cfg.retrieval_fraction)
+            )
+        else:
+            retrieval = (
+                ranked
+                | "TopRetrieval" >> beam.combiners.Top.Smallest(cfg.retrieval_size)
+                | "RetrievalSet" >> beam.Map(lambda top: {u for _, u in top})
+            )
 
         def classification_candidates(row, taken):
             if row["uid"] not in taken and class_label(row.get("text"), cfg.classnames) is not None:

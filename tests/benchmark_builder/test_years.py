@@ -312,7 +312,7 @@ def test_retry_failed_refetches_only_transient_failures(tmp_path, server, capsys
     assert sql(d, "select count(*) - count(distinct uid) from metadata")[0][0] == 0
     n_samples = sql(d, "select count(*) from samples")[0][0]
     assert n_samples == sum(s["count"] for s in [json.load(open(d / "tic-datacomp/variants/basic/train/2024/meta.json"))])
-    pool = [s["key"] for t in sorted(pio.glob(str(d / "tic-datacomp/pool/year=2024/shards/*.tar"))) for s in wds.read_shard(t)]
+    pool = [s["key"] for t in sorted(pio.glob(str(d / "tic-datacomp/pool/year=2024/shards/*.tar"))) for s in wds.iter_samples(t)]
     assert len(pool) == len(set(pool)) == PER_YEAR
     # a second retry, through the CLI (make retry-failed), finds nothing transient and fetches nothing
     server.requests.clear()
@@ -330,7 +330,7 @@ def test_retry_failed_refetches_only_transient_failures(tmp_path, server, capsys
 def _jpeg_sizes(paths):
     out = []
     for t in paths:
-        for s in wds.read_shard(t):
+        for s in wds.iter_samples(t):
             out.append(Image.open(io.BytesIO(s["jpg"])).size)
     return out
 

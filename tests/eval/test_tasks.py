@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eval.tasks import classification_metrics, retrieval_metrics, zero_shot_classifier
+from eval.tasks import classification_metrics, retrieval_metrics
+from pipelines.models.encode import zero_shot_classifier
 
 # Images are the 4 basis vectors, so sims[t, i] = TXT[t, i]; every text row has unit norm.
 IMG = torch.eye(4)
@@ -117,7 +118,7 @@ def tiny_clip():
 def test_zero_shot_classifier_matches_per_class_reference(tiny_clip):
     model, tokenizer = tiny_clip
     classnames = ["cat", "dog", "red car"]
-    templates = ["a photo of a {c}.", "a drawing of a {}.", "{} in the wild"]
+    templates = ["a photo of a {c}.", "a drawing of a {c}.", "{c} in the wild"]
     batches = []
     encode = model.encode_text
 
@@ -145,9 +146,11 @@ def test_zero_shot_classifier_agrees_with_open_clip(tiny_clip):
     import open_clip
 
     model, tokenizer = tiny_clip
-    classnames, templates = ["cat", "dog", "bird", "fish"], ["a photo of a {}.", "art of a {}"]
+    classnames, templates = ["cat", "dog", "bird", "fish"], ["a photo of a {c}.", "art of a {c}"]
     ours = zero_shot_classifier(model, tokenizer, classnames, templates, batch_size=3)
-    ref = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, templates, num_classes_per_batch=2)
+    # open_clip's own template format is str.format's positional {}
+    ref = open_clip.build_zero_shot_classifier(model, tokenizer, classnames, ["a photo of a {}.", "art of a {}"],
+                                               num_classes_per_batch=2)
     assert torch.allclose(ours, ref, atol=1e-6)
     with pytest.raises(ValueError):
         zero_shot_classifier(model, tokenizer, [], templates)

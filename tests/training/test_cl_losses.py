@@ -289,7 +289,7 @@ def test_cifar100_pickle_stream_splits_classes_into_disjoint_tasks(tmp_path):
     assert sum(len(t) for t in tasks) == 100  # disjoint
     assert m["class_order"] == ts.class_incremental(100, 10, seed=3)[0] != ts.class_incremental(100, 10, seed=4)[0]
     shard = os.path.join(tmp_path, "stream", "task0", "train", "00000000.tar")
-    samples = wds.read_shard(shard)
+    samples = list(wds.iter_samples(shard))
     assert len(samples) == 20 == m["tasks"][0]["train"]
     for s in samples:
         meta = json.loads(s["json"])
@@ -314,7 +314,7 @@ def test_domainnet_folder_and_split_files_give_one_task_per_domain(tmp_path):
     m = ts.write_stream(ds, str(tmp_path / "dil"), "dil")
     assert [(t["domains"], t["classes"], t["train"], t["test"]) for t in m["tasks"]] == [
         (["clipart"], [0, 1, 2], 9, 3), (["sketch"], [0, 1, 2], 9, 3)]
-    s = wds.read_shard(str(tmp_path / "dil" / "task1-sketch" / "train" / "00000000.tar"))[0]
+    s = next(wds.iter_samples(str(tmp_path / "dil" / "task1-sketch" / "train" / "00000000.tar")))
     assert json.loads(s["json"])["domain"] == "sketch" and s["txt"].decode().startswith("a photo of a ")
     (root / "clipart_train.txt").write_text("clipart/bee/0.jpg\n")
     with pytest.raises(ValueError, match="clipart_train.txt:1"):

@@ -12,7 +12,8 @@ import time
 import pytest
 import torch
 
-from training.data import MixtureStream, Source, StreamConfig, _raw_samples, sample_id, time_step_sources, uid_fraction
+from pipelines.sinks import webdataset as wds
+from training.data import MixtureStream, Source, StreamConfig, sample_id, time_step_sources, uid_fraction
 from training.methods import get_method, methods
 from training.train import TrainConfig, train
 
@@ -110,7 +111,7 @@ def test_replay_steps_train_on_new_data_and_a_buffer_of_equal_size(tiny_benchmar
     subset = set()
     for src in plan[1:]:
         for shard in src.shards:
-            for smp in _raw_samples(shard, only_json=True):
+            for smp in wds.iter_samples(shard, keys=("json",)):
                 uid = json.loads(smp["json"])["uid"]
                 if uid_fraction(uid) < src.keep_fraction:
                     subset.add(sample_id(uid))

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import open_clip
 import torch
 
+from pipelines.models import load_model
+
 
 @dataclass
 class StepCost:
@@ -105,7 +107,6 @@ def measure_step_cost(method_name: str, options: dict, model_spec: str, batch_si
     """FLOPs and peak memory of one training iteration of ``method_name`` at its second task."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.models import load_model
     from training.methods import get_method
     from training.methods.base import StepContext, frozen_copy
 

@@ -16,7 +16,9 @@ import json
 import os
 from dataclasses import dataclass
 
-from training.config import CLConfig, base_values, resolve_device
+from pipelines.models import load_model
+from pipelines.provenance import resolve_device
+from training.config import CLConfig, base_values
 from training.data import Source
 from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
@@ -98,7 +100,6 @@ def trainer_config(cfg: FomoConfig, run_dir: str, base: str, steps: int):
 
 
 def run(cfg: FomoConfig, resume: bool = False) -> dict:
-    from pipelines.models import load_model
 
     run_dir = cfg.run_dir or f"runs/fomo-{cfg.method}-{cfg.order}-T{cfg.tasks}"
     os.makedirs(run_dir, exist_ok=True)

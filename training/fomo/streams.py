@@ -32,10 +32,13 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import torch
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
-from training.data import Source, _raw_samples
+from pipelines.models.encode import encode_images, encode_texts, fill, zero_shot_classifier
+from pipelines.sinks import webdataset as wds
+from training.data import Source, decode_image
 
 ORDERS = ("random", "semantic", "frequency", "performance", "time", "time-interleaved")
 ALL_ORDERS = ORDERS + tuple(f"reverse-{o}" for o in ORDERS)
@@ -128,7 +131,7 @@ def build_index(data_dir: str, variant: str = "basic", benchmark: str = "tic-dat
             continue
         for shard in sorted(pio.read_json(pio.join(d, "sizes.json"))):
             path = pio.join(d, shard)
-            for s in _raw_samples(path, only_json=True):
+            for s in wds.iter_samples(path, keys=("json",)):
                 meta = json.loads(s["json"])
                 found = match(meta.get("text") or "") or match(meta.get("caption_generated") or "")
                 if len(found) == 1:
@@ -143,12 +146,7 @@ def build_index(data_dir: str, variant: str = "basic", benchmark: str = "tic-dat
 # ---------------------------------------------------------------------------- orderings
 
 def _text_embeddings(model, tokenizer, names, device="cpu") -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    with torch.no_grad():
-        e = F.normalize(model.encode_text(tokenizer([f"a photo of a {c}." for c in names]).to(device)).float(), dim=-1)
-    return e.cpu().numpy()
+    return encode_texts(model, tokenizer, [fill("a photo of a {c}.", c) for c in names], device).numpy()
 
 
 def semantic_chain(emb: np.ndarray, start: int) -> tuple[list[int], list[float]]:
@@ -170,11 +168,6 @@ def zero_shot_accuracy(model, preprocess, tokenizer, index: ConceptIndex, concep
                        seed: int = 0, device="cpu") -> dict[str, float]:
     """The base model's top-1 zero-shot accuracy per concept over all the dataset's classes, on
     up to ``per_concept`` training images of the concept (uid-seeded choice)."""
-    import torch
-    import torch.nn.functional as F
-
-    from training.data import decode_image
-
     want: dict[str, str] = {}
     for c in concepts:
         rows = sorted(index.samples.get(c, []))
@@ -185,19 +178,13 @@ def zero_shot_accuracy(model, preprocess, tokenizer, index: ConceptIndex, concep
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     for shard in shards:
-        for s in _raw_samples(shard):
+        for s in wds.iter_samples(shard):
             uid = json.loads(s["json"])["uid"]
             if uid in want:
                 images.append(preprocess(decode_image(s["jpg"], size)))
                 labels.append(index.classnames.index(want[uid]))
-    with torch.no_grad():
-        texts = [t.format(c=c) for c in index.classnames for t in index.templates]
-        tf = F.normalize(model.encode_text(tokenizer(texts).to(device)).float(), dim=-1)
-        cls = F.normalize(tf.view(len(index.classnames), len(index.templates), -1).mean(1), dim=-1)
-        feats = []
-        for i in range(0, len(images), 256):
-            feats.append(F.normalize(model.encode_image(torch.stack(images[i:i + 256]).to(device)).float(), dim=-1))
-        pred = (torch.cat(feats) @ cls.T).argmax(1).cpu() if feats else torch.empty(0, dtype=torch.long)
+    clf = zero_shot_classifier(model, tokenizer, index.classnames, index.templates, device)
+    pred = (encode_images(model, images, device) @ clf).argmax(1) if images else torch.empty(0, dtype=torch.long)
     labels_t = torch.tensor(labels)
     out = {}
     for c in concepts:

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 
-from training.data import Source, _raw_samples
+from pipelines.sinks import webdataset as wds
+from training.data import Source
 from training.memory import ClassBalancedMemory
 
 
 def ids_by_class(src: Source) -> dict[int, list[str]]:
     out: dict[int, list[str]] = {}
     for shard in src.shards:
-        for s in _raw_samples(shard, only_json=True):
+        for s in wds.iter_samples(shard, keys=("json",)):
             meta = json.loads(s["json"])
             if meta.get("cls") is None:
                 raise ValueError(f"{shard}: samples have no 'cls': a class memory needs a task stream "

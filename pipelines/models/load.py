@@ -1,4 +1,4 @@
-"""Model loading, in one place for the pipelines (CLIP scoring), training and evaluation.
+"""Model loading for the pipelines (CLIP scoring), training and evaluation.
 
 A model spec is one string:
 
@@ -22,10 +22,7 @@ from typing import Any, Callable
 import open_clip
 import torch
 
-_CONFIG_DIR = os.path.join(os.path.dirname(__file__), "model_configs")
-open_clip.add_model_config(_CONFIG_DIR)
-
-PRESETS = sorted(f[:-5] for f in os.listdir(_CONFIG_DIR) if f.endswith(".json"))
+from pipelines.models.registry import PRESETS
 
 
 class ModelLoadError(RuntimeError):
@@ -128,22 +125,6 @@ def _load_folder(spec: str, folder: str, device, precision) -> LoadedModel:
     sd, _ = _read_state_dict(os.path.join(folder, weights[0]))
     model.load_state_dict(sd)
     return LoadedModel(model.to(device), pt, pv, open_clip.get_tokenizer(name), name, spec)
-
-
-def save_folder(loaded: LoadedModel, folder: str) -> None:
-    """Write ``folder`` in the open_clip Hugging Face layout (config + safetensors)."""
-    from safetensors.torch import save_file
-
-    os.makedirs(folder, exist_ok=True)
-    cfg = open_clip.get_model_config(loaded.name)
-    with open(os.path.join(folder, "open_clip_config.json"), "w") as f:
-        json.dump({"model_name": loaded.name, "model_cfg": cfg}, f, indent=2)
-    sd = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
-    save_file(sd, os.path.join(folder, "open_clip_model.safetensors"))
-
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 # ----------------------------------------------------------------------------- captioners

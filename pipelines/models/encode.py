@@ -1,0 +1,69 @@
+"""Encoding with a CLIP model, in one place: batched image and text embeddings, L2-normalised
+in float32 (whatever the model's precision) and returned on the CPU, and the zero-shot
+classifier built from class names and templates.
+
+One template format: ``{c}`` stands for the class name (``"a photo of a {c}."``), as in
+clip_benchmark's ``zeroshot_classification_templates.txt`` and this project's eval sets.
+
+Used by CLIP scoring (``pipelines.transforms.clip_score``), the CLIP filters
+(``benchmark_builder.filtering``), evaluation (``eval.embed``, ``eval.incremental``) and the
+FoMo concept orderings (``training.fomo.streams``).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+BATCH_SIZE = 256
+
+
+def fill(template: str, classname: str) -> str:
+    """``template`` with ``{c}`` replaced by ``classname``."""
+    try:
+        return template.format(c=classname)
+    except (IndexError, KeyError) as e:
+        raise ValueError(f"zero-shot template {template!r}: write the class name as {{c}}, the one template "
+                         "format (e.g. 'a photo of a {c}.')") from e
+
+
+def normalize(features: torch.Tensor) -> torch.Tensor:
+    """Rows L2-normalised, in float32."""
+    return F.normalize(features.float(), dim=-1)
+
+
+@torch.no_grad()
+def encode_images(model: torch.nn.Module, images: torch.Tensor | Sequence[torch.Tensor], device="cpu",
+                  batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """[N, D] normalised image embeddings (CPU, float32) of preprocessed images (a tensor
+    [N, C, H, W] of any float dtype, or a list of [C, H, W] tensors), ``batch_size`` at a time."""
+    out = []
+    for s in range(0, len(images), batch_size):
+        batch = images[s:s + batch_size]
+        batch = batch if isinstance(batch, torch.Tensor) else torch.stack(list(batch))
+        out.append(normalize(model.encode_image(batch.to(device, torch.float32))).cpu())
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+@torch.no_grad()
+def encode_texts(model: torch.nn.Module, tokenizer: Callable, texts: Sequence[str], device="cpu",
+                 batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """[M, D] normalised text embeddings (CPU, float32), ``batch_size`` texts per forward pass."""
+    texts = list(texts)
+    out = [normalize(model.encode_text(tokenizer(texts[s:s + batch_size]).to(device))).cpu()
+           for s in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def zero_shot_classifier(model: torch.nn.Module, tokenizer: Callable, classnames: Sequence[str],
+                         templates: Sequence[str], device="cpu", batch_size: int = BATCH_SIZE) -> torch.Tensor:
+    """[embed_dim, n_classes] (CPU, float32): per class, the mean of its normalised template
+    embeddings, normalised again (open_clip's ``build_zero_shot_classifier``). The texts of all
+    classes are encoded together, ``batch_size`` at a time."""
+    classnames, templates = list(classnames), list(templates)
+    if not classnames or not templates:
+        raise ValueError("zero_shot_classifier needs at least one class name and one template")
+    texts = [fill(t, c) for c in classnames for t in templates]
+    emb = encode_texts(model, tokenizer, texts, device, batch_size).view(len(classnames), len(templates), -1).mean(dim=1)
+    return F.normalize(emb, dim=-1).T
