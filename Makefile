@@ -77,7 +77,7 @@ build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./
 ifeq ($(FROM),datacomp)
 	$(PY) -m benchmark_builder build tic-datacomp --from datacomp $(if $(POOL),--pool '$(POOL)') $(if $(TIC_UIDS),--tic-uids '$(TIC_UIDS)') --granularity $(GRANULARITY) $(if $(BESTPOOL_UIDS),--bestpool-uids '$(BESTPOOL_UIDS)') --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
 else
-	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 endif
 
 build-tic-yfcc: $(VENV)/.installed ## TiC-YFCC, 2004..2014 in 4 steps [INPUT=yfcc15m.csv IMAGE_ROOT=dir]; default: the embedded fixture, offline
@@ -91,18 +91,18 @@ retry-failed: $(VENV)/.installed ## re-fetch transient download failures of fini
 
 build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)
-	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --captioner '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
-	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --model '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
 benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and split + PNG chart
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
 filter: $(VENV)/.installed ## CLIP-based variants clip_score, image_based, bestpool [FILTER_MODEL=ViT-L-14:openai]
-	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--filter-model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 
 caption: $(VENV)/.installed ## caption_generated for the pool [CAPTIONER=path/to/hf-folder | template:attrs.parquet]
-	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --captioner '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --model '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
 
 filter-audit: $(VENV)/.installed ## per filter variant and year: fraction kept, mean CLIP score, PNG chart
 	$(PY) -m benchmark_builder filter-audit --data-dir $(DATA_DIR)

@@ -1,10 +1,11 @@
-"""``python -m bench [name ...]``: run the benchmarks and print their figures.
+"""``python -m bench [name ...]`` (or ``tic-bench``): run the benchmarks and print their figures.
 
     download   download+resize+write throughput against img2dataset on the same URL list
     dedup      near-duplicate detection scaling exponent, 100k -> 1M hashes
     train      bundled trainer vs open_clip_train, samples/s on the same shards (needs ./data)
     eval       evaluator embedding speed vs a plain batched torch loop (needs ./data)
     build      end-to-end wall time of ``make build-tic-datacomp YEAR=2019`` on a fresh data dir
+    scale      one year of the embedded web at 10k, 30k, 100k pairs: wall, rows/s per stage, peak memory, exponent
 """
 from __future__ import annotations
 
@@ -64,20 +65,31 @@ def _eval(argv=None):
 
 def _ensure_data():
     """The training and eval benchmarks read the embedded default: build it once if missing."""
-    if not os.path.exists(os.path.join(REPO, "data", "tic-datacomp", "years", "2022.json")):
+    from benchmark_builder.layout import Layout
+
+    if not os.path.exists(Layout(os.path.join(REPO, "data")).year_manifest(2022)):
         subprocess.run([sys.executable, "-m", "benchmark_builder", "build", "tic-datacomp", "--year", "2022",
                         "--data-dir", os.path.join(REPO, "data")], cwd=REPO, check=True)
 
 
-BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "build": bench_build}
+def _scale(argv=None):
+    from bench.scale import main
+
+    return main(argv)
+
+
+BENCHMARKS = {"download": _download, "dedup": _dedup, "train": _train, "eval": _eval, "build": bench_build, "scale": _scale}
 
 
 def main(argv=None) -> int:
-    names = (argv if argv is not None else sys.argv[1:]) or list(BENCHMARKS)
+    from pipelines.cli import Parser, example
+
+    p = Parser(prog="python -m bench", description=__doc__, epilog=example("python -m bench download dedup"))
+    p.add_argument("names", nargs="*", metavar="name", help=f"benchmarks to run: {', '.join(BENCHMARKS)} (default: all)")
+    names = p.parse_args(argv).names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
-        print(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
-        return 2
+        p.error(f"unknown benchmark(s) {unknown}; known: {', '.join(BENCHMARKS)}")
     results = {}
     for name in names:
         print(f"\n### {name}")
@@ -94,6 +106,10 @@ def main(argv=None) -> int:
         print(f"evaluation embedding vs plain torch loop: {results['eval']['ratio']:.2f}x")
     if "build" in results:
         print(f"make build-tic-datacomp YEAR=2019 (fresh): {results['build']['seconds']:.1f} s")
+    if "scale" in results and "exponent_job" in results["scale"]:
+        last = results["scale"]["sizes"][-1]
+        print(f"build cost exponent {results['scale']['sizes'][0]['pairs']:,} -> {last['pairs']:,} pairs: "
+              f"{results['scale']['exponent_job']:.3f}; peak memory at {last['pairs']:,}: {last['peak_pss_bytes'] / 2**30:.2f} GiB")
     return 0
 
 

@@ -55,7 +55,9 @@ def main(argv=None) -> dict:
                  "batch_size_per_gpu": a.batch_size}
     data = os.path.join(a.work, "data")
     t = time.time()
-    if not os.path.exists(os.path.join(data, "tic-datacomp")):
+    from benchmark_builder.layout import Layout
+
+    if not os.path.exists(Layout(data).root):
         sys.path.insert(0, os.path.join(REPO, "tests"))
         from conftest import write_tiny_benchmark
 

@@ -1,9 +1,13 @@
 """Build one year of a time-stamped benchmark (and every earlier year it depends on).
 
-The crawl runs once over all inputs and partitions candidates by crawl year. Each year is
-then one Beam pipeline: timestamp -> download -> annotate -> dedup -> filter -> write, whose
-inputs are that year's candidates plus what earlier years left behind (their URLs and image
-hashes), so years are built in order, as make would, and a finished year is never redone.
+The crawl runs once over all inputs and partitions candidates by crawl year. Then one Beam
+pipeline builds every year that is not up to date: timestamp -> download -> annotate -> dedup
+-> filter -> split -> write. Every year's candidates are known after the crawl, so first-seen
+times and downloads of all years run at once; what a year takes from the years before it (URLs
+and images seen before, earlier held-out sets) comes from keyed joins that resolve each year
+against the earlier ones (``pipelines/transforms/timestamp.py``, ``dedup.py``), so each year's
+outputs are those of building it alone after the years before it (earliest wins), and the
+number of jobs does not grow with the number of years. A finished year is never redone.
 
 Resumption: every output is written atomically; the download stage reuses pool shards a
 killed run already finished; a year is finished when ``years/YYYY.json`` exists with the same
@@ -42,7 +46,7 @@ from pipelines.sinks import clip_benchmark
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.provenance import code_version
 from pipelines.stats import StageSummary, mark, reason_family, stage_seconds
-from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, reshard, split, timestamp
+from pipelines.transforms import annotate, crawl, dedup, download, filter as filt, pool, reshard, split, timestamp
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +217,13 @@ def _inputs_hash(cfg: BuildConfig, layout: Layout, files: list[str]) -> str:
 def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     """Crawl every input into a scratch dir, then replace only the year partitions whose bytes
     changed: adding a crawl of a new year leaves every earlier year's files untouched."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     key = _inputs_hash(cfg, layout, files)
     if pio.exists(marker) and pio.read_json(marker).get("inputs_hash") == key:
         print("crawl: candidates up to date, skipped")
         return
     t = time.time()
-    scratch = pio.join(layout.root, "_crawl_scratch")
+    scratch = layout.crawl_scratch
     remove_tree(scratch)
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
@@ -227,7 +231,7 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
                                  source_root=layout.web if cfg.synthetic else None, fmt=cfg.fmt,
                                  opts=cfg.table_options(benchmark_spec(cfg).years))
     counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
-    changed = sum(_sync_tree(pio.join(scratch, d), pio.join(layout.root, d)) for d in ("candidates", "crawl_status"))
+    changed = sum(_sync_tree(pio.join(scratch, d), layout.table(d)) for d in ("candidates", "crawl_status"))
     remove_tree(scratch)
     print(f"crawl: {changed} partition file(s) changed")
     pio.write_json(marker, {"inputs_hash": key, "files": len(files), **counts})
@@ -268,8 +272,18 @@ def remove_tree(path: str) -> None:
 def _files(layout: Layout, table: str, years, patterns: bool = False) -> list[str]:
     """Parquet files of ``table`` for ``years``; with ``patterns``, the globs unexpanded (a dry
     run builds the job graph without touching storage)."""
-    globs = [pio.join(layout.root, table, f"year={y}", "*.parquet") for y in years]
+    globs = [pio.join(layout.partition(table, y), "*.parquet") for y in years]
     return globs if patterns else [f for g in globs for f in pio.glob(g)]
+
+
+def iter_parquet_rows(path: str, columns: list[str] | None = None, batch_size: int = 4096):
+    """The rows of one Parquet file, a batch at a time: a year's candidates are one file, and
+    a worker reading it holds one batch of rows, never the year."""
+    import pyarrow.parquet as pq
+
+    with pio.open_read(path) as f:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns, use_threads=False):
+            yield from batch.to_pylist()
 
 
 def _read(p, label: str, files: list[str], columns: list[str] | None = None):
@@ -278,7 +292,7 @@ def _read(p, label: str, files: list[str], columns: list[str] | None = None):
     return (
         p
         | f"List{label}" >> beam.Create(files)
-        | f"Read{label}" >> beam.FlatMap(lambda path: pio.read_parquet([path], columns).to_pylist())
+        | f"Read{label}" >> beam.FlatMap(iter_parquet_rows, columns)
     )
 
 
@@ -299,26 +313,55 @@ def _write_table(rows, path: str, table_schema: pa.Schema, sort_key=("uid",)) ->
 
 
 def dry_run(cfg: BuildConfig, layout: Layout, years: list[int]) -> dict:
-    """Build and submit every job graph with ``--dry_run`` (validates the Dataflow jobs offline)."""
+    """Build and submit every job graph with ``--dry_run`` (validates the Dataflow jobs offline):
+    the crawl, then the one job that builds every year."""
     files = cfg.inputs or [pio.join(layout.web, "crawl", "*.warc.gz")]
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         p = beam.Pipeline(options=opts)
         fmt = cfg.fmt if cfg.inputs else "warc"  # without inputs the graph is the embedded web's crawl
-        crawl.crawl_pipeline(p, files, pio.join(layout.root, "candidates"), pio.join(layout.root, "crawl_status"),
+        crawl.crawl_pipeline(p, files, layout.table("candidates"), layout.table("crawl_status"),
                              fmt=fmt, opts=cfg.table_options(benchmark_spec(cfg).years) if fmt != "warc" else None)
         p.run()
-    for y in years:
-        year_pipeline_run(cfg, layout, y, [e for e in years if e < y])
-    print(f"dry run: {1 + len(years)} job graphs built and validated for {cfg.runner.runner}; nothing ran")
-    return {"dry_run": True, "jobs": 1 + len(years)}
+    years_pipeline_run(cfg, layout, years, [])
+    print(f"dry run: 2 job graphs (the crawl, years {years[0]}..{years[-1]}) built and validated for {cfg.runner.runner}; nothing ran")
+    return {"dry_run": True, "jobs": 2}
 
 
-def build_year(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int], eval_refs: list | None = None) -> dict:
+def pending_years(cfg: BuildConfig, layout: Layout, years: list[int]) -> list[int]:
+    """The years a build must (re)build: from the first one not up to date to the last (a later
+    year's key holds the earlier years' outputs, which a rebuild may change)."""
+    for i, y in enumerate(years):
+        if not year_done(cfg, layout, y, years[:i]):
+            return years[i:]
+    return []
+
+
+def build_years(cfg: BuildConfig, layout: Layout, years: list[int], eval_refs: list | None = None) -> list[int]:
+    """Build every pending year of ``years`` in one job, then finish them in order (accounting,
+    summaries, manifests). Returns the years built."""
+    todo = pending_years(cfg, layout, years)
+    for y in years[: len(years) - len(todo)]:
+        print(f"year {y}: up to date, skipped")
+    if not todo:
+        return []
+    done = years[: len(years) - len(todo)]
     t0 = time.time()
-    key = year_key(cfg, layout, year, earlier_years)
-    prepare_year(cfg, layout, year)
-    timings = year_pipeline_run(cfg, layout, year, earlier_years, eval_refs)
-    return _finish_year(cfg, layout, year, time.time() - t0, key, timings)
+    for y in todo:
+        prepare_year(cfg, layout, y)
+    print(f"years {todo[0]}..{todo[-1]}: one job builds {len(todo)} year(s)" + (f" after {done[0]}..{done[-1]}" if done else ""))
+    timings = years_pipeline_run(cfg, layout, todo, done, eval_refs)
+    seconds = time.time() - t0
+    for y in todo:
+        _finish_year(cfg, layout, y, seconds, year_key(cfg, layout, y, [e for e in years if e < y]), timings, alone=len(todo) == 1)
+    if len(todo) > 1:
+        status = pa.concat_tables([pio.read_parquet(pio.join(layout.status(y), "part-00000.parquet")) for y in todo])
+        summaries = StageSummary.from_status_table(status, order=[timestamp.STAGE, "download", dedup.STAGE, filt.STAGE, reshard.STAGE])
+        for s in summaries:
+            s.seconds = timings.get(s.stage)
+        print(f"\n=== years {todo[0]}..{todo[-1]} in one job: {status.num_rows} candidates, {seconds:.1f} s, "
+              f"{status.num_rows / max(seconds, 1e-9):.0f} rows/s")
+        print(StageSummary.render_all(summaries, seconds=seconds))
+    return todo
 
 
 def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
@@ -337,15 +380,15 @@ def prepare_year(cfg: BuildConfig, layout: Layout, year: int) -> None:
         for sub in ("shards", "status"):
             remove_tree(pio.join(layout.pool(year), sub))
     pio.write_json(pool_id_path, identity)
-    stale = [layout.metadata(year), layout.status(year), pio.join(layout.root, "clip", f"year={year}")]
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "train", str(year)))
-    stale += pio.glob(pio.join(layout.root, "variants", "*", "eval", "*", str(year)))
+    stale = [layout.metadata(year), layout.status(year), layout.clip(year)]
+    stale += pio.glob(layout.any_variant("train", str(year)))
+    stale += pio.glob(layout.any_variant("eval", "*", str(year)))
     stale = [d for d in stale if pio.exists(d)]
     for d in stale:
         remove_tree(d)
     if stale:  # scores and captions of the removed metadata are gone: their markers must not claim them
-        for marker in ("clip/_SUCCESS.json", "captions/_SUCCESS.json"):
-            remove_tree(pio.join(layout.root, marker))
+        for marker in (layout.clip_marker, layout.captions_marker):
+            remove_tree(marker)
 
 
 def _sha256_files(paths: list[str]) -> str:
@@ -372,10 +415,13 @@ def year_key(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[in
 NEARDUP_COLUMNS = ["uid", "phash", "first_seen", "text", "split", "year", "dedup_reason"]
 
 
-def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames, templates) -> int:
-    """One year's held-out set of ``kind`` in clip_benchmark's layout, in uid order."""
+def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames, templates, pool_dirs: dict | None = None) -> int:
+    """One year's held-out set of ``kind`` in clip_benchmark's layout, in uid order (images from
+    the rows, or read from the pool shards in ``pool_dirs``: year -> pool dir)."""
     samples = []
+    images = pool.images_of(rows, pool_dirs) if pool_dirs is not None else {r["uid"]: r["jpg"] for r in rows}
     for r in sorted(rows, key=lambda r: r["uid"]):
+        r = {**r, "jpg": images[r["uid"]]}
         sample = {"key": r["uid"], "jpg": r["jpg"], "json": {k: r.get(k) for k in reshard.SHARD_JSON_FIELDS if k != "key"}}
         if kind == "retrieval":
             sample["txt"] = r.get("text") or ""
@@ -387,23 +433,39 @@ def write_eval_sets(rows: list[dict], out_dirs: list[str], kind: str, classnames
     return len(samples)
 
 
-def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[int],
-                      eval_refs: list | None = None) -> dict[str, float]:
-    """Run year ``year``'s pipeline; returns the busy seconds of each stage."""
+def _grouped_with_every_key(p, label: str, keyed, keys: list):
+    """GroupByKey that also yields every key of ``keys`` that no element has (with no rows): a
+    year with no status row or no evaluation sample still gets its (empty) file."""
+    return (
+        (keyed, p | f"{label}Keys" >> beam.Create([(k, None) for k in keys]))
+        | f"{label}WithKeys" >> beam.Flatten()
+        | f"Group{label}" >> beam.GroupByKey()
+        | f"{label}Lists" >> beam.MapTuple(lambda k, rows: (k, [r for r in rows if r is not None]))
+    )
+
+
+def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earlier_years: list[int],
+                       eval_refs: list | None = None) -> dict[str, float]:
+    """Run one pipeline that builds ``years`` (ascending; ``earlier_years`` are built already and
+    only read); returns the busy seconds of each stage over all of them.
+
+    Timestamps and downloads of every year start at once (a year's candidates and its pool do not
+    depend on another year's outputs); the steps that do (URLs and images seen before, held-out
+    sets of earlier years) are keyed joins that resolve each year against the years before it,
+    so every year's outputs are those of a build of that year alone after the ones before it."""
     lazy = cfg.runner.dry_run
-    candidates_files = _files(layout, "candidates", [year], lazy)
     dl_cfg = cfg.download_config()
-    variant_dir = layout.train_shards(cfg.default_variant, year)
-    with pipeline_options(cfg.runner, job_name=f"tic-year-{year}") as opts:
+    with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}") as opts:
         p = beam.Pipeline(options=opts)
-        cands = _read(p, "Candidates", candidates_files)
+        cands = _read(p, "Candidates", _files(layout, "candidates", years, lazy))
         earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
             "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
         )
-        stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen(year)
+        stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
         kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
 
-        downloaded = kept | "Download" >> download.DownloadShards(layout.pool(year), dl_cfg)
+        pool_dirs = {y: layout.pool(y) for y in years}
+        downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
         annotated = (
             downloaded.samples
             | "Annotate" >> annotate.Annotate(cfg.lid_config())
@@ -424,35 +486,48 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, earlier_years
         exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
         deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
         filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
-        splitted = filtered | "Split" >> split.AssignSplits(cfg.split_config()) | "MarkSplit" >> beam.Map(mark, split.STAGE)
-
-        meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
-        placed = splitted | "Write" >> reshard.WriteVariant(
-            cfg.default_variant, variant_dir, meta, reshard.ReshardConfig(cfg.samples_per_shard)
+        assigned = filtered | "Split" >> split.AssignSplits(cfg.split_config())
+        held_out = (
+            assigned
+            | "HeldOut" >> beam.Filter(lambda r: (r.get("split") or "train") != "train")
+            | "HeldOutSet" >> beam.Map(lambda r: (r["uid"], dedup.eval_set_name(r)))
         )
-        for extra in cfg.write_variants[1:]:
-            _ = splitted | f"Write_{extra}" >> reshard.WriteVariant(
-                extra, layout.train_shards(extra, year), {**meta, "variant": extra},
-                reshard.ReshardConfig(cfg.samples_per_shard),
-            )
-        classnames, templates = cfg.class_list()
-        for kind in ("retrieval", "classification"):
-            _ = (
-                splitted
-                | f"Eval_{kind}" >> beam.Filter(lambda r, k: r["split"] == f"eval_{k}", kind)
-                | f"EvalList_{kind}" >> beam.combiners.ToList()
-                | f"WriteEval_{kind}" >> beam.Map(
-                    write_eval_sets, [layout.eval_set(v, kind, year) for v in cfg.write_variants], kind, classnames, templates
-                )
-            )
+        splitted = (
+            assigned
+            | "EvalOverlap" >> beam.Map(dedup.relabel_eval_overlap, beam.pvalue.AsDict(held_out))
+            | "MarkSplit" >> beam.Map(mark, split.STAGE)
+        )
 
-        metadata_dir = layout.metadata(year)
+        classnames, templates = cfg.class_list()
+        placed_years = []
+        for year in years:
+            meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
+            of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
+            placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
+                cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
+                pool_dirs,
+            ))
+            for extra in cfg.write_variants[1:]:
+                _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
+                    extra, layout.train_shards(extra, year), {**meta, "variant": extra},
+                    reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
+                )
+        placed = placed_years | "Placed" >> beam.Flatten()
+        eval_rows = splitted | "EvalRows" >> beam.FlatMap(
+            lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
+        _ = (
+            _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
+            | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
+                                           {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
+                                            for y in years for k in ("retrieval", "classification")})
+        )
         _ = (
             placed
-            | "ByPoolShard" >> beam.Map(lambda r: (r["pool_shard"], r))
+            | "ByPoolShard" >> beam.Map(lambda r: ((r["year"], r["pool_shard"]), r))
             | "GroupPoolShard" >> beam.GroupByKey()
-            | "WriteMetadata" >> beam.MapTuple(
-                lambda shard, rows: _write_table(rows, pio.join(metadata_dir, f"{shard}.parquet"), schema.SAMPLE)
+            | "WriteMetadata" >> beam.Map(
+                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0][0]], f"{kv[0][1]}.parquet"), schema.SAMPLE),
+                {y: layout.metadata(y) for y in years},
             )
         )
         statuses = (
@@ -462,9 +537,13 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, earlier_years
                 placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
             )
             | "AllStatus" >> beam.Flatten()
-            | "StatusList" >> beam.combiners.ToList()
+            | "StatusByYear" >> beam.Map(lambda r: (r["year"], r))
+        )
+        _ = (
+            _grouped_with_every_key(p, "Status", statuses, years)
             | "WriteStatus" >> beam.Map(
-                lambda rows: _write_table(rows, pio.join(layout.status(year), "part-00000.parquet"), schema.STATUS)
+                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0]], "part-00000.parquet"), schema.STATUS),
+                {y: layout.status(y) for y in years},
             )
         )
         _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
@@ -473,9 +552,12 @@ def year_pipeline_run(cfg: BuildConfig, layout: Layout, year: int, earlier_years
     return stage_seconds(result)
 
 
-def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, key: str, timings: dict | None = None) -> dict:
+def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, key: str, timings: dict | None = None,
+                 alone: bool = True) -> dict:
     """Check the accounting, print the stage summaries and write the year's manifest (last).
-    An empty year (no candidates, no download, nothing kept) is accounted like any other."""
+    An empty year (no candidates, no download, nothing kept) is accounted like any other.
+    ``seconds`` and ``timings`` are the job's; with ``alone`` false the job built other years
+    too, and the year's table shows counts only (the job's table follows the last year)."""
     n_candidates = len({u for f in _files(layout, "candidates", [year]) for u in pio.read_parquet(f, ["uid"]).column("uid").to_pylist()})
     status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
     if status.num_rows != n_candidates:
@@ -484,10 +566,13 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
     if dupes:
         raise RuntimeError(f"year {year}: {dupes} candidates have more than one status row")
     summaries = StageSummary.from_status_table(status, order=[timestamp.STAGE, "download", dedup.STAGE, filt.STAGE, reshard.STAGE])
-    for s in summaries:
-        s.seconds = (timings or {}).get(s.stage)
-    print(f"\n=== year {year}: {n_candidates} candidates, {seconds:.1f} s, {n_candidates / max(seconds, 1e-9):.0f} rows/s")
-    print(StageSummary.render_all(summaries, seconds=seconds))
+    if alone:
+        for s in summaries:
+            s.seconds = (timings or {}).get(s.stage)
+        print(f"\n=== year {year}: {n_candidates} candidates, {seconds:.1f} s, {n_candidates / max(seconds, 1e-9):.0f} rows/s")
+    else:
+        print(f"\n=== year {year}: {n_candidates} candidates")
+    print(StageSummary.render_all(summaries, seconds=seconds if alone else None))
     variant_dir = layout.train_shards(cfg.default_variant, year)
     sizes = pio.read_json(pio.join(variant_dir, "sizes.json"))
     meta = pio.read_parquet(_files(layout, "metadata", [year]), ["split", "dedup_reason"])
@@ -519,6 +604,8 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
         "config_hash": cfg.config_hash(),
         "code_version": code_version(),
         "seconds": round(seconds, 2),
+        # timing fields: the job's busy seconds per stage (shared by every year of the job)
+        "stages": [{"stage": s.stage, "in": s.n_in, "kept": s.kept, "seconds": (timings or {}).get(s.stage)} for s in summaries],
         "empty": not samples,
         "counts": {
             "candidates": n_candidates,
@@ -558,7 +645,7 @@ def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[i
 def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
     """Whether the crawl's candidates are those of the current inputs (without generating the
     synthetic web: its inputs are the files of its config up to ``cfg.year``)."""
-    marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+    marker = layout.candidates_marker
     if not pio.exists(marker):
         return False
     if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
@@ -602,19 +689,14 @@ def build(cfg: BuildConfig) -> dict:
     if stale:
         print(f"removed {stale} temp file(s) of an interrupted run")
     built = []
-    if not _inputs_fresh(cfg, layout) or not all(year_done(cfg, layout, y, years[:i]) for i, y in enumerate(years)):
+    if not _inputs_fresh(cfg, layout) or pending_years(cfg, layout, years):
         with input_files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
             if cfg.synthetic:
-                marker = pio.join(layout.root, "candidates", "_SUCCESS.json")
+                marker = layout.candidates_marker
                 pio.write_json(marker, {**pio.read_json(marker), "synthetic": _synthetic_key(cfg)})
             eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
-            for i, y in enumerate(years):
-                if year_done(cfg, layout, y, years[:i]):
-                    print(f"year {y}: up to date, skipped")
-                else:
-                    build_year(cfg, layout, y, years[:i], eval_refs)
-                    built.append(y)
+            built = build_years(cfg, layout, years, eval_refs)
     if not built:
         print(f"years {years[0]}..{years[-1]}: up to date, nothing to do")
     drop_stale_years(cfg, layout, [y for y in spec.years if y > cfg.year], years)

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
-from benchmark_builder.filtering import built_years
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.models import load_captioner
@@ -76,7 +75,7 @@ def make_handler(cfg: CaptionConfig, layout: Layout):
             if not pio.exists(pio.join(web, "catalogue.parquet")):
                 raise FileNotFoundError(f"{web}: no synthetic web here; template:{SYNTHETIC} only captions the embedded "
                                         "default. Pass template:ATTRIBUTES.parquet or a Hugging Face captioner")
-            source = pio.join(layout.root, "captions", "synthetic-web-attributes.parquet")
+            source = layout.caption_file("synthetic-web-attributes.parquet")
             pio.write_parquet(source, caption_attributes(pio.local_path(web)))
         elif not pio.exists(source):
             raise FileNotFoundError(f"attribute table {source!r} does not exist (--captioner {cfg.captioner!r})")
@@ -105,19 +104,19 @@ def run_captions(cfg: CaptionConfig) -> dict:
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
-    years = list(cfg.years) or built_years(layout)
+    years = list(cfg.years) or layout.built_years()
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp first")
     handler, want = make_handler(cfg, layout)
     want["years"] = years
-    marker = pio.join(layout.root, "captions", "_SUCCESS.json")
+    marker = layout.captions_marker
     if pio.exists(marker) and pio.read_json(marker).get("run") == want:
         print(f"captions: up to date ({cfg.captioner})")
         return pio.read_json(marker)
     files = {y: pio.glob(pio.join(layout.metadata(y), "*.parquet")) for y in years}
     t = time.time()
     per_year: dict[int, tuple[int, int]] = {}
-    counts_dir = pio.join(layout.root, "captions", "_counts")
+    counts_dir = layout.caption_file("_counts")
     if pio.is_local(counts_dir):
         shutil.rmtree(pio.local_path(counts_dir), ignore_errors=True)
     with pipeline_options(cfg.runner, job_name="tic-caption") as opts:
@@ -138,7 +137,7 @@ def run_captions(cfg: CaptionConfig) -> dict:
         print(f"{y:>6} {per_year[y][0]:>10} {per_year[y][1]:>11}")
     rewritten = {}
     if cfg.rewrite_variants:
-        for vdir in sorted(pio.glob(pio.join(layout.root, "variants", "*"))):
+        for vdir in layout.variant_dirs():
             name = os.path.basename(vdir.rstrip("/"))
             uids, have = variant_uids(layout, name, years)
             if uids:

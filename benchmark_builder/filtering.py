@@ -2,11 +2,10 @@
 ``bestpool`` (= clip_score ∩ image_based), with DataComp's semantics, written as uid sets and
 resharded; and the per-year audit of what each filter keeps.
 
-1. The filter model: ``--filter-model`` (any ``pipelines.models`` spec: ``ViT-L-14:openai``,
-   a local checkpoint, a Hugging Face folder). For the embedded default none can be fetched, so a
-   small CLIP is trained with the bundled trainer on the earliest time step only (the original
-   filter model, OpenAI's CLIP, was trained on older data), cached under
-   ``<root>/filter-model/`` with the hash of its training config, and reused.
+1. The filter model: ``--model`` (any ``pipelines.models`` spec: ``ViT-L-14:openai``,
+   a local checkpoint, a Hugging Face folder). For the embedded default none can be fetched, so
+   ``benchmark_builder.jobs`` first runs the trainer's job ``training.filter_model`` (a small CLIP
+   trained on the earliest time step only) and passes its checkpoint here.
 2. Scoring: the Beam ``RunInference`` stage of ``pipelines.transforms.clip_score`` over every
    deduplicated pool sample of the chosen years -> ``clip/year=YYYY/<shard>.npz`` + metadata
    ``clip_score``/``clip_model``.
@@ -27,11 +26,7 @@ resharded; and the per-year audit of what each filter keeps.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -48,14 +43,13 @@ from pipelines.transforms import clip_score as cs
 
 CLIP_VARIANTS = ("clip_score", "image_based", "bestpool")
 EARLY_CONCEPTS = ("circle", "square", "triangle", "cross", "ring", "diamond", "stripes")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
 class ClipFilterConfig:
     data_dir: str = "./data"
     benchmark: str = "tic-datacomp"
-    filter_model: str = ""  # "" -> the embedded default's filter model, trained here
+    filter_model: str = ""  # model spec; benchmark_builder.jobs fills in the trained default when empty
     years: tuple[int, ...] = ()  # () -> every built year
     clip_threshold: float | None = None
     clip_fraction: float = 0.3  # DataComp's CLIP-score filter for bestpool keeps the top 30%
@@ -66,35 +60,22 @@ class ClipFilterConfig:
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0
-    filter_model_samples: int = 32768  # training budget of the embedded filter model
+    filter_model_samples: int = 32768  # training budget of the default filter model (training.filter_model)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
 
 
-def built_years(layout: Layout) -> list[int]:
-    return sorted(int(os.path.basename(p)[:-5]) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
-
-
-def ensure_filter_model(cfg: ClipFilterConfig, layout: Layout) -> str:
-    """The model spec to score with; trains and caches the embedded default's filter model."""
-    if cfg.filter_model:
-        load_model(cfg.filter_model)  # fail now, with the loader's message, not inside a Beam worker
-        return cfg.filter_model
-    args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(cfg.filter_model_samples),
-            "--model", "tic-tiny-32", "--seed", str(cfg.seed), "--data-dir", cfg.data_dir, "--benchmark", cfg.benchmark]
-    key = hashlib.sha256(json.dumps(args).encode()).hexdigest()[:12]
-    run = pio.join(layout.root, "filter-model", key)
-    ckpt = pio.join(run, "checkpoints", "step_0.pt")
-    if not pio.exists(ckpt):
-        print(f"filter model: training tic-tiny-32 on the earliest time step only -> {run}")
-        subprocess.run([sys.executable, "-m", "training", *args, "--run-dir", run, "--resume"], cwd=REPO, check=True)
-    else:
-        print(f"filter model: cached {ckpt}")
-    return f"tic-tiny-32:{ckpt}"
+def check_filter_model(spec: str) -> str:
+    """The model spec to score with, loaded once here so that a bad one fails now, with the
+    loader's message, not inside a Beam worker."""
+    if not spec:
+        raise ValueError("no filter model: pass --model (e.g. ViT-L-14:openai), or run the filters through "
+                         "benchmark_builder.jobs, which trains the embedded default's")
+    load_model(spec)
+    return spec
 
 
 def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> None:
-    out = pio.join(layout.root, "clip")
-    marker = pio.join(out, "_SUCCESS.json")
+    out, marker = layout.clip(), layout.clip_marker
     want = {"model": spec, "years": years}
     if pio.exists(marker) and pio.read_json(marker) == want:
         print("clip scores: up to date")
@@ -105,7 +86,7 @@ def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int
     with pipeline_options(cfg.runner, job_name="tic-clip-score") as opts:
         with beam.Pipeline(options=opts) as p:
             _ = p | "Score" >> cs.ScorePool(files, {y: layout.pool(y) for y in years}, out, handler, spec)
-    n = sum(len(cs.load_embeddings(pio.glob(pio.join(out, f"year={y}", "*.npz")))["uid"]) for y in years)
+    n = sum(len(cs.load_embeddings(pio.glob(pio.join(layout.clip(y), "*.npz")))["uid"]) for y in years)
     print(f"clip scores: {n} samples scored with {spec} in {time.time() - t:.1f} s ({n / max(time.time() - t, 1e-9):.0f} samples/s)")
     pio.write_json(marker, want)
 
@@ -181,7 +162,7 @@ def train_kmeans(x_pool: np.ndarray, caption_ok: np.ndarray, clusters: int, seed
 
 
 def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> dict:
-    emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.root, "clip", f"year={y}", "*.npz"))])
+    emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.clip(y), "*.npz"))])
     # The filters choose training data: the pool they select from (threshold quantile, k-means) is
     # the training split; held-out eval samples are scored and clustered but never selected.
     meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
@@ -223,7 +204,7 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
             "clip_fraction": None if cfg.clip_threshold is not None else cfg.clip_fraction,
             "clusters": k, "target_clusters": targets, "reference": cfg.reference or list(cfg.reference_concepts),
             "kept": {v: len(s) for v, s in sets.items()}}
-    pio.write_json(pio.join(layout.root, "clip", "filters.json"), info)
+    pio.write_json(layout.clip_filters, info)
     print(f"clip_score threshold {threshold:.4f} ({info['kept']['clip_score']} of {n}); caption filter keeps "
           f"{info['caption_filter_kept']} of {n}; image_based: {len(targets)} of {k} "
           f"clusters are nearest to the reference images ({info['kept']['image_based']} samples); "
@@ -235,10 +216,10 @@ def run_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
-    years = list(cfg.years) or built_years(layout)
+    years = list(cfg.years) or layout.built_years()
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}: run make build-tic-datacomp-all first")
-    spec = ensure_filter_model(cfg, layout)
+    spec = check_filter_model(cfg.filter_model)
     score_pool(cfg, layout, spec, years)
     out = compute_variants(cfg, layout, spec, years)
     for v in variants:
@@ -253,7 +234,7 @@ def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None
     from pipelines import uid as uidcodec
 
     layout = Layout(data_dir, benchmark)
-    years = built_years(layout)
+    years = layout.built_years()
     meta = pio.read_parquet([f for y in years for f in pio.glob(pio.join(layout.metadata(y), "*.parquet"))],
                             ["uid", "year", "split", "dedup_reason", "filters", "clip_score"]).to_pylist()
     pool = [r for r in meta if not r["dedup_reason"] and (r["split"] or "train") == "train"]
@@ -277,9 +258,9 @@ def audit(data_dir: str, benchmark: str = "tic-datacomp", png: str | None = None
     print(f"{'clip score':<12}" + "".join(
         f"{np.mean([x['clip_score'] for x in pool if x['year'] == y and x['clip_score'] is not None] or [np.nan]):>8.3f}"
         for y in years) + "    (mean CLIP score of the year's pool)")
-    png = png or pio.join(layout.root, "report", "filter_audit.png")
+    png = png or layout.report("filter_audit.png")
     _audit_chart(rows, years, png)
-    pio.write_json(pio.join(layout.root, "report", "filter_audit.json"), rows)
+    pio.write_json(layout.report("filter_audit.json"), rows)
     print(f"chart: {os.path.abspath(pio.local_path(png))}")
     return rows
 

@@ -279,8 +279,9 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
         del images
 
     # pass 2: one Beam job writes every year's shards, eval sets and metadata
-    for d in ("status", "metadata", "years", "variants", "clip", "captions"):
-        remove_tree(pio.join(layout.root, d))
+    for d in (layout.table("status"), layout.table("metadata"), layout.years_dir, layout.variants, layout.clip(),
+              layout.captions):
+        remove_tree(d)
     t = time.time()
     _write_years(cfg, layout, shards, by_year, years)
     year_manifests = {}
@@ -288,7 +289,7 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
         pio.write_parquet(pio.join(layout.status(y), "part-00000.parquet"), _status_table(statuses.get(y, [])))
         year_manifests[y] = _finish_year(cfg, layout, y, tic, statuses.get(y, []), by_year.get(y, {}), time.time() - t)
     if statuses.get(None):
-        pio.write_parquet(pio.join(layout.root, "status", UNASSIGNED, "part-00000.parquet"), _status_table(statuses[None]))
+        pio.write_parquet(pio.join(layout.table("status"), UNASSIGNED, "part-00000.parquet"), _status_table(statuses[None]))
     n_pool = sum(len(v) for v in statuses.values())
     if n_pool != len(seen):
         raise RuntimeError(f"{len(seen)} pool samples but {n_pool} status rows: rows were lost")

@@ -37,15 +37,15 @@ EMPTY_VIEW_SCHEMAS = {"candidates": schema.CANDIDATE, "crawl_status": schema.CRA
                       "metadata": schema.SAMPLE, "samples": schema.SAMPLE}
 
 
-def _parquet_view(con, name: str, root: str, table: str, where: str = "") -> None:
-    files = pio.glob(pio.join(root, table, "*", "*.parquet"))
+def _parquet_view(con, name: str, layout: Layout, table: str, where: str = "") -> None:
+    files = pio.glob(layout.table_files(table))
     if not files:
         con.execute(f"create or replace view {name} as {_empty_select(con, EMPTY_VIEW_SCHEMAS.get(name))}")
         return
-    if _glob.has_magic(root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
+    if _glob.has_magic(layout.root):  # DuckDB would read '[', '*' or '?' in the root as a pattern: list the files
         src = "[" + ", ".join(sql_string(f) for f in files) + "]"
     else:  # a pattern: the view also sees years added later
-        src = sql_string(pio.join(root, table, "*", "*.parquet"))
+        src = sql_string(layout.table_files(table))
     con.execute(f"create or replace view {name} as select * from "
                 f"read_parquet({src}, hive_partitioning=false, union_by_name=true) {where}")
 
@@ -61,14 +61,13 @@ def _empty_select(con, arrow_schema) -> str:
 
 def benchmark_root(layout: Layout) -> str:
     """The benchmark root as recorded in the index: absolute for a local data dir."""
-    root = layout.root
-    return os.path.abspath(pio.local_path(root)) if pio.is_local(root) else root
+    return layout.absolute().root
 
 
-def _shard_rows(root: str) -> list[tuple]:
+def _shard_rows(layout: Layout) -> list[tuple]:
     rows = []
-    for sizes_path in pio.glob(pio.join(root, "variants", "*", "*", "*", "sizes.json")) + pio.glob(
-        pio.join(root, "variants", "*", "eval", "*", "*", "sizes.json")
+    for sizes_path in pio.glob(layout.any_variant("*", "*", "sizes.json")) + pio.glob(
+        layout.any_variant("eval", "*", "*", "sizes.json")
     ):
         parts = sizes_path.split("/")
         if parts[-4] == "eval":
@@ -78,7 +77,7 @@ def _shard_rows(root: str) -> list[tuple]:
         for shard, count in pio.read_json(sizes_path).items():
             year = int(step) if step.isdigit() else None
             rows.append((variant, split, step, year, os.path.join(os.path.dirname(sizes_path), shard), int(count)))
-    for count_path in pio.glob(pio.join(root, "variants", "*", "eval", "*", "*", "test", "count.txt")):
+    for count_path in pio.glob(layout.any_variant("eval", "*", "*", "test", "count.txt")):
         parts = count_path.split("/")
         variant, kind, step = parts[-6], parts[-4], parts[-3]
         rows.append((variant, f"eval_{kind}", step, int(step) if step.isdigit() else None, os.path.dirname(count_path),
@@ -90,19 +89,20 @@ def build_index(layout: Layout) -> str:
     """(Re)write ``index.duckdb`` atomically; returns its path. Tables other tools added (the
     evaluator's ``results``) are carried over. Call it holding the data dir's writer lock."""
     path = pio.local_path(layout.index)
-    root = benchmark_root(layout)
+    here = layout.absolute()  # the index records absolute paths
+    root = here.root
     tmp = pio.temp_path(path)  # this process's own temp: concurrent callers never share one
     con = duckdb.connect(tmp)
     try:
-        _parquet_view(con, "candidates", root, "candidates")
-        _parquet_view(con, "crawl_status", root, "crawl_status")
-        _parquet_view(con, "status", root, "status")
-        _parquet_view(con, "metadata", root, "metadata")
-        _parquet_view(con, "samples", root, "metadata", "where shard is not null")
+        _parquet_view(con, "candidates", here, "candidates")
+        _parquet_view(con, "crawl_status", here, "crawl_status")
+        _parquet_view(con, "status", here, "status")
+        _parquet_view(con, "metadata", here, "metadata")
+        _parquet_view(con, "samples", here, "metadata", "where shard is not null")
         con.execute(
             "create table shards (variant varchar, split varchar, step varchar, year integer, path varchar, count bigint)"
         )
-        rows = _shard_rows(root)
+        rows = _shard_rows(here)
         if rows:
             con.executemany("insert into shards values (?, ?, ?, ?, ?, ?)", rows)
         con.execute("create table index_info (root varchar, built_at varchar)")
@@ -140,16 +140,19 @@ def check_root(con, layout: Layout, path: str) -> None:
 
 
 def query(layout: Layout, sql: str):
-    """Run ``sql`` read-only on the index; returns (column names, rows)."""
+    """Run ``sql`` read-only on the index; returns (column names, rows). SQL that DuckDB refuses
+    (a syntax error, an unknown table or column) raises InputError with DuckDB's first line."""
     path = pio.local_path(layout.index)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: build a year first (make build-tic-datacomp YEAR=2019)")
     con = duckdb.connect(path, read_only=True)
     try:
         check_root(con, layout, path)
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
+        try:
+            cur = con.execute(sql)
+            return [d[0] for d in cur.description] if cur.description else [], cur.fetchall()
+        except duckdb.Error as e:
+            raise InputError(f"sql: {str(e).splitlines()[0]}") from None
     finally:
         con.close()
 

@@ -7,14 +7,19 @@
   status/year=YYYY/*.parquet          metadata/year=YYYY/*.parquet
   variants/<filter>/train/YYYY/{00000000.tar, 00000000_stats.json, sizes.json, meta.json}
   variants/<filter>/eval/{retrieval,classification}/YYYY/...   (clip_benchmark layout)
-  manifest.json  years/YYYY.json  index.duckdb
+  clip/{year=YYYY/*.npz, _SUCCESS.json, filters.json}   filter-model/<key>/   captions/   report/
+  eval_cache/pixels/   manifest.json  years/YYYY.json  index.duckdb
+<data_dir>/synthetic-web/    the embedded default input
 ```
+Every path under a benchmark root is built here; other modules ask the layout, never join onto
+``root`` themselves.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from pipelines.io import join
+from pipelines.io import glob, is_local, join, local_path
 from pipelines.safe_inputs import check_name
 
 
@@ -27,23 +32,58 @@ class Layout:
     def root(self) -> str:
         return join(self.data_dir, self.benchmark)
 
-    def _year(self, table: str, year: int) -> str:
-        return join(self.root, table, f"year={year}")
+    def absolute(self) -> Layout:
+        """The same layout with a local data dir made absolute (object-store URLs unchanged)."""
+        if not is_local(self.data_dir):
+            return self
+        return Layout(os.path.abspath(local_path(self.data_dir)), self.benchmark)
+
+    def table(self, table: str) -> str:
+        """A year-partitioned Parquet table (candidates, crawl_status, status, metadata)."""
+        return join(self.root, table)
+
+    def table_files(self, table: str) -> str:
+        """Glob of every Parquet file of ``table``, all years."""
+        return join(self.table(table), "*", "*.parquet")
+
+    def partition(self, table: str, year: int) -> str:
+        return join(self.table(table), f"year={year}")
 
     def candidates(self, year: int) -> str:
-        return self._year("candidates", year)
+        return self.partition("candidates", year)
 
     def crawl_status(self, year: int) -> str:
-        return self._year("crawl_status", year)
+        return self.partition("crawl_status", year)
 
     def pool(self, year: int) -> str:
-        return self._year("pool", year)
+        return self.partition("pool", year)
 
     def status(self, year: int) -> str:
-        return self._year("status", year)
+        return self.partition("status", year)
 
     def metadata(self, year: int) -> str:
-        return self._year("metadata", year)
+        return self.partition("metadata", year)
+
+    @property
+    def candidates_marker(self) -> str:
+        """The crawl's record of the inputs its candidates came from."""
+        return join(self.table("candidates"), "_SUCCESS.json")
+
+    @property
+    def crawl_scratch(self) -> str:
+        return join(self.root, "_crawl_scratch")
+
+    @property
+    def variants(self) -> str:
+        return join(self.root, "variants")
+
+    def variant_dirs(self) -> list[str]:
+        """Every variant written so far."""
+        return sorted(glob(join(self.variants, "*")))
+
+    def any_variant(self, *parts: str) -> str:
+        """Glob of ``parts`` under every variant, e.g. ``any_variant("train", "2019")``."""
+        return join(self.variants, "*", *parts)
 
     def variant(self, name: str) -> str:
         return join(self.root, "variants", check_name(name, "variant name"))
@@ -56,8 +96,63 @@ class Layout:
             raise ValueError(f"eval kind must be retrieval or classification, got {kind!r}")
         return join(self.variant(variant), "eval", kind, str(step))
 
+    @property
+    def years_dir(self) -> str:
+        return join(self.root, "years")
+
     def year_manifest(self, year: int) -> str:
-        return join(self.root, "years", f"{year}.json")
+        return join(self.years_dir, f"{year}.json")
+
+    def built_years(self) -> list[int]:
+        """The years whose build finished (a ``years/YYYY.json`` exists), ascending."""
+        names = (p.rsplit("/", 1)[-1].removesuffix(".json") for p in glob(join(self.years_dir, "*.json")))
+        return sorted(int(n) for n in names if n.isdigit())
+
+    def clip(self, year: int | None = None) -> str:
+        """CLIP scores and embeddings of the pool (``benchmark_builder.filtering``), per year."""
+        return join(self.root, "clip") if year is None else join(self.root, "clip", f"year={year}")
+
+    @property
+    def clip_marker(self) -> str:
+        return join(self.clip(), "_SUCCESS.json")
+
+    @property
+    def clip_filters(self) -> str:
+        """What the CLIP filters selected (threshold, clusters, counts)."""
+        return join(self.clip(), "filters.json")
+
+    def filter_model(self, key: str) -> str:
+        """The run dir of the embedded default's filter model trained with config hash ``key``."""
+        return join(self.root, "filter-model", key)
+
+    def filter_model_checkpoint(self, key: str) -> str:
+        """Its checkpoint; ``key="*"`` gives a glob over every trained filter model."""
+        return join(self.filter_model(key), "checkpoints", "step_0.pt")
+
+    @property
+    def captions(self) -> str:
+        """Generated-caption bookkeeping (``benchmark_builder.captioning``)."""
+        return join(self.root, "captions")
+
+    @property
+    def captions_marker(self) -> str:
+        return join(self.captions, "_SUCCESS.json")
+
+    def caption_file(self, name: str) -> str:
+        return join(self.captions, name)
+
+    def report(self, name: str) -> str:
+        """A report file (PNG chart, JSON table) under ``report/``."""
+        return join(self.root, "report", name)
+
+    def under_root(self, relative: str) -> str:
+        """A path a user gave relative to the benchmark root (e.g. a static eval task's)."""
+        return join(self.root, relative)
+
+    @property
+    def pixel_cache(self) -> str:
+        """The evaluator's cache of decoded eval images."""
+        return join(self.root, "eval_cache", "pixels")
 
     @property
     def manifest(self) -> str:

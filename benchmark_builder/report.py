@@ -41,7 +41,7 @@ def report(layout: Layout, png: str | None = None) -> dict:
     vcols, vrows = query(layout, VARIANT_SQL)
     print("\nsamples per variant, split and year (from the shards on disk)")
     print(format_table(vcols, vrows))
-    png = png or pio.join(layout.root, "report", "samples_per_year.png")
+    png = png or layout.report("samples_per_year.png")
     _bar_chart([r for r in vrows if r[1] == "train"], png)
     print(f"\nchart: {os.path.abspath(pio.local_path(png))}")
     return {"stages": [dict(zip(cols, r)) for r in rows], "variants": [dict(zip(vcols, r)) for r in vrows], "png": png}

@@ -73,7 +73,7 @@ def built_variants(layout: Layout) -> set[str]:
     names = set()
     if pio.exists(layout.manifest):
         names |= set((pio.read_json(layout.manifest).get("config") or {}).get("write_variants") or ())
-    for d in pio.glob(pio.join(layout.root, "variants", "*")):
+    for d in layout.variant_dirs():
         if os.path.isdir(pio.local_path(d)) and not pio.exists(pio.join(d, "reshard.json")):
             names.add(d.rstrip("/").rsplit("/", 1)[-1])
     return names
@@ -90,7 +90,7 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
     if not rewrite and not overwrite and name in built_variants(layout):
         raise InputError(f"variant {name!r} was written by the build (variants/{name}); resharding it would replace "
                          "the build's own shards: choose another --name, or pass --overwrite")
-    built = sorted(int(p.rsplit("/", 1)[-1].removesuffix(".json")) for p in pio.glob(pio.join(layout.root, "years", "*.json")))
+    built = layout.built_years()
     years = [y for y in (years or built) if y in built]
     if not years:
         raise FileNotFoundError(f"no built years under {layout.root}; run make build-tic-datacomp first")

@@ -13,9 +13,9 @@ them from there (``resolve_spec``), and refuses a range that conflicts with the 
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
+from benchmark_builder.layout import Layout
 from pipelines import io as pio
 
 
@@ -181,7 +181,7 @@ def parse_time_steps(text: str, benchmark: str = "tic-datacomp", years: tuple[in
 def recorded_years(data_dir: str, benchmark: str = "tic-datacomp") -> tuple[tuple[int, ...], str] | None:
     """(years, time steps) recorded in a built data dir's manifest; None if nothing is built.
     A manifest from before ranges were recorded holds the spec's default range."""
-    path = pio.join(data_dir, benchmark, "manifest.json")
+    path = Layout(data_dir, benchmark).manifest
     if not pio.exists(path):
         return None
     m = pio.read_json(path)
@@ -202,19 +202,14 @@ def resolve_spec(benchmark: str = "tic-datacomp", years: str = "", time_steps: s
     if years:
         want = parse_years(years)
         if rec and tuple(want) != tuple(rec[0]):
-            ok = extend and want[0] == rec[0][0] and set(_built_years(data_dir, benchmark)) <= set(want)
+            ok = extend and want[0] == rec[0][0] and set(Layout(data_dir, benchmark).built_years()) <= set(want)
             if not ok:
-                raise ValueError(f"{pio.join(data_dir, benchmark)} was built for years {format_years(rec[0])}; "
+                raise ValueError(f"{Layout(data_dir, benchmark).root} was built for years {format_years(rec[0])}; "
                                  f"--years {format_years(want)} conflicts with it (use another --data-dir)")
         return spec.with_years(want, time_steps or ("" if not rec or tuple(want) != tuple(rec[0]) else rec[1]))
     if rec:
         return spec.with_years(rec[0], time_steps or rec[1])
     return spec.with_years(spec.years, time_steps) if time_steps else spec
-
-
-def _built_years(data_dir: str, benchmark: str) -> list[int]:
-    names = (os.path.basename(p) for p in pio.glob(pio.join(data_dir, benchmark, "years", "*.json")))
-    return sorted(int(n[:-5]) for n in names if n[:-5].isdigit())
 
 
 def get_spec(name: str) -> BenchmarkSpec:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 
+from benchmark_builder.layout import Layout
 from benchmark_builder.specs import parse_time_steps, resolve_spec
 from eval import metrics
 from eval.datasets import EvalSet, benchmark_sets, open_set
@@ -67,7 +68,7 @@ def static_tasks(path: str | None, data_dir: str, variant: str, benchmark: str, 
             if sets:
                 tasks.append({**t, "sets": sets})
         else:
-            p = t["path"] if os.path.isabs(t["path"]) else os.path.join(data_dir, benchmark, t["path"].format(variant=variant))
+            p = t["path"] if os.path.isabs(t["path"]) else Layout(data_dir, benchmark).under_root(t["path"].format(variant=variant))
             if not os.path.exists(p):
                 print(f"static task {t['name']}: {p} not found, skipped")
                 continue
@@ -130,7 +131,7 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         path = run.step_path(i)
         loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)
         emb = Embedder(loaded, file_hash(path), cache_dir, device, batch_size,
-                       pixel_cache_dir=os.path.join(data_dir, benchmark, "eval_cache", "pixels"), draft=draft)
+                       pixel_cache_dir=Layout(data_dir, benchmark).pixel_cache, draft=draft)
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):

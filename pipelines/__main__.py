@@ -6,7 +6,6 @@ writes ``DIR/year=YYYY/part-00000.parquet`` candidates and ``DIR/crawl_status/ye
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -15,15 +14,16 @@ import apache_beam as beam
 
 from pipelines import io as pio
 from pipelines import credentials
+from pipelines.cli import Parser, example
 from pipelines.options import RunnerConfig, add_runner_arguments, pipeline_options, reject_unknown_flags
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m pipelines", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(prog="python -m pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    c = sub.add_parser("crawl", help="WARC/WAT files -> candidate parquet partitioned by crawl year")
+    c = sub.add_parser("crawl", help="WARC/WAT files -> candidate parquet partitioned by crawl year",
+                       epilog=example("python -m pipelines crawl --input 'crawl/*.warc.gz' --output /tmp/candidates"))
     c.add_argument("--input", action="append", required=True, help="file or glob (local path or fsspec URL); repeatable")
     c.add_argument("--output", required=True)
     add_runner_arguments(c)

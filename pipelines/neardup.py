@@ -50,6 +50,7 @@ class Item(NamedTuple):
     phash: int
     origin: str  # "current", "earlier", or the eval set name for evaluation images
     caption: bytes = b""  # MinHash signature (uint32 little endian), empty when there is no text
+    year: int | None = None  # the sample's year; None for evaluation images
 
 
 def _positions(cfg: NearDupConfig) -> np.ndarray:
@@ -147,6 +148,42 @@ def resolve_bucket(items: Iterable[Item], cfg: NearDupConfig) -> list[tuple[str,
             w = head
         if w is not None:
             out.append((it.uid, w))
+    return out
+
+
+def bucket_matches(items: Iterable[Item], cfg: NearDupConfig) -> list[tuple[str, tuple[Item, list[Item]]]]:
+    """Items sharing one LSH key -> (uid, (current item, every item before it that it matches)).
+
+    ``resolve_bucket`` keeps only the earliest match; a job that builds several years needs them
+    all, since which earlier samples a year may match depends on what the years before it kept
+    (``transforms.dedup.resolve_years``). Items with the same (hash, caption) are compared once.
+    """
+    items = sorted(items)
+    if len(items) < 2:
+        return []
+    groups: dict[tuple, list[Item]] = {}
+    for it in items:
+        groups.setdefault((it.phash, it.caption), []).append(it)
+    heads = {k: g[0] for k, g in groups.items()}
+    match_cache: dict[tuple, bool] = {}
+    out = []
+    for it in items:
+        if it.origin != "current":
+            continue
+        k = (it.phash, it.caption)
+        found = []
+        for k2, g in groups.items():
+            if not g[0] < it:
+                continue
+            if k2 != k:
+                pair = (k2, k)
+                if pair not in match_cache:
+                    match_cache[pair] = matches(heads[k2], heads[k], cfg)
+                if not match_cache[pair]:
+                    continue
+            found += [z for z in g if z < it]
+        if found:
+            out.append((it.uid, (it, found)))
     return out
 
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from benchmark_builder.synthetic_web.concepts import COLOURS, FOREIGN, OBJECTS, TEMPLATES, era
-from benchmark_builder.synthetic_web.images import image_params, rng_for
+from benchmark_builder.synthetic_web.images import ImageParams, image_params, rng_for
 
 SNAPSHOT_WEEKS = (4, 17, 30, 43)  # four crawl snapshots a year, as Common Crawl roughly publishes
 
@@ -175,14 +175,7 @@ class _Year:
             url_kind = ["absolute", "absolute", "absolute", "relative_up", "relative", "protocol_relative", "srcset"][int(r.integers(7))]
             text_kind = "non_english" if r.random() < cfg.non_english_rate else ("one_word" if r.random() < cfg.one_word_rate else "normal")
             token = self._token(i)
-            if url_kind == "relative_up":
-                path = f"/site-{site}/img/{token}"
-            elif url_kind == "relative":
-                path = f"/site-{site}/{y}/img/{token}"
-            elif r.random() < 0.5:
-                path = f"/cdn/{token[:2]}/{token}"
-            else:
-                path = f"/site-{site}/media/{token}"
+            path = self._image_path(r, url_kind, site, token)
             row = dict(year=y, site=site, url_kind=url_kind, text_kind=text_kind, fault="", rehost_of=None, rehost_kind="",
                        repeated_url_from=None, image_id=None, concept=None, format="jpeg", private=False)
             u = r.random()
@@ -217,44 +210,60 @@ class _Year:
                 params = image_params(cfg.seed, image_id, img_year, size_kind)
                 row.update(url=self.base + path, image_id=image_id, concept=params.object_name, rehost_of=image_id, rehost_kind="identical")
             else:
-                image_id = y * 10**7 + i
-                fault = self._pick(r, cfg.faults)
-                variety = "" if fault else self._pick(r, cfg.variety)
-                size_kind = variety if variety in ("small", "wide") else "normal"
-                fmt, mode = "jpeg", ""
-                if variety in ("png", "png_rgba"):
-                    fmt, mode = "png", ("RGBA" if variety == "png_rgba" else "")
-                elif variety in ("webp", "gif"):
-                    fmt = variety
-                elif variety == "gray":
-                    mode = "L"
-                ext = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "gif": ".gif"}[fmt]
-                if r.random() < 0.1:
-                    ext += f"?w={int(r.integers(200, 800))}"
-                path += ext
-                params = image_params(cfg.seed, image_id, y, size_kind)
-                target = ""
-                if fault in ("redirect", "redirect_chain"):
-                    target = f"/r/{token}/final{ext}"
-                    if fault == "redirect_chain":
-                        mid = f"/r/{token}/hop"
-                        self._serve(mid, image_id, y, size_kind, fmt, mode=mode, fault="redirect", target=target)
-                        target, hop_target = mid, target
-                        self._serve(hop_target, image_id, y, size_kind, fmt, mode=mode)
-                    else:
-                        self._serve(target, image_id, y, size_kind, fmt, mode=mode)
-                elif fault == "redirect_private":
-                    target = f"http://10.0.0.7/img/{token}.jpg"
-                self._serve(path, image_id, y, size_kind, fmt, mode=mode, fault=fault, target=target)
-                row.update(url=self.base + path, image_id=image_id, concept=params.object_name, fault=fault, format=fmt)
-                if not fault or fault in ("redirect", "redirect_chain", "noai_other_agent"):
-                    this_year_ok.append((image_id, y, size_kind, fmt, mode))
+                params = self._fresh_image(r, i, token, path, row, this_year_ok)
             text, lang = caption(params, y, r, text_kind) if params else ("a picture", "en")
             row.update(text=text, lang=lang)
             slots.append(row)
         self._paginate(slots)
         self.history["ok_images"] = earlier_ok + [t for t in this_year_ok]
         self.history["urls"] = earlier_urls + [(s["url"], y, s["image_id"], s["concept"]) for s in slots if s["repeated_url_from"] is None]
+
+    def _image_path(self, r, url_kind: str, site: int, token: str) -> str:
+        """The image's path on the server: where its page's URL form points."""
+        if url_kind == "relative_up":
+            return f"/site-{site}/img/{token}"
+        if url_kind == "relative":
+            return f"/site-{site}/{self.year}/img/{token}"
+        if r.random() < 0.5:
+            return f"/cdn/{token[:2]}/{token}"
+        return f"/site-{site}/media/{token}"
+
+    def _fresh_image(self, r, i: int, token: str, path: str, row: dict, this_year_ok: list) -> ImageParams:
+        """A new image of this year at ``path``: its fault or variety, redirects, catalogue rows."""
+        cfg, y = self.cfg, self.year
+        image_id = y * 10**7 + i
+        fault = self._pick(r, cfg.faults)
+        variety = "" if fault else self._pick(r, cfg.variety)
+        size_kind = variety if variety in ("small", "wide") else "normal"
+        fmt, mode = "jpeg", ""
+        if variety in ("png", "png_rgba"):
+            fmt, mode = "png", ("RGBA" if variety == "png_rgba" else "")
+        elif variety in ("webp", "gif"):
+            fmt = variety
+        elif variety == "gray":
+            mode = "L"
+        ext = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "gif": ".gif"}[fmt]
+        if r.random() < 0.1:
+            ext += f"?w={int(r.integers(200, 800))}"
+        path += ext
+        params = image_params(cfg.seed, image_id, y, size_kind)
+        target = ""
+        if fault in ("redirect", "redirect_chain"):
+            target = f"/r/{token}/final{ext}"
+            if fault == "redirect_chain":
+                mid = f"/r/{token}/hop"
+                self._serve(mid, image_id, y, size_kind, fmt, mode=mode, fault="redirect", target=target)
+                target, hop_target = mid, target
+                self._serve(hop_target, image_id, y, size_kind, fmt, mode=mode)
+            else:
+                self._serve(target, image_id, y, size_kind, fmt, mode=mode)
+        elif fault == "redirect_private":
+            target = f"http://10.0.0.7/img/{token}.jpg"
+        self._serve(path, image_id, y, size_kind, fmt, mode=mode, fault=fault, target=target)
+        row.update(url=self.base + path, image_id=image_id, concept=params.object_name, fault=fault, format=fmt)
+        if not fault or fault in ("redirect", "redirect_chain", "noai_other_agent"):
+            this_year_ok.append((image_id, y, size_kind, fmt, mode))
+        return params
 
     def _paginate(self, slots: list[dict]) -> None:
         cfg, y = self.cfg, self.year

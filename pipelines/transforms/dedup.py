@@ -1,19 +1,30 @@
 """Dedup stage: exact duplicates by sha256, then near-duplicates by perceptual hash, within
 and across years and against evaluation images.
 
-Samples of the year are joined on ``sha256`` with the hashes of every earlier year's pool.
-An image already seen in an earlier year is a duplicate of that year's earliest sample;
-within the year the earliest ``first_seen`` wins (ties by uid). Dropped samples keep their
-row in the metadata with ``duplicate_of:<uid>`` as their status reason; the kept one records
-the uids of its duplicates in ``duplicates``.
+One job may build several years; every rule below is applied to each year as if it were built
+alone after the years before it, so the outputs are those of one build per year.
 
-Near-duplicates (``NearDedup``): the survivors of the exact pass, the kept samples of earlier
-years and the evaluation images are keyed by LSH bands of their pHash (``pipelines.neardup``);
-each bucket yields (sample, earliest match) pairs, the earliest match per sample wins and
-chains resolve to their root. A sample whose root is a training sample is dropped as
-``near_duplicate_of:<uid>``; one whose root is an evaluation image (a held-out set of an
-earlier year, or a user-supplied set) as ``eval_overlap:<eval set>``. The loser->root map is a
-side input: its size is the number of near-duplicates, not of samples.
+Samples are joined on ``sha256`` with the hashes of every earlier year's pool (the years built
+before the job from their metadata, the years of the same job from their samples). An image
+already seen in an earlier year is a duplicate of that year's earliest sample; within the year
+the earliest ``first_seen`` wins (ties by uid). Dropped samples keep their row in the metadata
+with ``duplicate_of:<uid>`` as their status reason; the kept one records the uids of its
+duplicates in ``duplicates``.
+
+Near-duplicates (``NearDedup``): the survivors of the exact pass, the kept samples of years
+built before the job and the evaluation images are keyed by LSH bands of their pHash
+(``pipelines.neardup``); each bucket yields, per sample, every earlier item it matches, and
+``resolve_years`` takes the years in order: the earliest match a year may use (an evaluation
+image, a sample of its own year, a sample an earlier year kept) wins and chains resolve to
+their root. A sample whose root is a training sample is dropped as ``near_duplicate_of:<uid>``;
+one whose root is an evaluation image (a held-out set of an earlier year, or a user-supplied
+set) as ``eval_overlap:<eval set>``. The matches and the loser->root map are the only things
+gathered in one place: their size is the number of near-duplicates, not of samples.
+
+Whether a sample of an earlier year of the same job was held out is known only after that
+year's split, which does not depend on the wording of any reason: ``relabel_eval_overlap``
+then turns ``duplicate_of``/``near_duplicate_of`` a held-out sample of an earlier year into
+``eval_overlap:<eval set>``, as a build of one year at a time says.
 """
 from __future__ import annotations
 
@@ -56,8 +67,25 @@ def resolve_hash_group(current: Iterable[dict], earlier: Iterable[tuple]) -> lis
     return out
 
 
+def resolve_hash_group_years(current: Iterable[dict], earlier: Iterable[tuple]) -> list[dict]:
+    """``resolve_hash_group`` for samples of several years sharing one sha256: each year is
+    resolved as if built alone, its references being ``earlier`` plus the samples of the years
+    before it (as (first_seen, uid): whether such a reference was held out is known only after
+    the split, so its reason is ``duplicate_of`` and ``relabel_eval_overlap`` fixes it)."""
+    by_year: dict[int, list[dict]] = {}
+    for c in current:
+        by_year.setdefault(c["year"], []).append(c)
+    refs = [tuple(e) for e in earlier]
+    out = []
+    for year in sorted(by_year):
+        out += resolve_hash_group(by_year[year], refs)
+        refs += [(c["first_seen"], c["uid"]) for c in by_year[year]]
+    return out
+
+
 class ExactDedup(beam.PTransform):
-    """(samples of year Y, earlier (sha256, (first_seen, uid))) -> samples with ``dedup_reason``."""
+    """(samples of the years being built, earlier (sha256, (first_seen, uid[, eval set]))) ->
+    samples with ``dedup_reason``."""
 
     def expand(self, pcolls):
         samples, earlier = pcolls
@@ -67,7 +95,7 @@ class ExactDedup(beam.PTransform):
                 "earlier": earlier,
             }
             | "JoinOnSha" >> beam.CoGroupByKey()
-            | "Resolve" >> beam.FlatMap(lambda kv: resolve_hash_group(kv[1]["current"], kv[1]["earlier"]))
+            | "Resolve" >> beam.FlatMap(lambda kv: resolve_hash_group_years(kv[1]["current"], kv[1]["earlier"]))
         )
 
 
@@ -86,7 +114,7 @@ def sample_item(row: dict, cfg: neardup.NearDupConfig, origin: str = "current") 
     if origin != "current":
         origin = eval_set_name(row) or origin
     return neardup.Item((1, _ts(row["first_seen"]), row["uid"]), row["uid"], neardup.parse_phash(row["phash"]), origin,
-                        neardup.caption_signature(row.get("text"), cfg))
+                        neardup.caption_signature(row.get("text"), cfg), row.get("year"))
 
 
 def apply_near_duplicates(row: dict, resolved: dict) -> dict:
@@ -109,8 +137,59 @@ def _resolve(best: dict) -> dict:
     return {"winner_of": winner_of, "losers_of": losers_of}
 
 
+def resolve_years(edges: Iterable[tuple[int, str, list[neardup.Item]]]) -> dict[int, dict]:
+    """The ordered finish of near-dedup over several years: ``edges`` holds, per sample with a
+    match, (its year, its uid, every earlier item it matches). Years are resolved in order, each
+    as if built alone: a sample of year Y may take as its match an evaluation image, a sample of
+    Y, or a sample of an earlier year that its own year kept (a built year's references are kept
+    samples already). Returns year -> ``_resolve``'s maps. Only samples with a match take part,
+    so this holds the near-duplicates, never a year's rows."""
+    by_year: dict[int | None, list[tuple[str, list[neardup.Item]]]] = {}
+    for year, uid, matched in edges:
+        by_year.setdefault(year, []).append((uid, matched))
+    dropped: set[str] = set()  # near-duplicates of the years resolved so far
+    out = {}
+    for year in sorted(by_year, key=lambda y: (y is not None, y or 0)):
+        best = {}
+        for uid, matched in by_year[year]:
+            usable = [m if m.year is None or m.year == year or m.origin != "current" else m._replace(origin="earlier")
+                      for m in matched if m.year is None or m.year == year or m.uid not in dropped]
+            if usable:
+                best[uid] = min(usable)
+        out[year] = _resolve(best)
+        dropped |= set(out[year]["winner_of"])
+    return out
+
+
+def _edges(uid: str, found) -> tuple[int | None, str, list[neardup.Item]]:
+    found = list(found)
+    return found[0][0].year, uid, sorted({m for _, ms in found for m in ms})
+
+
+def apply_near_duplicates_years(row: dict, resolved: dict) -> dict:
+    return apply_near_duplicates(row, resolved.get(row.get("year")) or {"winner_of": {}, "losers_of": {}})
+
+
+def relabel_eval_overlap(row: dict, held_out: dict) -> dict:
+    """A sample dropped as a copy of a sample of an earlier year that the same job held out for
+    evaluation is an evaluation overlap (``held_out``: uid -> eval set, e.g. ``retrieval/2016``),
+    as a build of one year at a time, which reads the earlier year's split, says."""
+    reason = row.get("dedup_reason") or ""
+    kind, _, uid = reason.partition(":")
+    if kind not in ("duplicate_of", "near_duplicate_of") or uid not in held_out:
+        return row
+    name = held_out[uid]
+    if int(name.rpartition("/")[2]) >= row["year"]:
+        return row  # a copy of a sample of its own year: the same year's split does not relabel
+    return {**row, "dedup_reason": f"eval_overlap:{name}"}
+
+
 class NearDedup(beam.PTransform):
-    """(samples after ExactDedup, reference items of earlier years and eval sets) -> samples."""
+    """(samples after ExactDedup, reference items of earlier years and eval sets) -> samples.
+
+    The samples may span several years: LSH buckets hold every year's items, each sample keeps
+    every earlier item it matches, and ``resolve_years`` decides year by year what each sample
+    is a near-duplicate of (earliest wins) on those matches alone."""
 
     def __init__(self, cfg: neardup.NearDupConfig = neardup.NearDupConfig()):
         super().__init__()
@@ -129,9 +208,10 @@ class NearDedup(beam.PTransform):
             | "AllItems" >> beam.Flatten()
             | "BandKeys" >> beam.FlatMap(lambda it: [(k, it) for k in neardup.band_keys(it.phash, cfg)])
             | "Buckets" >> beam.GroupByKey()
-            | "Resolve" >> beam.FlatMap(lambda kv: neardup.resolve_bucket(kv[1], cfg))
-            | "Earliest" >> beam.CombinePerKey(min)
-            | "WinnerMap" >> beam.combiners.ToDict()
-            | "Chains" >> beam.Map(_resolve)
+            | "Matches" >> beam.FlatMap(lambda kv: neardup.bucket_matches(kv[1], cfg))
+            | "PerSample" >> beam.GroupByKey()
+            | "Edges" >> beam.MapTuple(_edges)
+            | "AllEdges" >> beam.combiners.ToList()
+            | "Years" >> beam.Map(resolve_years)
         )
-        return samples | "ApplyNear" >> beam.Map(apply_near_duplicates, beam.pvalue.AsSingleton(resolved))
+        return samples | "ApplyNear" >> beam.Map(apply_near_duplicates_years, beam.pvalue.AsSingleton(resolved))

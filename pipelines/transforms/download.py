@@ -121,10 +121,12 @@ def _tar_path(out_dir: str, shard: str) -> str:
     return pio.join(out_dir, "shards", f"{shard}.tar")
 
 
-def _emit(rows: list[dict], images: dict[str, bytes]):
+def _emit(rows: list[dict], images: dict[str, bytes] | None = None):
+    """Downloaded rows (with their image bytes when ``images`` is given; without, a row names
+    its ``pool_shard`` and ``pool.images_of`` reads the image back) and status rows of failures."""
     for row in rows:
         if row["status"] == "success":
-            yield {**row, "jpg": images[row["uid"]]}
+            yield {**row, "jpg": images[row["uid"]]} if images is not None else dict(row)
         else:
             reason = row["reason"]
             yield beam.pvalue.TaggedOutput("status", {
@@ -165,10 +167,11 @@ def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfi
 
 class _DownloadShard(beam.DoFn):
     """Downloads every shard of a bundle concurrently (a slow server stalls one shard's tail,
-    not the whole bundle) and emits when the bundle finishes."""
+    not the whole bundle; the shards of every year a job builds share the bundle, so one
+    year's stalls overlap another's downloads) and emits when the bundle finishes."""
 
-    def __init__(self, out_dir: str, cfg: DownloadConfig, concurrent_shards: int = 8):
-        self.out_dir, self.cfg, self.concurrent_shards = out_dir, cfg, concurrent_shards
+    def __init__(self, out_dirs: dict, cfg: DownloadConfig, concurrent_shards: int = 8, with_images: bool = True):
+        self.out_dirs, self.cfg, self.concurrent_shards, self.with_images = out_dirs, cfg, concurrent_shards, with_images
 
     def setup(self):
         self.fetcher = Fetcher(self.cfg.fetch)
@@ -178,9 +181,9 @@ class _DownloadShard(beam.DoFn):
         self.pending = []
 
     def process(self, element):
-        shard, rows = element
+        (year, shard), rows = element
         mark(None, STAGE)  # busy from the first shard submitted ...
-        self.pending.append(self.shards.submit(process_shard, self.out_dir, shard, list(rows), self.cfg, self.fetcher))
+        self.pending.append(self.shards.submit(process_shard, self.out_dirs[year], shard, list(rows), self.cfg, self.fetcher))
 
     def finish_bundle(self):
         from concurrent.futures import as_completed
@@ -188,11 +191,13 @@ class _DownloadShard(beam.DoFn):
         from apache_beam.transforms.window import GlobalWindows
         from tqdm import tqdm
 
-        pending, self.pending = self.pending, []
-        for future in tqdm(as_completed(pending), total=len(pending), desc="download shards", unit="shard", leave=False, disable=None):
+        # as_completed drops each future once yielded, and no list here keeps one: a shard's
+        # images are freed once emitted, not held until the bundle's last shard is done
+        done, total, self.pending = as_completed(self.pending), len(self.pending), []
+        for future in tqdm(done, total=total, desc="download shards", unit="shard", leave=False, disable=None):
             rows, images = future.result()
             mark(None, STAGE)  # ... to the last one done
-            for out in _emit(rows, images):
+            for out in _emit(rows, images if self.with_images else None):
                 if isinstance(out, beam.pvalue.TaggedOutput):
                     yield beam.pvalue.TaggedOutput(out.tag, GlobalWindows.windowed_value(out.value))
                 else:
@@ -203,24 +208,33 @@ class _DownloadShard(beam.DoFn):
 
 
 class DownloadShards(beam.PTransform):
-    """Candidates -> ``samples`` (rows with ``jpg``, main output) and ``status`` (failures)."""
+    """Candidates -> ``samples`` (rows with ``jpg``, main output) and ``status`` (failures).
 
-    def __init__(self, out_dir: str, cfg: DownloadConfig):
+    ``out_dirs``: the pool directory, or ``{year: pool directory}`` when the candidates span
+    several years (each year is cut into its own pool shards, by uid rank within the year).
+    ``with_images=False``: samples carry no ``jpg`` (they name their ``pool_shard``; the build
+    reads images back where it writes them, so no shuffle holds a year's images)."""
+
+    def __init__(self, out_dirs, cfg: DownloadConfig, concurrent_shards: int = 8, with_images: bool = True):
         super().__init__()
-        self.out_dir, self.cfg = out_dir, cfg
+        self.out_dirs, self.cfg, self.concurrent_shards, self.with_images = out_dirs, cfg, concurrent_shards, with_images
 
     def expand(self, candidates):
-        size = self.cfg.shard_size
-        order = (
+        size, out_dirs = self.cfg.shard_size, self.out_dirs
+        year_of = (lambda r: None) if isinstance(out_dirs, str) else (lambda r: r["year"])  # noqa: E731
+        dirs = {None: out_dirs} if isinstance(out_dirs, str) else dict(out_dirs)
+        order = (  # uid -> rank within its year: a list of uids per year, never of rows
             candidates
-            | "Uids" >> beam.Map(lambda r: r["uid"])
-            | "AllUids" >> beam.combiners.ToList()
-            | "Sort" >> beam.Map(lambda uids: {u: i for i, u in enumerate(sorted(uids))})
+            | "Uids" >> beam.Map(lambda r: (year_of(r), r["uid"]))
+            | "UidsPerYear" >> beam.GroupByKey()
+            | "Sort" >> beam.MapTuple(lambda y, uids: (y, {u: i for i, u in enumerate(sorted(uids))}))
         )
         return (
             candidates
-            | "AssignShard" >> beam.Map(lambda r, rank: (wds.shard_name(rank[r["uid"]] // size, SHARD_DIGITS), r),
-                                        beam.pvalue.AsSingleton(order))
+            | "AssignShard" >> beam.Map(
+                lambda r, rank: ((year_of(r), wds.shard_name(rank[year_of(r)][r["uid"]] // size, SHARD_DIGITS)), r),
+                beam.pvalue.AsDict(order))
             | "GroupShard" >> beam.GroupByKey()
-            | "Fetch" >> beam.ParDo(_DownloadShard(self.out_dir, self.cfg)).with_outputs("status", main="samples")
+            | "Fetch" >> beam.ParDo(_DownloadShard(dirs, self.cfg, self.concurrent_shards, self.with_images))
+            .with_outputs("status", main="samples")
         )

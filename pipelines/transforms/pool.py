@@ -28,6 +28,22 @@ def pool_samples(metadata_path: str, pool_dir: str) -> Iterable[dict]:
                "jpg": images[r["uid"]], "metadata_path": metadata_path}
 
 
+def images_of(rows: Iterable[dict], pool_dirs: dict) -> dict[str, bytes]:
+    """uid -> jpg bytes of downloaded rows (each with ``year`` and ``pool_shard``), read back from
+    their pool shards (``pool_dirs``: year -> pool dir), one tar at a time. The build's samples
+    carry no image bytes past the download stage: its joins and shuffles move metadata only,
+    and the writers of shards and evaluation sets read the images they write."""
+    want: dict[tuple, set] = {}
+    for r in rows:
+        want.setdefault((r["year"], r["pool_shard"]), set()).add(r["uid"])
+    out = {}
+    for (year, shard), uids in sorted(want.items()):
+        for s in wds.iter_samples(pio.join(pool_dirs[year], "shards", f"{shard}.tar"), keys=("jpg",)):
+            if s["key"] in uids:
+                out[s["key"]] = s["jpg"]
+    return out
+
+
 def update_metadata(metadata_path: str, updates: dict[str, dict]) -> int:
     """Set columns per uid (``{uid: {column: value}}``) in one metadata file; returns rows updated."""
     rows = pio.read_parquet([metadata_path]).to_pylist()

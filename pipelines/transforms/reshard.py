@@ -77,8 +77,13 @@ def shard_sample(row: dict) -> dict:
     return sample
 
 
-def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str) -> tuple[str, int]:
+def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str, pool_dirs: dict | None = None) -> tuple[str, int]:
     rows = sorted(rows, key=lambda r: (r["uid"], r.get("copy") or 0))  # the variant's order: uid, then copy
+    if pool_dirs is not None:  # rows without image bytes: read them from the pool shards
+        from pipelines.transforms.pool import images_of
+
+        images = images_of(rows, pool_dirs)
+        rows = [{**r, "jpg": images[r["uid"]]} for r in rows]
     stats = {
         "count": len(rows),
         "successes": len(rows),
@@ -98,18 +103,19 @@ def write_directory_files(out_dir: str, sizes: list[tuple[str, int]], meta: dict
 
 
 class WriteVariant(beam.PTransform):
-    """Filtered samples (with ``jpg``) -> shards under ``out_dir``; returns samples with shard/key.
+    """Filtered samples (with ``jpg``, or with ``pool_shard`` and ``pool_dirs``: year -> pool dir to
+    read the images from) -> shards under ``out_dir``; returns samples with shard/key.
 
     The output carries every input row (kept by ``variant`` or not) with ``shard``/``key`` set
     for the kept ones, so the caller can write the metadata from it.
     """
 
-    def __init__(self, variant: str, out_dir: str, meta: dict, cfg: ReshardConfig = ReshardConfig()):
+    def __init__(self, variant: str, out_dir: str, meta: dict, cfg: ReshardConfig = ReshardConfig(), pool_dirs: dict | None = None):
         super().__init__()
-        self.variant, self.out_dir, self.meta, self.cfg = variant, out_dir, meta, cfg
+        self.variant, self.out_dir, self.meta, self.cfg, self.pool_dirs = variant, out_dir, meta, cfg, pool_dirs
 
     def expand(self, samples):
-        variant, out_dir, cfg, meta = self.variant, self.out_dir, self.cfg, self.meta
+        variant, out_dir, cfg, meta, pool_dirs = self.variant, self.out_dir, self.cfg, self.meta, self.pool_dirs
         kept = samples | "Kept" >> beam.Filter(in_variant, variant)
         order = (
             kept
@@ -140,7 +146,7 @@ class WriteVariant(beam.PTransform):
             | "Copies" >> beam.FlatMap(copies_of, beam.pvalue.AsSingleton(order))
             | "ByShard" >> beam.Map(lambda r: (r["shard"], r))
             | "GroupShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.MapTuple(lambda shard, rows: write_shard_group(out_dir, shard, list(rows), variant))
+            | "WriteShard" >> beam.MapTuple(lambda shard, rows: write_shard_group(out_dir, shard, list(rows), variant, pool_dirs))
             | "AllSizes" >> beam.combiners.ToList()
         )
         _ = sizes | "DirFiles" >> beam.Map(write_directory_files_if_any, out_dir, meta)

@@ -84,6 +84,9 @@ def assign(row: dict, retrieval: set, classification: set, cfg: SplitConfig) -> 
 
 
 class AssignSplits(beam.PTransform):
+    """Samples -> samples with ``split`` and ``label``; each year's held-out sets are chosen
+    among that year's samples alone (samples of several years may pass at once)."""
+
     def __init__(self, cfg: SplitConfig):
         super().__init__()
         self.cfg = cfg
@@ -91,30 +94,31 @@ class AssignSplits(beam.PTransform):
     def expand(self, samples):
         cfg = self.cfg
         pool = samples | "Eligible" >> beam.Filter(eligible, cfg)
-        ranked = pool | "RankRetrieval" >> beam.Map(lambda r: (rank(r["uid"], "retrieval", cfg.seed), r["uid"]))
+        ranked = pool | "RankRetrieval" >> beam.Map(lambda r: (r.get("year"), (rank(r["uid"], "retrieval", cfg.seed), r["uid"])))
         if cfg.retrieval_fraction is not None:
             retrieval = (
                 ranked
-                | "AllRetrieval" >> beam.combiners.ToList()
-                | "RetrievalSet" >> beam.Map(first_fraction, cfg.retrieval_fraction)
+                | "GroupRetrieval" >> beam.GroupByKey()
+                | "RetrievalSet" >> beam.MapTuple(lambda y, pairs: (y, first_fraction(list(pairs), cfg.retrieval_fraction)))
             )
         else:
             retrieval = (
                 ranked
-                | "TopRetrieval" >> beam.combiners.Top.Smallest(cfg.retrieval_size)
-                | "RetrievalSet" >> beam.Map(lambda top: {u for _, u in top})
+                | "TopRetrieval" >> beam.combiners.Top.SmallestPerKey(cfg.retrieval_size)
+                | "RetrievalSet" >> beam.MapTuple(lambda y, top: (y, {u for _, u in top}))
             )
 
         def classification_candidates(row, taken):
-            if row["uid"] not in taken and class_label(row.get("text"), cfg.classnames) is not None:
-                yield rank(row["uid"], "classification", cfg.seed), row["uid"]
+            if row["uid"] not in taken.get(row.get("year"), ()) and class_label(row.get("text"), cfg.classnames) is not None:
+                yield row.get("year"), (rank(row["uid"], "classification", cfg.seed), row["uid"])
 
         classification = (
             pool
-            | "ClassCandidates" >> beam.FlatMap(classification_candidates, beam.pvalue.AsSingleton(retrieval))
-            | "TopClassification" >> beam.combiners.Top.Smallest(cfg.classification_size)
-            | "ClassificationSet" >> beam.Map(lambda top: {u for _, u in top})
+            | "ClassCandidates" >> beam.FlatMap(classification_candidates, beam.pvalue.AsDict(retrieval))
+            | "TopClassification" >> beam.combiners.Top.SmallestPerKey(cfg.classification_size)
+            | "ClassificationSet" >> beam.MapTuple(lambda y, top: (y, {u for _, u in top}))
         )
         return samples | "Assign" >> beam.Map(
-            assign, beam.pvalue.AsSingleton(retrieval), beam.pvalue.AsSingleton(classification), cfg
+            lambda r, ret, cls: assign(r, ret.get(r.get("year"), set()), cls.get(r.get("year"), set()), cfg),
+            beam.pvalue.AsDict(retrieval), beam.pvalue.AsDict(classification),
         )

@@ -1,7 +1,7 @@
 """Timestamp stage: a URL's time is the crawl where it was first seen.
 
-Candidates of the year being built are grouped by normalised URL together with the URLs of
-every earlier crawl year (a join, so it scales past memory). A URL seen in an earlier year is
+Candidates of the years being built are grouped by normalised URL together with the URLs of
+every earlier crawl year (one join for all the years a job builds, so it scales past memory). A URL seen in an earlier year is
 not a sample of this year (``seen_before:<year>``); within the year the earliest crawl of a
 URL wins (ties by uid) and later ones are ``duplicate_url_of:<uid>``. The survivor's
 ``first_seen`` is its crawl time. The same sample (same URL and alt text, hence the same uid)
@@ -56,24 +56,27 @@ def keep(row: dict, stage: str) -> dict:
 
 
 class AssignFirstSeen(beam.PTransform):
-    """(candidates of year Y, urls of years < Y as (url, year)) -> tagged ``kept`` / ``status``."""
-
-    def __init__(self, year: int):
-        super().__init__()
-        self.year = year
+    """(candidates of the years being built, urls of earlier built years as (url, year)) ->
+    tagged ``kept`` / ``status``. One join on the URL serves every year being built: a
+    candidate of year Y is resolved against the years before Y that hold its URL, whether
+    they are built already (``earlier``) or built in the same job (their candidates)."""
 
     def expand(self, pcolls):
         candidates, earlier = pcolls
-        year = self.year
 
         def emit(element):
             url, grouped = element
-            kept, drops = resolve_url_group(url, grouped["current"], grouped["earlier"])
-            for d in drops:
-                d["year"] = year
-                yield beam.pvalue.TaggedOutput("status", d)
-            if kept is not None:
-                yield kept
+            by_year: dict[int, list[dict]] = {}
+            for c in grouped["current"]:
+                by_year.setdefault(c["year"], []).append(c)
+            seen_in = set(grouped["earlier"]) | set(by_year)
+            for year in sorted(by_year):
+                kept, drops = resolve_url_group(url, by_year[year], [y for y in seen_in if y < year])
+                for d in drops:
+                    d["year"] = year
+                    yield beam.pvalue.TaggedOutput("status", d)
+                if kept is not None:
+                    yield kept
 
         return (
             {

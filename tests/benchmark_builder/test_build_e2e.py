@@ -157,8 +157,8 @@ def test_dataflow_dry_run_builds_every_job_offline(tmp_path, capsys):
                     runner=RunnerConfig("DataflowRunner", ["--dry_run=True", "--project=demo", "--region=us-central1",
                                                            "--temp_location=gs://bucket/tmp"]))
     out = build(cfg)
-    assert out == {"dry_run": True, "jobs": 3}
-    assert "3 job graphs built and validated for DataflowRunner" in capsys.readouterr().out
+    assert out == {"dry_run": True, "jobs": 2}  # the crawl and one job for 2014 and 2015
+    assert "2 job graphs (the crawl, years 2014..2015) built and validated for DataflowRunner" in capsys.readouterr().out
 
 
 def test_dataflow_without_project_fails_clearly(tmp_path):

@@ -195,3 +195,19 @@ def test_train_config_cooldown_reaches_the_schedule():
     from training.train import TrainConfig
 
     assert TrainConfig().cooldown == 0 and TrainConfig(**{**TrainConfig().to_json(), "cooldown": 3}).cooldown == 3
+
+
+def test_default_base_is_the_filter_model_the_layout_names(tmp_path):
+    """FoMo's default base is the builder's cached filter model, found through the layout of the
+    configured benchmark (not a glob with a hard-coded benchmark name)."""
+    from training.fomo.runner import FomoConfig, resolve_base
+
+    ckpt = tmp_path / "other-bench" / "filter-model" / "0123abcd" / "checkpoints" / "step_0.pt"
+    with pytest.raises(FileNotFoundError, match="other-bench/filter-model"):
+        resolve_base(FomoConfig(data_dir=str(tmp_path), benchmark="other-bench"))
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert resolve_base(FomoConfig(data_dir=str(tmp_path), benchmark="other-bench")) == f"tic-tiny-32:{ckpt}"
+    with pytest.raises(FileNotFoundError):  # another benchmark's model is not this one's
+        resolve_base(FomoConfig(data_dir=str(tmp_path)))
+    assert resolve_base(FomoConfig(data_dir=str(tmp_path), model="ViT-B-32:openai")) == "ViT-B-32:openai"

@@ -16,6 +16,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from benchmark_builder.layout import Layout
+from pipelines import io as pio
 from pipelines.models import load_model
 from pipelines.provenance import resolve_device
 from training.config import CLConfig, base_values
@@ -26,7 +28,6 @@ from training.fomo.streams import DEFAULT_POOL_YEARS, build_index, make_stream, 
 from training.methods import get_method
 from training.train import TrainConfig, train
 
-DEFAULT_BASE = "tic-tiny-32:{data_dir}/tic-datacomp/filter-model/*/checkpoints/step_0.pt"
 
 
 @dataclass
@@ -57,10 +58,8 @@ class FomoConfig(CLConfig):
 def resolve_base(cfg: FomoConfig) -> str:
     if cfg.model:
         return cfg.model
-    import glob
-
-    pattern = DEFAULT_BASE.format(data_dir=cfg.data_dir.rstrip("/"))
-    found = sorted(glob.glob(pattern.split(":", 1)[1]))
+    pattern = Layout(cfg.data_dir, cfg.benchmark).filter_model_checkpoint("*")
+    found = sorted(pio.glob(pattern))
     if not found:
         raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --model")
     return f"tic-tiny-32:{found[0]}"
