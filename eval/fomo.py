@@ -1,4 +1,4 @@
-"""FoMo-in-Flux evaluation of concept-stream runs (``python -m training.fomo``): knowledge
+"""FoMo-in-Flux evaluation of concept-stream runs (``python -m training fomo``): knowledge
 accumulation, zero-shot retention and their geometric mean, per task and for the final model,
 with a retention-vs-accumulation scatter plot (one point per run).
 

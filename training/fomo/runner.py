@@ -8,7 +8,7 @@
    runs exactly that many and a cheaper method proportionally more.
 3. Train with the common loop (``training.train``): task t's data is the pool / current /
    replay mixture (``mixture``), the method is any of ``training.methods``.
-The recipe is saved as ``<run>/fomo.json``; ``python -m eval.fomo <run>...`` evaluates it.
+The recipe is saved as ``<run>/fomo.json``; ``python -m eval fomo run|compare <run>...`` evaluates it.
 """
 from __future__ import annotations
 
