@@ -33,7 +33,7 @@ def _time(cmd, env) -> float:
 
 def ours(data_dir: str, n: int, tmp: str, env) -> float:
     run = os.path.join(tmp, f"ours-{n}")
-    return _time([sys.executable, "-m", "training", "--protocol", "sequential", "--data-dir", data_dir, "--run-dir", run,
+    return _time([sys.executable, "-m", "training", "tic", "--method", "sequential", "--data-dir", data_dir, "--run-dir", run,
                   "--samples-per-step", str(n), "--batch-size", str(BATCH), "--workers", "1", "--max-steps", "1",
                   "--checkpoint-every", "0", "--device", "cpu"], env)
 

@@ -14,11 +14,10 @@ A method's extra passes are thus added to its compute, as TiC-CLIP's table count
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -29,6 +28,7 @@ from pipelines.models import load_model
 from training import checkpoint as ckpt
 from training import distributed
 from training import scale
+from training.config import CLConfig
 from training.data import StreamConfig, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
@@ -37,26 +37,12 @@ from training.schedules import lr_at
 
 
 @dataclass
-class TrainConfig:
-    protocol: str = "sequential"
-    data_dir: str = "./data"
-    benchmark: str = "tic-datacomp"
-    variant: str = "basic"
+class TrainConfig(CLConfig):
+    """The trainer's config: the base config (``training.config.CLConfig``) plus TiC's time steps and
+    open_clip_train's scale options. CIL and FoMo runs build one from their own (``base_values``)."""
+    protocol: str = "sequential"  # the method (training.methods)
     run_dir: str = "./runs/sequential"
-    model: str = "tic-tiny-32"
-    samples_per_step: int = 8192
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup: int = 10  # warmup iterations of the first time step
     warmup_later: int = 0  # warmup iterations of later steps (TiC-CLIP: none)
-    cooldown: int = 0  # rsqrt schedule: iterations of linear cooldown at the end of each step
-    schedule: str = "cosine"
-    meta_schedule: str = "constant"
-    grad_clip: float = 1.0
     precision: str = "auto"  # auto (amp on GPU, fp32 on CPU) | amp | amp_bf16 | pure_bf16 | fp32 (training.scale)
     accum_freq: int = 1  # micro-batches per optimizer step, loss over the accumulated batch (training.scale)
     global_batch_size: int = 0  # >0: batch_size = this / (ranks x accum_freq), as DataComp's train.py
@@ -66,20 +52,10 @@ class TrainConfig:
     gather_with_grad: bool | None = None  # idem
     wandb: bool = False  # also log to Weights & Biases, offline (training.runlog)
     config_file: str = ""  # the --config YAML the values came from (copied into the run dir)
-    text: str = "alt"  # alt | generated | both
-    workers: int = -1  # DataLoader workers per rank; -1: by core count
-    buffer: int = 1000  # shuffle buffer per source
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 25  # iterations
     max_steps: int = 0  # train only the first N time steps (0: all)
     time_steps: str = ""  # "": the benchmark's steps; "monthly:2019"; "2014-2016,2017,2018"
     years: str = ""  # "": the years the data dir was built for; FIRST-LAST must agree with them
-    options: dict = field(default_factory=dict)  # method options (buffer_factor, alpha, weight, ...)
     log_ids: bool = False  # record every sample id each rank trained on (DDP tests)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _seed_everything(seed: int) -> None:
