@@ -44,7 +44,7 @@ DATA ?=
 METHOD ?=
 MEMORY ?= 0
 CL_ARGS ?=
-PROTOCOLS ?= sequential patching cumulative-exp cumulative-equal cumulative-all ewc lwf cumulative-all-plus oracle
+PROTOCOLS ?= $(shell $(PY) -m training tic --list 2>/dev/null)
 NAME ?=
 UIDS ?=
 WHERE ?=
@@ -54,6 +54,9 @@ FOMO_ARGS ?=
 FOMO_METHOD = $(or $(METHOD),full-ft)
 FOMO_RUN ?= runs/fomo-$(FOMO_METHOD)-$(ORDER)-T$(T)
 FOMO_RUNS ?= $(wildcard runs/fomo-*-T*)
+CL_METHOD = $(or $(METHOD),clip-replay)
+# the run dirs of one make cil/dil: python -m training cil's default runs/<kind>-<dataset>-<method>-m<memory>
+CL_RUNS_OF = $(foreach m,$(MEMORY),runs/$(1)-$(DATASET)-$(CL_METHOD)-m$(m))
 
 .PHONY: help venv build-tic-datacomp build-tic-yfcc build-tic-redcaps retry-failed build-tic-datacomp-all benchmark-report caption filter filter-audit cil cil-compare dil fomo fomo-compare reshard train train-all eval compare crawl sql test test-slow bench clean clean-data
 
@@ -109,36 +112,38 @@ reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make res
 
 train: $(VENV)/.installed ## one protocol over the benchmark's time steps: make train PROTOCOL=cumulative-all [BENCHMARK=tic-yfcc] [CONFIG=configs/tic-datacomp-medium.yaml] [NPROC=2] [TRAIN_ARGS="--resume"]
 ifeq ($(NPROC),1)
-	$(PY) -m training $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 endif
 
-train-all: $(VENV)/.installed ## every TiC protocol (PROTOCOLS=...) into runs/<protocol>, then eval + compare
+train-all: $(VENV)/.installed ## every TiC protocol (python -m training tic --list, or PROTOCOLS=...) into runs/<protocol>, then eval + compare
 	@for p in $(PROTOCOLS); do $(MAKE) --no-print-directory train PROTOCOL=$$p RUN_DIR=$(RUNS_ROOT)/$$p TRAIN_ARGS="$(TRAIN_ARGS)" || exit 1; done
-	$(PY) -m eval compare $(addprefix $(RUNS_ROOT)/,$(PROTOCOLS)) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
+	$(PY) -m eval tic compare $(addprefix $(RUNS_ROOT)/,$(PROTOCOLS)) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
 
 eval: $(VENV)/.installed ## evaluate a run: make eval RUN=runs/sequential [BENCHMARK=tic-yfcc] [DATA_DIR=./data]
-	$(PY) -m eval run $(RUN) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT)
+	$(PY) -m eval tic run $(RUN) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT)
 
 compare: $(VENV)/.installed ## methods side by side: make compare RUNS="runs/a runs/b" [BENCHMARK=tic-yfcc]
-	$(PY) -m eval compare $(RUNS) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
+	$(PY) -m eval tic compare $(RUNS) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(RUNS_ROOT)/compare
 
 fomo: $(VENV)/.installed ## FoMo-in-Flux recipe + evaluation: make fomo METHOD=ema-merge ORDER=time T=10 [FOMO_ARGS="--option decay=0.7"]
-	$(PY) -m training.fomo --method $(FOMO_METHOD) --order $(ORDER) --tasks $(T) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(FOMO_RUN) $(FOMO_ARGS)
-	$(PY) -m eval.fomo $(FOMO_RUN) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(FOMO_RUN)/eval
+	$(PY) -m training fomo --method $(FOMO_METHOD) --order $(ORDER) --tasks $(T) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(FOMO_RUN) $(FOMO_ARGS)
+	$(PY) -m eval fomo compare $(FOMO_RUN) --data-dir $(DATA_DIR) --variant $(VARIANT) --out $(FOMO_RUN)/eval
 
 fomo-compare: $(VENV)/.installed ## FoMo runs side by side + retention-vs-accumulation scatter: make fomo-compare FOMO_RUNS="runs/fomo-a runs/fomo-b"
-	$(PY) -m eval.fomo $(FOMO_RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/fomo-compare
+	$(PY) -m eval fomo compare $(FOMO_RUNS) --data-dir $(DATA_DIR) --variant $(VARIANT) --out runs/fomo-compare
 
-cil: $(VENV)/.installed ## class-incremental CL: make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
-	$(PY) -m eval.incremental --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+cil: $(VENV)/.installed ## class-incremental CL, train then evaluate (CL_ARGS: python -m training cil flags, not --run-dir): make cil [DATASET=cifar100 DATA=path] METHOD=gdro MEMORY="0 200 1000 2000"
+	$(PY) -m training cil --kind cil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(CL_METHOD) --sweep-memory $(MEMORY) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m eval cil run $(call CL_RUNS_OF,cil) $(if $(word 2,$(MEMORY)),--plot runs/cil-$(DATASET)-$(CL_METHOD)-memory.png)
 
 cil-compare: $(VENV)/.installed ## class/domain-incremental runs side by side + accuracy-vs-memory plot: make cil-compare CL_RUNS="runs/cil-*"
-	$(PY) -m eval.incremental --compare $(or $(CL_RUNS),$(filter-out %.png,$(wildcard runs/cil-* runs/dil-*))) --plot runs/cl-memory.png
+	$(PY) -m eval cil compare $(or $(CL_RUNS),$(filter-out %.png,$(wildcard runs/cil-* runs/dil-*))) --plot runs/cl-memory.png
 
 dil: $(VENV)/.installed ## domain-incremental CL: make dil DATASET=domainnet DATA=path METHOD=gcl [MEMORY=...]
-	$(PY) -m eval.incremental --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(or $(METHOD),clip-replay) $(if $(word 2,$(MEMORY)),--sweep-memory $(MEMORY),--memory $(MEMORY)) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m training cil --kind dil --dataset $(DATASET) $(if $(DATA),--data '$(DATA)') --method $(CL_METHOD) --sweep-memory $(MEMORY) --data-dir $(DATA_DIR) $(CL_ARGS)
+	$(PY) -m eval cil run $(call CL_RUNS_OF,dil) $(if $(word 2,$(MEMORY)),--plot runs/dil-$(DATASET)-$(CL_METHOD)-memory.png)
 
 crawl: $(VENV)/.installed ## crawl stage alone: make crawl INPUT='crawl/*.warc.gz' OUTPUT=./candidates
 	$(PY) -m pipelines crawl --input '$(INPUT)' --output $(OUTPUT) --runner $(RUNNER) $(BEAM_ARGS)

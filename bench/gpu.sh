@@ -4,7 +4,7 @@
 #   2. ViT-B-32 at 224 px, amp_bf16, batch 256 per GPU: the bundled trainer and open_clip_train
 #      on the same shards, one after the other -> samples/s per GPU of each;
 #   3. TiC protocol cumulative-all for two short time steps (8192 samples each, --accum-freq 2,
-#      --grad-checkpointing) and `python -m eval run` of it on the GPU.
+#      --grad-checkpointing) and `python -m eval tic run` of it on the GPU.
 # Figures: printed, and bench/out/gpu.json. Needs the project's venv (make venv) and one CUDA GPU.
 #   bash bench/gpu.sh [--samples 16384] [--batch-size 256] [--work /tmp/tic-gpu-check]
 set -euo pipefail

@@ -68,7 +68,7 @@ def main(argv=None) -> dict:
     common = ["--model", a.model, "--precision", "amp_bf16", "--batch-size", str(a.batch_size), "--workers", str(a.workers),
               "--device", a.device, "--checkpoint-every", "0"]
     run = os.path.join(runs, "ours")
-    _, out["ours_seconds"] = _run([sys.executable, "-m", "training", "--protocol", "sequential", "--data-dir", data,
+    _, out["ours_seconds"] = _run([sys.executable, "-m", "training", "tic", "--method", "sequential", "--data-dir", data,
                                    "--run-dir", run, "--samples-per-step", str(a.samples), "--max-steps", "1", *common])
     rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
     out["ours_samples_per_s_per_gpu"] = statistics.median(r["samples_per_s_per_device"] for r in rows[5:])
@@ -90,9 +90,9 @@ def main(argv=None) -> dict:
         out["ratio"] = out["ours_samples_per_s_per_gpu"] / out["open_clip_train_samples_per_s_per_gpu"]
 
     tic = os.path.join(runs, "cumulative-all")
-    _, t_train = _run([sys.executable, "-m", "training", "--protocol", "cumulative-all", "--data-dir", data, "--run-dir", tic,
+    _, t_train = _run([sys.executable, "-m", "training", "tic", "--method", "cumulative-all", "--data-dir", data, "--run-dir", tic,
                        "--samples-per-step", str(a.tic_samples), "--max-steps", "2", "--accum-freq", "2", "--grad-checkpointing", *common])
-    _, t_eval = _run([sys.executable, "-m", "eval", "run", tic, "--data-dir", data, "--device", a.device])
+    _, t_eval = _run([sys.executable, "-m", "eval", "tic", "run", tic, "--data-dir", data, "--device", a.device])
     with open(os.path.join(tic, "summary.json")) as f:
         train_summary = json.load(f)
     with open(os.path.join(tic, "eval", "summary.json")) as f:

@@ -100,6 +100,7 @@ def variant_uids(layout: Layout, name: str, years: list[int]) -> tuple[collectio
 
 
 def run_captions(cfg: CaptionConfig) -> dict:
+    from benchmark_builder.index import build_index
     from benchmark_builder.reshard import reshard
 
     layout = Layout(cfg.data_dir, cfg.benchmark)
@@ -144,4 +145,6 @@ def run_captions(cfg: CaptionConfig) -> dict:
               "per_year": {str(y): {"captioned": a, "no_caption": b} for y, (a, b) in per_year.items()},
               "variants_rewritten": rewritten}
     pio.write_json(marker, result)
+    if not rewritten:  # reshard rebuilt it otherwise: the metadata's new column goes into the index
+        build_index(layout)
     return result

@@ -1,7 +1,14 @@
-"""``python -m eval``: evaluate runs and compare them.
+"""``python -m eval {tic,cil,fomo} run|compare RUN_DIR...``: evaluate runs of one continual family
+and compare them. Evaluation never trains: train with ``python -m training {tic,cil,fomo}`` first.
 
-    python -m eval run runs/sequential [--data-dir ./data]      # E[i, j], metrics, PNGs, results table
-    python -m eval compare runs/sequential runs/cumulative-all runs/oracle [--out runs/compare]
+    python -m eval tic run runs/sequential [--data-dir ./data]     # E[i, j], metrics, PNGs, results table
+    python -m eval tic compare runs/sequential runs/cumulative-all runs/oracle [--out runs/compare]
+    python -m eval cil run runs/cil-synthetic-web-gdro-m200          # the accuracy matrix R[t, j]
+    python -m eval cil compare runs/cil-* --plot runs/cl-memory.png
+    python -m eval fomo compare runs/fomo-lora-time-T5 runs/fomo-full-ft-time-T5 --out runs/fomo-compare
+
+``compare`` evaluates the runs that have no evaluation yet. Without a family, ``python -m eval
+run|compare`` is ``tic``. Every family takes ``--device auto`` (cuda when available).
 """
 from __future__ import annotations
 
@@ -31,16 +38,37 @@ def _evaluate(run_dir, args):
     return res
 
 
+FAMILIES = ("tic", "cil", "fomo")
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    named = bool(argv) and argv[0] in FAMILIES
+    family = argv.pop(0) if named else "tic"  # no family: the TiC evaluation, as before the families
+    p = argparse.ArgumentParser(prog="python -m eval" + (f" {family}" if named else ""), description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
+    if family == "cil":
+        from eval import incremental
+
+        for name in ("run", "compare"):
+            incremental.add_args(sub.add_parser(name))
+        args = p.parse_args(argv)
+        return incremental.run_command(args.command, args)
+    if family == "fomo":
+        from eval import fomo
+
+        for name in ("run", "compare"):
+            fomo.add_args(sub.add_parser(name), name)
+        args = p.parse_args(argv)
+        return fomo.run_command(args.command, args)
     for name in ("run", "compare"):
         s = sub.add_parser(name)
-        s.add_argument("runs", nargs="+")
+        s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training tic")
         s.add_argument("--data-dir", default="./data")
         s.add_argument("--benchmark", default="tic-datacomp")
         s.add_argument("--variant", default="basic")
-        s.add_argument("--device", default="cpu")
+        s.add_argument("--device", default="auto", help="auto | cpu | cuda")
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
         s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
@@ -58,11 +86,16 @@ def main(argv=None) -> int:
     except (KeyError, ValueError) as e:
         p.error(str(e).strip("'\""))
     from benchmark_builder.lock import LockHeld
+    from pipelines.provenance import resolve_device
 
+    args.device = resolve_device(args.device)
     try:
         return _main(args)
     except LockHeld as e:  # the evaluation itself is saved in <run>/eval; re-running reloads it from the cache
         print(f"error: {e}; the results are in each run's eval/results.jsonl, re-running loads them (embeddings are cached)", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # not a training run, no checkpoints, no eval sets: one line
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 

@@ -1,4 +1,4 @@
-"""FoMo-in-Flux evaluation of concept-stream runs (``python -m training.fomo``): knowledge
+"""FoMo-in-Flux evaluation of concept-stream runs (``python -m training fomo``): knowledge
 accumulation, zero-shot retention and their geometric mean, per task and for the final model,
 with a retention-vs-accumulation scatter plot (one point per run).
 
@@ -11,7 +11,10 @@ with a retention-vs-accumulation scatter plot (one point per run).
 - ``eval.metrics.geometric_mean`` of the two.
 The base model is evaluated too, as the point every method starts from.
 
-    python -m eval.fomo runs/fomo-full-ft-time-T5 runs/fomo-lora-time-T5 --out runs/fomo-compare
+    python -m eval fomo run runs/fomo-full-ft-time-T5                  # <run>/eval/fomo_run.json + the table
+    python -m eval fomo compare runs/fomo-full-ft-time-T5 runs/fomo-lora-time-T5 --out runs/fomo-compare
+
+``python -m eval.fomo RUN...`` is ``python -m eval fomo compare RUN...``.
 """
 from __future__ import annotations
 
@@ -28,7 +31,9 @@ from eval.embed import Embedder, file_hash
 from eval.metrics import geometric_mean
 from eval.report import save_figure
 from eval.tasks import retrieval_metrics
+from pipelines import io as pio
 from pipelines.models import load_model, parse_spec
+from pipelines.provenance import resolve_device
 
 
 def _per_concept_accuracy(pred: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> tuple[float, dict]:
@@ -69,10 +74,13 @@ def evaluate_model(emb: Embedder, cls_sets: dict, ret_sets: list, stream, classn
 
 
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
-                 device: str = "cpu", cache_dir: str | None = None) -> dict:
+                 device: str = "auto", cache_dir: str | None = None) -> dict:
     from training.checkpoint import RunDir
     from training.fomo.streams import Stream
 
+    device = resolve_device(device)
+    if not os.path.exists(os.path.join(run_dir, "fomo.json")):
+        raise FileNotFoundError(f"{run_dir}: no fomo.json; train it first (python -m training fomo ... --run-dir {run_dir})")
     with open(os.path.join(run_dir, "fomo.json")) as f:
         recipe = json.load(f)
     stream = Stream.load(os.path.join(run_dir, "stream.json"))
@@ -154,31 +162,46 @@ def scatter(results: list[dict], png: str) -> str:
     return png
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m eval.fomo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+")
+def add_args(p: argparse.ArgumentParser, command: str = "compare") -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training fomo")
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--benchmark", default="tic-datacomp")
     p.add_argument("--variant", default="basic")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <runs parent>/fomo-eval-cache)")
-    p.add_argument("--out", default="runs/fomo-compare")
-    a = p.parse_args(argv)
-    results = [evaluate_run(r, a.data_dir, a.variant, a.benchmark, a.device, a.cache_dir) for r in a.runs]
+    if command == "compare":
+        p.add_argument("--out", default="runs/fomo-compare")
+
+
+def run_command(command: str, a) -> int:
+    """``run``: evaluate each run (``<run>/eval/fomo_run.json``) and print the table; ``compare``:
+    also the scatter plot, ``fomo.md`` and ``fomo.json`` under ``--out``."""
+    try:
+        results = [evaluate_run(r, a.data_dir, a.variant, a.benchmark, a.device, a.cache_dir) for r in a.runs]
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     table = format_table(results)
-    os.makedirs(a.out, exist_ok=True)
-    png = scatter(results, os.path.join(a.out, "tradeoff.png"))
-    with open(os.path.join(a.out, "fomo.md"), "w") as f:
-        f.write(table + "\n")
-    with open(os.path.join(a.out, "fomo.json"), "w") as f:
-        json.dump(results, f, indent=1)
     print(table)
     for r in results:
         traj = ", ".join(f"{p['accumulation']:.3f}/{p['retention']:.3f}" for p in r["trajectory"])
         print(f"  {r['run']}: accumulation/retention after each task: {traj}")
+    if command == "run":
+        print("\n" + ", ".join(os.path.join(r, "eval", "fomo_run.json") for r in a.runs))
+        return 0
+    os.makedirs(a.out, exist_ok=True)
+    png = scatter(results, os.path.join(a.out, "tradeoff.png"))
+    pio.write_bytes(os.path.join(a.out, "fomo.md"), (table + "\n").encode())
+    pio.write_json(os.path.join(a.out, "fomo.json"), results)
     print(f"\n{a.out}/fomo.md, {a.out}/fomo.json, {png}")
     return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.fomo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_args(p, "compare")
+    return run_command("compare", p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""Class- and domain-incremental CL with CLIP, end to end: train (``training.incremental``),
-then fill the accuracy matrix.
+"""Evaluation of class- and domain-incremental runs (``python -m training cil``): the accuracy matrix.
 
-    python -m eval.incremental --dataset synthetic-web --method gdro --memory 200
-    python -m eval.incremental --dataset cifar100 --data /data/cifar --tasks 10 --method gcl --memory 2000
-    python -m eval.incremental --dataset domainnet --data /data/domainnet --kind dil --method clip-replay
-    python -m eval.incremental --dataset synthetic-web --method clip-replay --sweep-memory 0 64 256
-    python -m eval.incremental --compare runs/cil-synthetic-web-* --plot runs/cl-memory.png
+    python -m eval cil run runs/cil-synthetic-web-gdro-m200 [--device auto]
+    python -m eval cil run runs/cil-synthetic-web-clip-replay-m* --plot runs/cl-memory.png
+    python -m eval cil compare runs/cil-synthetic-web-* --plot runs/cl-memory.png
 
 After each task t, the checkpoint is evaluated on the test images of every task j <= t with a
 zero-shot classifier over all classes seen up to t (all classes for domain-incremental), filling
 R[t, j]; ``eval.metrics.continual_metrics`` gives final average accuracy, average incremental
-accuracy, BWT and forgetting. ``--sweep-memory`` runs one method per memory size and plots final
-average accuracy against memory.
+accuracy, BWT and forgetting. ``--plot`` draws final average accuracy against memory size.
+The run's ``cil.json`` (written by the training) says which stream, model and method it used; this
+module never trains (``make cil`` trains, then runs ``python -m eval cil run``).
+``python -m eval.incremental --compare RUN...`` is ``python -m eval cil compare RUN...``.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import io
 import json
@@ -32,7 +32,7 @@ from pipelines.models.encode import encode_images, zero_shot_classifier
 from pipelines.provenance import resolve_device
 from pipelines.sinks import webdataset as wds
 from training.data import Source
-from training.incremental import CILConfig, configs_from_args, parser, seen_classes, task_sources, train_run
+from training.incremental import RUN_RECORD, CILConfig, seen_classes, task_sources
 
 TEMPLATES = ["a photo of a {c}."]
 
@@ -62,16 +62,28 @@ def accuracy_row(loaded, manifest: dict, test: list[Source], t: int, device: str
     return row
 
 
-def evaluate(cfg: CILConfig, trained: dict) -> dict:
+def read_run(run_dir: str) -> tuple[CILConfig, dict]:
+    """The config and training record of a class/domain-incremental run."""
+    path = os.path.join(run_dir, RUN_RECORD)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{run_dir}: no {RUN_RECORD}; train it first (python -m training cil ... --run-dir {run_dir})")
+    record = pio.read_json(path)
+    for h in record.get("memory_composition") or []:  # JSON keys are strings; classes are ints
+        h["composition"] = {int(k): v for k, v in h["composition"].items()}
+    return CILConfig.from_json(record["config"]), record
+
+
+def evaluate(run_dir: str, device: str = "auto") -> dict:
     """Fill R[t, j] (checkpoint after task t, test images of task j <= t) and its metrics; writes
     ``<run>/cl_results.json``."""
-    manifest, run_dir = trained["manifest"], trained["run_dir"]
+    cfg, record = read_run(run_dir)
+    manifest = pio.read_json(pio.join(cfg.stream_dir(), "stream.json"))
     test_src = task_sources(cfg, manifest, "test")
     T = len(test_src)
-    device = resolve_device(cfg.device)
+    device = resolve_device(device)
     R = np.full((T, T), np.nan)
     base = None
-    if cfg.method == "zero-shot":
+    if not record["trained"]:
         torch.manual_seed(cfg.seed)  # a model without pretrained weights is initialised the same every run
         base = load_model(cfg.model, device=device)
     for t in range(T):
@@ -79,24 +91,18 @@ def evaluate(cfg: CILConfig, trained: dict) -> dict:
         R[t] = accuracy_row(loaded, manifest, test_src, t, device)
     result = {"config": dataclasses.asdict(cfg), "run_dir": run_dir, "tasks": [t["name"] for t in manifest["tasks"]],
               "accuracy_matrix": [[None if np.isnan(v) else v for v in row] for row in R], "metrics": continual_metrics(R),
-              "memory_composition": trained["memory_composition"]}
-    os.makedirs(run_dir, exist_ok=True)
+              "memory_composition": record["memory_composition"]}
     pio.write_json(os.path.join(run_dir, "cl_results.json"), result)
     print(format_result(cfg.method, cfg.memory, result))
     return result
 
 
-def run(cfg: CILConfig) -> dict:
-    """Train (``training.incremental.train_run``), then evaluate."""
-    return evaluate(cfg, train_run(cfg))
-
-
 def format_result(method: str, memory: int, result: dict) -> str:
     names = result["tasks"]
-    lines = [f"\n=== {method}, memory {memory}: accuracy after each task (rows) on each task's test set (columns)",
+    lines = [f"\n=== {method}, memory {memory}: accuracy (%) after each task (rows) on each task's test set (columns)",
              f"{'':>12}" + "".join(f"{n[:10]:>11}" for n in names)]
     for n, row in zip(names, result["accuracy_matrix"]):
-        lines.append(f"{n[:12]:>12}" + "".join(f"{'-' if v is None else f'{v:.3f}':>11}" for v in row))
+        lines.append(f"{n[:12]:>12}" + "".join(f"{'-' if v is None else f'{100 * v:.1f}%':>11}" for v in row))
     m = result["metrics"]
     lines.append("  ".join(f"{k} {v:.4f}" for k, v in m.items()))
     return "\n".join(lines)
@@ -123,14 +129,13 @@ def memory_plot(results: list[dict], png: str) -> str:
     return png
 
 
-def compare(run_dirs: list[str], png: str = "") -> str:
-    """Markdown table of several runs' ``cl_results.json`` (and the accuracy-vs-memory plot)."""
+def compare(run_dirs: list[str], png: str = "", device: str = "auto") -> str:
+    """Markdown table of several runs' ``cl_results.json`` (evaluating runs that have none yet) and
+    the accuracy-vs-memory plot."""
     results = []
     for d in run_dirs:
         path = os.path.join(d, "cl_results.json")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{d}: no cl_results.json (run python -m eval.incremental first)")
-        results.append(pio.read_json(path))
+        results.append(pio.read_json(path) if os.path.exists(path) else evaluate(d, device))
     results.sort(key=lambda r: (r["config"]["method"], r["config"]["memory"]))
     lines = ["| method | memory | final average accuracy | final accuracy on tasks 0..T-2 | avg incremental accuracy "
              "| forgetting | BWT |", "|---|---|---|---|---|---|---|"]
@@ -145,18 +150,38 @@ def compare(run_dirs: list[str], png: str = "") -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = parser("python -m eval.incremental", __doc__)
-    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="print a table of finished runs (no training)")
-    p.add_argument("--plot", default="", help="with --compare: write the accuracy-vs-memory plot here")
-    a = p.parse_args(argv)
-    if a.compare:
-        print(compare(a.compare, a.plot))
-        return 0
-    results = [run(cfg) for cfg in configs_from_args(a)]
-    if a.sweep_memory:
-        print(f"accuracy vs memory: {memory_plot(results, os.path.join('runs', f'{a.kind}-{a.dataset}-{a.method}-memory.png'))}")
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training cil")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--plot", default="", metavar="PNG", help="also write the accuracy-vs-memory plot here")
+
+
+def run_command(command: str, a) -> int:
+    """``python -m eval cil run|compare``: evaluate each run (run) or table the runs (compare)."""
+    try:
+        if command == "run":
+            results = [evaluate(r, a.device) for r in a.runs]
+            if a.plot:
+                print(f"accuracy vs memory: {memory_plot(results, a.plot)}")
+        else:
+            print(compare(a.runs, a.plot, a.device))
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m eval.incremental --compare RUN... [--plot PNG]``: the older spelling of ``eval cil compare``."""
+    p = argparse.ArgumentParser(prog="python -m eval.incremental", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="runs to table (evaluated when not yet)")
+    p.add_argument("--plot", default="", help="write the accuracy-vs-memory plot here")
+    p.add_argument("--device", default="auto")
+    a, rest = p.parse_known_args(argv)
+    if rest or not a.compare:
+        p.error("evaluation no longer trains: train with python -m training cil ..., then python -m eval cil run RUN_DIR")
+    return run_command("compare", argparse.Namespace(runs=a.compare, plot=a.plot, device=a.device))
 
 
 if __name__ == "__main__":

@@ -94,9 +94,10 @@ def heatmap(E: np.ndarray, steps: list[str], title: str, png: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    E = 100 * np.asarray(E, dtype=float)  # cells and colour bar in percent
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(steps), 0.8 + 0.65 * len(steps)))
     im = ax.imshow(np.ma.masked_invalid(E), cmap="viridis", vmin=np.nanmin(E) if np.isfinite(E).any() else 0,
-                   vmax=np.nanmax(E) if np.isfinite(E).any() else 1)
+                   vmax=np.nanmax(E) if np.isfinite(E).any() else 100)
     ax.set_xticks(range(len(steps)), steps, rotation=45, ha="right")
     ax.set_yticks(range(len(steps)), steps)
     ax.set_xlabel("data time step")
@@ -104,7 +105,7 @@ def heatmap(E: np.ndarray, steps: list[str], title: str, png: str) -> str:
     for i in range(len(steps)):
         for j in range(len(steps)):
             if np.isfinite(E[i, j]):
-                ax.text(j, i, f"{100 * E[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{E[i, j]:.1f}", ha="center", va="center", fontsize=7, color="w")
     ax.set_title(title + " (cells in %)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
@@ -121,9 +122,9 @@ def curves(res, png: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     E = res.matrices["retrieval"]
     for i in res.checkpoints:
-        ax.plot(range(len(res.steps)), E[i], marker="o", label=f"after {res.steps[i]}")
+        ax.plot(range(len(res.steps)), 100 * E[i], marker="o", label=f"after {res.steps[i]}")
     ax.set_xticks(range(len(res.steps)), res.steps, rotation=45, ha="right")
-    ax.set_ylabel("retrieval mean_recall@1")
+    ax.set_ylabel("retrieval mean_recall@1 (%)")
     ax.set_xlabel("evaluation data (time step)")
     ax.set_title(f"{res.run}: each checkpoint across time", fontsize=9)
     ax.legend(fontsize=6, ncol=2)
@@ -194,10 +195,10 @@ def compare_heatmaps(runs: list[tuple[str, dict]], png: str, kind: str = "retrie
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mats = [np.array([[np.nan if v is None else v for v in row] for row in m[kind]]) for _, m in runs]
+    mats = [100 * np.array([[np.nan if v is None else v for v in row] for row in m[kind]], dtype=float) for _, m in runs]
     finite = [E for E in mats if np.isfinite(E).any()]  # none: a benchmark without this kind of set (TiC-YFCC's classification)
     vmin = np.nanmin([np.nanmin(E) for E in finite]) if finite else 0.0
-    vmax = np.nanmax([np.nanmax(E) for E in finite]) if finite else 1.0
+    vmax = np.nanmax([np.nanmax(E) for E in finite]) if finite else 100.0
     cols = min(4, len(runs))
     rows = -(-len(runs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.8, 3.6 * rows), squeeze=False,
@@ -215,6 +216,6 @@ def compare_heatmaps(runs: list[tuple[str, dict]], png: str, kind: str = "retrie
         if i % cols == 0:
             ax.set_ylabel("model step", fontsize=7)
     fig.colorbar(im, ax=flat, fraction=0.02)
-    fig.suptitle(f"dynamic {kind} (mean_recall@1)" if kind == "retrieval" else f"dynamic {kind} (top-1)", fontsize=10)
+    fig.suptitle(f"dynamic {kind} (mean_recall@1, %)" if kind == "retrieval" else f"dynamic {kind} (top-1, %)", fontsize=10)
     save_figure(fig, png)
     return png

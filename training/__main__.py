@@ -1,24 +1,36 @@
-"""``python -m training`` (or ``torchrun --nproc_per_node N -m training``): run one continual
-protocol over the time steps of a built benchmark.
+"""``python -m training {tic,cil,fomo} ...``: train one continual method on one family's stream.
 
-    python -m training --protocol cumulative-all --data-dir ./data --run-dir runs/cumulative-all
-    torchrun --nproc_per_node 2 -m training --protocol sequential --run-dir runs/seq --device cpu
-    python -m training --protocol sequential --run-dir runs/seq --resume     # continue a killed run
-    python -m training --config configs/tic-datacomp-medium.yaml --protocol cumulative-all --accum-freq 4
+    python -m training tic --method cumulative-all --data-dir ./data --run-dir runs/cumulative-all
+    python -m training cil --dataset synthetic-web --method gdro --memory 200     # class-incremental
+    python -m training fomo --method ema-merge --order time --tasks 10             # FoMo-in-Flux
+    python -m training tic --list                                                  # TiC's protocol list
 
-``--config FILE.yaml`` sets any option below (keys are the option names, dashes or underscores;
+The flags shared by the families (``--model``, ``--data-dir``, ``--run-dir``, ``--method``,
+``--samples-per-step``, ``--batch-size``, ``--lr``, ``--warmup``, ``--seed``, ``--device auto``,
+``--option KEY=VALUE``, ...) are the fields of the base config (``training/config.py``). Without a
+family, ``python -m training --protocol ...`` is ``tic`` (and ``torchrun -m training`` too):
+
+    torchrun --nproc_per_node 2 -m training tic --protocol sequential --run-dir runs/seq --device cpu
+    python -m training tic --protocol sequential --run-dir runs/seq --resume     # continue a killed run
+    python -m training tic --config configs/tic-datacomp-medium.yaml --protocol cumulative-all --accum-freq 4
+
+``tic --config FILE.yaml`` sets any option (keys are the option names, dashes or underscores;
 ``option`` takes a mapping of method options); options given on the command line win. The file
 and the resolved values are written into the run dir (config.yaml, config.json).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 
 import yaml
 
-from training.methods import METHODS
+from training.config import add_base_args, base_from_args
+from training.fomo.__main__ import main as fomo_main
+from training.incremental import main as cil_main
+from training.methods import FAMILIES, methods
 from training.scale import PRECISIONS
 from training.train import TrainConfig, train
 
@@ -56,27 +68,15 @@ def _config_defaults(p: argparse.ArgumentParser, path: str) -> dict:
 
 def parse(argv=None) -> tuple[TrainConfig, bool]:
     d = TrainConfig()
-    p = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m training tic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="", metavar="FILE.yaml", help="option values from a YAML file (configs/); the command line wins")
-    p.add_argument("--protocol", default=d.protocol, choices=sorted(METHODS))
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--benchmark", default=d.benchmark)
-    p.add_argument("--variant", default=d.variant)
-    p.add_argument("--run-dir", default=None, help="default: runs/<protocol>")
-    p.add_argument("--model", default=d.model, help="model spec (see pipelines.models): preset, NAME:TAG, NAME:/path.pt")
-    p.add_argument("--samples-per-step", type=int, default=d.samples_per_step, help="compute budget per time step")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="per rank and micro-batch")
+    p.add_argument("--method", "--protocol", dest="protocol", default=d.protocol, choices=sorted(methods("tic")))
+    add_base_args(p, dataclasses.replace(d, run_dir=""), helps={"run_dir": "default: runs/<method>"})
     p.add_argument("--global-batch-size", type=int, default=d.global_batch_size,
                    help="samples per optimizer step over all ranks; sets --batch-size to it / (ranks x accum-freq)")
     p.add_argument("--accum-freq", type=int, default=d.accum_freq,
                    help="micro-batches per optimizer step; the contrastive loss runs over the accumulated batch")
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--wd", type=float, default=d.weight_decay)
-    p.add_argument("--warmup", type=int, default=d.warmup, help="warmup iterations of the first time step")
     p.add_argument("--warmup-later", type=int, default=d.warmup_later, help="warmup iterations of later steps")
-    p.add_argument("--schedule", default=d.schedule, choices=["cosine", "constant", "rsqrt"])
-    p.add_argument("--meta-schedule", default=d.meta_schedule, choices=["constant", "cosine-recovery", "rsqrt-recovery"])
-    p.add_argument("--grad-clip", type=float, default=d.grad_clip)
     p.add_argument("--precision", default=d.precision, choices=list(PRECISIONS),
                    help="auto: amp on a GPU, fp32 on CPU; amp_bf16 also runs on CPU")
     p.add_argument("--grad-checkpointing", action=argparse.BooleanOptionalAction, default=d.grad_checkpointing,
@@ -88,32 +88,20 @@ def parse(argv=None) -> tuple[TrainConfig, bool]:
                    help="open_clip ClipLoss gather_with_grad (default: on with several ranks)")
     p.add_argument("--wandb", action=argparse.BooleanOptionalAction, default=d.wandb,
                    help="also log to Weights & Biases in offline mode (<run-dir>/wandb)")
-    p.add_argument("--text", default=d.text, choices=["alt", "generated", "both"])
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--shuffle-buffer", type=int, default=d.buffer, help="samples per source in the shuffle buffer")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device, help="auto | cpu | cuda")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, default=0, help="train only the first N time steps")
     p.add_argument("--time-steps", default="", help="'' (the data dir's), monthly:2019, or year groups 2014-2016,2017")
     p.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, e.g. buffer_factor=2 alpha=0.5 weight=1000 temperature=2")
     p.add_argument("--log-ids", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
+    p.add_argument("--list", action="store_true", help="print TiC's protocols (the registry's listed tic methods) and stop")
     pre, _ = p.parse_known_args(argv)
     if pre.config:
         p.set_defaults(**_config_defaults(p, pre.config))
     a = p.parse_args(argv)
-    options = {}
-    for kv in a.option:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            p.error(f"--option must be KEY=VALUE, got {kv!r}")
-        try:
-            options[k] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k] = v
+    if a.list:
+        print(" ".join(methods("tic", listed_only=True)))
+        raise SystemExit(0)
+    base = base_from_args(p, a)
     try:  # a bad or conflicting year range is a one-line error before any work
         from benchmark_builder.specs import resolve_spec
 
@@ -121,20 +109,16 @@ def parse(argv=None) -> tuple[TrainConfig, bool]:
     except (KeyError, ValueError) as e:
         p.error(str(e).strip("'\""))
     cfg = TrainConfig(
-        protocol=a.protocol, data_dir=a.data_dir, benchmark=a.benchmark, variant=a.variant,
-        run_dir=a.run_dir or f"runs/{a.protocol}", model=a.model, samples_per_step=a.samples_per_step,
-        batch_size=a.batch_size, lr=a.lr, weight_decay=a.wd, warmup=a.warmup, warmup_later=a.warmup_later,
-        schedule=a.schedule, meta_schedule=a.meta_schedule, grad_clip=a.grad_clip, precision=a.precision, text=a.text,
-        workers=a.workers, buffer=a.shuffle_buffer, seed=a.seed, device=a.device, checkpoint_every=a.checkpoint_every, max_steps=a.max_steps, time_steps=a.time_steps,
-        years=a.years,
-        options=options, log_ids=a.log_ids, accum_freq=a.accum_freq, global_batch_size=a.global_batch_size,
-        grad_checkpointing=a.grad_checkpointing, torchcompile=a.torchcompile, local_loss=a.local_loss,
-        gather_with_grad=a.gather_with_grad, wandb=a.wandb, config_file=a.config,
+        **{**base, "run_dir": a.run_dir or f"runs/{a.protocol}"}, protocol=a.protocol, warmup_later=a.warmup_later,
+        precision=a.precision, max_steps=a.max_steps, time_steps=a.time_steps, years=a.years, log_ids=a.log_ids,
+        accum_freq=a.accum_freq, global_batch_size=a.global_batch_size, grad_checkpointing=a.grad_checkpointing,
+        torchcompile=a.torchcompile, local_loss=a.local_loss, gather_with_grad=a.gather_with_grad, wandb=a.wandb,
+        config_file=a.config,
     )
     return cfg, a.resume
 
 
-def main(argv=None) -> int:
+def tic_main(argv=None) -> int:
     cfg, resume = parse(argv)
     try:
         train(cfg, resume=resume)
@@ -142,6 +126,19 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    family = argv[0] if argv and argv[0] in FAMILIES else None
+    if family == "cil":
+        return cil_main(argv[1:], prog="python -m training cil")
+    if family == "fomo":
+        return fomo_main(argv[1:], prog="python -m training fomo")
+    if argv and not argv[0].startswith("-") and family is None:
+        print(f"error: unknown family {argv[0]!r}; one of {', '.join(FAMILIES)} (python -m training --help)", file=sys.stderr)
+        return 2
+    return tic_main(argv[1:] if family else argv)  # no family: the TiC protocols, as before the families
 
 
 if __name__ == "__main__":

@@ -232,7 +232,9 @@ class MixtureStream(torch.utils.data.IterableDataset):
             for _ in range(cfg.batch_size):
                 s = next(stream)
                 rng = _rng(cfg.seed, "sample", slot, position)
-                torch.manual_seed(rng.getrandbits(63))  # augmentation randomness, fixed by position
+                # augmentation randomness, fixed by position; the CPU generator only: torch.manual_seed
+                # also queues a lazy CUDA seeding with its stack trace on CUDA builds (~ms per sample)
+                torch.default_generator.manual_seed(rng.getrandbits(63))
                 img = decode_image(s["jpg"], cfg.image_size)
                 images.append(cfg.transform(img) if cfg.transform else img)
                 texts.append(choose_text(s["meta"], cfg.text, rng))

@@ -1,14 +1,18 @@
 """Class- and domain-incremental continual learning with CLIP: the stream and the training.
 
-    python -m training.incremental --dataset synthetic-web --method gdro --memory 200   # train only
-    python -m eval.incremental --dataset synthetic-web --method gdro --memory 200       # train, then evaluate
+    python -m training cil --dataset synthetic-web --method gdro --memory 200    # train
+    python -m eval cil run runs/cil-synthetic-web-gdro-m200                        # then evaluate
+    python -m training cil --dataset synthetic-web --method clip-replay --sweep-memory 0 64 256
 
 1. The stream (``benchmark_builder.task_streams``) is written once under
    ``<data-dir>/streams/<dataset>-<kind>-T<tasks>-s<seed>/`` and reused.
 2. Each task is a source for the bundled trainer (``training.train.train``, same loop,
-   checkpoints and compute accounting as the TiC protocols); texts are the class prompts.
-3. ``eval.incremental`` evaluates every task's checkpoint on the tasks seen so far and fills the
-   accuracy matrix.
+   checkpoints and compute accounting as the TiC protocols); texts are the class prompts. The
+   method is a ``cil`` method of the registry (``training.methods``).
+3. ``<run>/cil.json`` records the config, the stream and the memory's composition;
+   ``python -m eval cil run`` evaluates every task's checkpoint on the tasks seen so far and fills
+   the accuracy matrix (``make cil`` runs both).
+``python -m training.incremental`` is the same command as ``python -m training cil``.
 """
 from __future__ import annotations
 
@@ -16,28 +20,27 @@ import argparse
 import dataclasses
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from benchmark_builder import task_streams as ts
 from pipelines import io as pio
 from pipelines.models import load_model
+from training.config import CLConfig, add_base_args, base_from_args, base_values
 from training.data import Source
+from training.methods import get_method, methods
+from training.train import TrainConfig, train
 
-
-def cil_methods() -> dict:
-    from training.methods.clip_replay import ClipReplay, for_class_streams
-    from training.methods.ewc import EWC
-    from training.methods.finetune_ce import FinetuneCE
-    from training.methods.gcl import GCL
-    from training.methods.gdro import GDRO
-    from training.methods.lwf import LwF
-
-    return {"finetune-ce": FinetuneCE, "clip-replay": ClipReplay, "gcl": GCL, "gdro": GDRO,
-            "ewc": for_class_streams(EWC), "lwf": for_class_streams(LwF), "zero-shot": None}
+RUN_RECORD = "cil.json"  # <run>/cil.json: what the evaluation of a class/domain-incremental run reads
 
 
 @dataclass
-class CILConfig:
+class CILConfig(CLConfig):
+    """The base config with this family's defaults, plus the stream and the class memory."""
+    samples_per_step: int = 4096  # per task
+    batch_size: int = 64
+    warmup: int = 5
+    workers: int = 0
+    buffer: int = 256
     dataset: str = "synthetic-web"
     data: str = ""
     kind: str = "cil"
@@ -45,16 +48,6 @@ class CILConfig:
     domains: tuple[str, ...] = ()
     method: str = "clip-replay"
     memory: int = 0
-    seed: int = 0
-    data_dir: str = "./data"
-    run_dir: str = ""
-    model: str = "tic-tiny-32"
-    samples_per_task: int = 4096
-    batch_size: int = 64
-    lr: float = 1e-3
-    device: str = "auto"
-    workers: int = 0
-    options: dict = field(default_factory=dict)
     synthetic_per_class: tuple[int, int] = ts.SYNTHETIC_PER_CLASS  # (train, test) renders per concept, synthetic-web only
 
     def stream_dir(self) -> str:
@@ -65,6 +58,13 @@ class CILConfig:
 
     def default_run_dir(self) -> str:
         return self.run_dir or os.path.join("runs", f"{self.kind}-{self.dataset}-{self.method}-m{self.memory}")
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CILConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in names}
+        return cls(**{**d, "domains": tuple(d.get("domains", ())),
+                      "synthetic_per_class": tuple(d.get("synthetic_per_class", ts.SYNTHETIC_PER_CLASS))})
 
 
 def ensure_stream(cfg: CILConfig) -> dict:
@@ -92,37 +92,43 @@ def seen_classes(manifest: dict, t: int) -> list[int]:
     return sorted({c for task in manifest["tasks"][: t + 1] for c in task["classes"]})
 
 
-def train_run(cfg: CILConfig) -> dict:
-    """Write (or reuse) the stream and train the method over its tasks, one checkpoint per task.
-    Returns what the evaluation needs: the manifest, the run dir and the memory's composition."""
-    from training.train import TrainConfig, train
+def trainer_config(cfg: CILConfig, run_dir: str):
+    """The trainer's config of a class/domain-incremental run: the base part as given, the method
+    and its options with the memory size."""
+    return TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "options": {**cfg.options, "memory": cfg.memory}},
+                       protocol=cfg.method)
 
-    methods = cil_methods()
-    if cfg.method not in methods:
-        raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(methods)}")
+
+def train_run(cfg: CILConfig) -> dict:
+    """Write (or reuse) the stream and train the method over its tasks, one checkpoint per task;
+    writes ``<run>/cil.json`` (config, stream, memory composition) for the evaluation and returns it."""
+    if cfg.method not in methods("cil"):
+        raise ValueError(f"unknown method {cfg.method!r}; known: {', '.join(methods('cil'))}")
     manifest = ensure_stream(cfg)
     train_src = task_sources(cfg, manifest)
     T = len(train_src)
     run_dir = cfg.default_run_dir()
+    options = {**cfg.options, "memory": cfg.memory}
+    method = get_method(cfg.method, options, family="cil")
+    trains = any(method.trains_at(t, T) for t in range(T))
     memory_history = None
-    if cfg.method != "zero-shot":
-        method = methods[cfg.method]({**cfg.options, "memory": cfg.memory})
-        if cfg.method == "finetune-ce":
+    if trains:
+        if hasattr(method, "task_prompts"):  # finetune-ce: each task's class prompts
             tok = load_model(cfg.model).tokenizer
             method.task_prompts = [tok([ts.PROMPT.format(c=manifest["classnames"][c].replace("_", " ")) for c in t["classes"]])
                                    for t in manifest["tasks"]]
-        tc = TrainConfig(protocol=cfg.method, data_dir=cfg.data_dir, run_dir=run_dir, model=cfg.model,
-                         samples_per_step=cfg.samples_per_task, batch_size=cfg.batch_size, lr=cfg.lr, device=cfg.device,
-                         workers=cfg.workers, buffer=256, warmup=5, seed=cfg.seed,
-                         options={**cfg.options, "memory": cfg.memory})
-        train(tc, resume=os.path.exists(os.path.join(run_dir, "config.json")), sources=train_src, method=method)
+        train(trainer_config(cfg, run_dir), resume=os.path.exists(os.path.join(run_dir, "config.json")), sources=train_src, method=method)
         if cfg.memory > 0:  # the memory each task trained with (rebuilt the way the method builds it)
             method.data(T - 1, train_src)
             memory_history = getattr(method, "memory_history", None)
-    return {"manifest": manifest, "run_dir": run_dir, "memory_composition": memory_history}
+    record = {"config": dataclasses.asdict(cfg), "run_dir": run_dir, "stream_dir": cfg.stream_dir(), "trained": trains,
+              "memory_composition": memory_history}
+    os.makedirs(run_dir, exist_ok=True)
+    pio.write_json(os.path.join(run_dir, RUN_RECORD), record)
+    return record
 
 
-def parser(prog: str = "python -m training.incremental", doc: str = __doc__) -> argparse.ArgumentParser:
+def parser(prog: str = "python -m training cil", doc: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = CILConfig()
     p.add_argument("--dataset", default=d.dataset, choices=["synthetic-web", "cifar100", "domainnet", "imagenet", "imagefolder"])
@@ -132,42 +138,35 @@ def parser(prog: str = "python -m training.incremental", doc: str = __doc__) -> 
     p.add_argument("--synthetic-per-class", type=int, nargs=2, default=list(d.synthetic_per_class), metavar=("TRAIN", "TEST"),
                    help="synthetic-web renders per concept")
     p.add_argument("--domains", nargs="*", default=[])
-    p.add_argument("--method", default=d.method, choices=list(cil_methods()))
+    p.add_argument("--method", default=d.method, choices=list(methods("cil")))
     p.add_argument("--memory", type=int, default=d.memory)
     p.add_argument("--sweep-memory", type=int, nargs="*", help="run once per memory size")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--run-dir", default="")
-    p.add_argument("--model", default=d.model)
-    p.add_argument("--samples-per-task", type=int, default=d.samples_per_task)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option (gamma, lambda, ...)")
+    add_base_args(p, d, skip=("benchmark", "variant", "text"),
+                  helps={"run_dir": "default: runs/<kind>-<dataset>-<method>-m<memory>",
+                         "samples_per_step": "compute budget: samples per task", "options": "method option (gamma, lambda, ...)"})
+    p.add_argument("--samples-per-task", dest="samples_per_step", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
-def configs_from_args(a) -> list[CILConfig]:
+def configs_from_args(p: argparse.ArgumentParser, a) -> list[CILConfig]:
     """One config, or one per memory size with ``--sweep-memory``."""
-    base = CILConfig(dataset=a.dataset, data=a.data, kind=a.kind, tasks=a.tasks, domains=tuple(a.domains), method=a.method,
-                     memory=a.memory, seed=a.seed, data_dir=a.data_dir, run_dir=a.run_dir, model=a.model,
-                     samples_per_task=a.samples_per_task, batch_size=a.batch_size, lr=a.lr, device=a.device,
-                     workers=a.workers, options=dict(o.split("=", 1) for o in a.option),
+    base = CILConfig(**base_from_args(p, a), dataset=a.dataset, data=a.data, kind=a.kind, tasks=a.tasks,
+                     domains=tuple(a.domains), method=a.method, memory=a.memory,
                      synthetic_per_class=tuple(a.synthetic_per_class))
     if not a.sweep_memory:
         return [base]
     return [dataclasses.replace(base, memory=m, run_dir=f"{a.run_dir}-m{m}" if a.run_dir else "") for m in a.sweep_memory]
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m training cil") -> int:
     from pipelines.safe_inputs import InputError
 
+    p = parser(prog)
     try:
-        for cfg in configs_from_args(parser().parse_args(argv)):
+        for cfg in configs_from_args(p, p.parse_args(argv)):
             print(f"trained: {train_run(cfg)['run_dir']}")
-    except InputError as e:  # a refused dataset file (crafted pickle, bad split line): one line, no traceback
-        print(f"error: {e}", file=sys.stderr)
+    except (InputError, ValueError, FileNotFoundError, FileExistsError) as e:  # a refused dataset file (crafted pickle,
+        print(f"error: {e}", file=sys.stderr)  # bad split line), a missing dataset, a run dir of another run: one line
         return 2
     return 0
 

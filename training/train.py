@@ -13,11 +13,11 @@ A method's extra passes are thus added to its compute, as TiC-CLIP's table count
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import open_clip
@@ -28,6 +28,7 @@ from pipelines.models import load_model
 from training import checkpoint as ckpt
 from training import distributed
 from training import scale
+from training.config import CLConfig
 from training.data import StreamConfig, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
@@ -36,26 +37,12 @@ from training.schedules import lr_at
 
 
 @dataclass
-class TrainConfig:
-    protocol: str = "sequential"
-    data_dir: str = "./data"
-    benchmark: str = "tic-datacomp"
-    variant: str = "basic"
+class TrainConfig(CLConfig):
+    """The trainer's config: the base config (``training.config.CLConfig``) plus TiC's time steps and
+    open_clip_train's scale options. CIL and FoMo runs build one from their own (``base_values``)."""
+    protocol: str = "sequential"  # the method (training.methods)
     run_dir: str = "./runs/sequential"
-    model: str = "tic-tiny-32"
-    samples_per_step: int = 8192
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 0.2
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-6
-    warmup: int = 10  # warmup iterations of the first time step
     warmup_later: int = 0  # warmup iterations of later steps (TiC-CLIP: none)
-    cooldown: int = 0  # rsqrt schedule: iterations of linear cooldown at the end of each step
-    schedule: str = "cosine"
-    meta_schedule: str = "constant"
-    grad_clip: float = 1.0
     precision: str = "auto"  # auto (amp on GPU, fp32 on CPU) | amp | amp_bf16 | pure_bf16 | fp32 (training.scale)
     accum_freq: int = 1  # micro-batches per optimizer step, loss over the accumulated batch (training.scale)
     global_batch_size: int = 0  # >0: batch_size = this / (ranks x accum_freq), as DataComp's train.py
@@ -65,20 +52,10 @@ class TrainConfig:
     gather_with_grad: bool | None = None  # idem
     wandb: bool = False  # also log to Weights & Biases, offline (training.runlog)
     config_file: str = ""  # the --config YAML the values came from (copied into the run dir)
-    text: str = "alt"  # alt | generated | both
-    workers: int = -1  # DataLoader workers per rank; -1: by core count
-    buffer: int = 1000  # shuffle buffer per source
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 25  # iterations
     max_steps: int = 0  # train only the first N time steps (0: all)
     time_steps: str = ""  # "": the benchmark's steps; "monthly:2019"; "2014-2016,2017,2018"
     years: str = ""  # "": the years the data dir was built for; FIRST-LAST must agree with them
-    options: dict = field(default_factory=dict)  # method options (buffer_factor, alpha, weight, ...)
     log_ids: bool = False  # record every sample id each rank trained on (DDP tests)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def _seed_everything(seed: int) -> None:
@@ -89,7 +66,8 @@ def _seed_everything(seed: int) -> None:
 
 def measure_macs(method, ctx, model, micro, precision) -> float:
     """MACs of one training iteration (forward, method loss, backward) on this rank's micro-batches
-    (with --accum-freq K: the K cached-feature passes and the K passes with gradients)."""
+    (with --accum-freq K: the K cached-feature passes and the K passes with gradients), by an
+    extra iteration whose gradients are dropped."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -97,6 +75,22 @@ def measure_macs(method, ctx, model, micro, precision) -> float:
         scale.iteration_backward(method, ctx, model, micro, precision, lambda loss: loss.backward())
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2
+
+
+def macs_key(method, ctx, model, micro, precision) -> tuple:
+    """What one iteration's MACs depend on: the method, whether it has a previous model (LwF's
+    teacher pass), which parameters get gradients, the micro-batches' shapes and the precision."""
+    return (type(method).__name__, ctx.prev_model is not None, precision.name,
+            tuple((tuple(p.shape), p.requires_grad) for p in model.parameters()),
+            tuple((tuple(m[0].shape), tuple(m[1].shape)) for m in micro))
+
+
+def counted_in_the_iteration(method, cfg) -> bool:
+    """Whether the first real iteration is itself counted (and the count cached for later steps):
+    the method's loss is the plain task loss and the model is not compiled. A method with its own
+    loss terms (GCL, GDRO, SI, ... whose loss updates their state) or a compiled model keeps the
+    extra measured iteration at the start of every step, which is part of those runs' results."""
+    return scale.accumulates(method) and not cfg.torchcompile
 
 
 def measure_end_step(method, ctx, model, batches) -> float:
@@ -174,6 +168,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
               f"device {device}, precision {precision.name}")
     runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb)
     samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
+    macs_cache: dict = {}  # macs_key -> MACs of one iteration over all ranks
 
     for t in range(T):
         if t in done or not method.trains_at(t, T):
@@ -234,15 +229,27 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                 micro.append((images.to(device, dtype=precision.input_dtype, non_blocking=True),
                               tokens.to(device, non_blocking=True), ids))
             data_wait = time.time() - t_iter
-            if macs_per_iter is None:
+            counter = None
+            if macs_per_iter is None and not counted_in_the_iteration(method, cfg):
                 macs_per_iter = measure_macs(method, ctx, ddp, micro, precision) * info.world_size
+            elif macs_per_iter is None:  # counted once per run and iteration shape (macs_cache)
+                key = macs_key(method, ctx, model, micro, precision)
+                if key in macs_cache:
+                    macs_per_iter = macs_cache[key]
+                else:
+                    from torch.utils.flop_counter import FlopCounterMode
+
+                    counter = FlopCounterMode(display=False)
             lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
                        meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
                        cooldown_steps=cfg.cooldown)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
-            loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
+            with counter or contextlib.nullcontext():
+                loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
+            if counter is not None:
+                macs_per_iter = macs_cache[key] = counter.get_total_flops() / 2 * info.world_size
             if scaler:
                 scaler.unscale_(optimizer)
             if cfg.grad_clip:

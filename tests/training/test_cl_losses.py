@@ -224,19 +224,19 @@ def test_class_text_losses_and_class_keys_by_hand():
 
 
 def test_ewc_and_lwf_for_class_streams_reuse_the_tic_classes_with_memory_and_class_text_loss():
-    from training.incremental import cil_methods
+    from training.methods import methods
     from training.methods.base import Method
     from training.methods.class_memory import ClassMemoryData
     from training.methods.clip_replay import ClassTextLoss
     from training.methods.ewc import EWC
     from training.methods.lwf import LwF
 
-    methods = cil_methods()
+    cil = methods("cil")
     for name, tic in (("ewc", EWC), ("lwf", LwF)):
-        m = methods[name]({"memory": 8})
+        m = cil[name]({"memory": 8})
         assert isinstance(m, tic) and isinstance(m, ClassMemoryData) and isinstance(m, ClassTextLoss) and m.name == name
     tokens = torch.tensor([[5, 1], [7, 2], [5, 1], [9, 3]])
-    m = methods["ewc"]({})
+    m = cil["ewc"]({})
     assert m.texts(tokens).tolist() == [[5, 1], [7, 2], [9, 3]]  # distinct class prompts, first-seen order
     assert Method().texts(tokens) is tokens  # the TiC protocols keep in-batch captions
     img, txt = _features(4, 8)

@@ -161,7 +161,7 @@ def test_recipe_trains_and_evaluates(tiny_benchmark, tmp_path):
     results = []
     for method in ("lora", "ema-merge"):
         cfg = FomoConfig(method=method, order="time", tasks=2, data_dir=tiny_benchmark, run_dir=str(tmp_path / method),
-                         base_model="tic-tiny-32", pool_years=(2014, 2015), holdout=3, steps_per_task=2, batch_size=8,
+                         model="tic-tiny-32", pool_years=(2014, 2015), holdout=3, steps_per_task=2, batch_size=8,
                          device="cpu")
         recipe = run(cfg)
         assert recipe["steps_per_task"] == 2
@@ -210,4 +210,4 @@ def test_default_base_is_the_filter_model_the_layout_names(tmp_path):
     assert resolve_base(FomoConfig(data_dir=str(tmp_path), benchmark="other-bench")) == f"tic-tiny-32:{ckpt}"
     with pytest.raises(FileNotFoundError):  # another benchmark's model is not this one's
         resolve_base(FomoConfig(data_dir=str(tmp_path)))
-    assert resolve_base(FomoConfig(data_dir=str(tmp_path), base_model="ViT-B-32:openai")) == "ViT-B-32:openai"
+    assert resolve_base(FomoConfig(data_dir=str(tmp_path), model="ViT-B-32:openai")) == "ViT-B-32:openai"

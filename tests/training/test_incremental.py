@@ -12,10 +12,15 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from test_cl_losses import _write_cifar100  # noqa: E402
 
-from eval.incremental import run  # noqa: E402
-from training.incremental import CILConfig  # noqa: E402
+from eval.incremental import evaluate  # noqa: E402
+from training.incremental import CILConfig, train_run  # noqa: E402
 
-TINY = dict(samples_per_task=64, batch_size=16, workers=0)
+TINY = dict(samples_per_step=64, batch_size=16, workers=0)
+
+
+def run(cfg: CILConfig) -> dict:
+    """What make cil does: train (python -m training cil), then evaluate (python -m eval cil run)."""
+    return evaluate(train_run(cfg)["run_dir"], cfg.device)
 
 
 @pytest.fixture(scope="module")

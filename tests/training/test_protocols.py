@@ -14,7 +14,7 @@ import torch
 
 from pipelines.sinks import webdataset as wds
 from training.data import MixtureStream, Source, StreamConfig, sample_id, time_step_sources, uid_fraction
-from training.methods import METHODS, get_method
+from training.methods import get_method, methods
 from training.train import TrainConfig, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -25,7 +25,7 @@ def _cfg(data_dir, run_dir, protocol, **kw):
     return TrainConfig(protocol=protocol, data_dir=data_dir, run_dir=str(run_dir), **{**TINY, **kw})
 
 
-@pytest.mark.parametrize("protocol", sorted(METHODS))
+@pytest.mark.parametrize("protocol", sorted(methods("tic")))
 def test_protocol_runs_every_time_step(tiny_benchmark, tmp_path, protocol):
     options = {"fisher_samples": 16} if protocol == "ewc" else {}  # a Fisher on one batch keeps the test short
     summary = train(_cfg(tiny_benchmark, tmp_path / protocol, protocol, options=options))

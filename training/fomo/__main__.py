@@ -1,11 +1,11 @@
-"""``python -m training.fomo``: run a FoMo-in-Flux recipe on a built benchmark.
+"""``python -m training fomo`` (also ``python -m training.fomo``): run a FoMo-in-Flux recipe on a built benchmark.
 
-    python -m training.fomo --method ema-merge --order time --tasks 10
-    python -m training.fomo --method lora --order reverse-frequency --tasks 5 --option rank=8
-    python -m training.fomo --budget-only --methods full-ft,lora,ewc,ema-merge --tasks 5   # MAF table only
-    python -m training.fomo --stream-only --order semantic --tasks 5                      # print the stream
+    python -m training fomo --method ema-merge --order time --tasks 10
+    python -m training fomo --method lora --order reverse-frequency --tasks 5 --option rank=8
+    python -m training fomo --budget-only --methods full-ft,lora,ewc,ema-merge --tasks 5   # MAF table only
+    python -m training fomo --stream-only --order semantic --tasks 5                      # print the stream
 
-Evaluate with ``python -m eval.fomo runs/fomo-*``.
+Evaluate with ``python -m eval fomo compare runs/fomo-*``.
 """
 from __future__ import annotations
 
@@ -14,25 +14,24 @@ import json
 import sys
 
 from pipelines.models import load_model
+from training.config import add_base_args, base_from_args
 from training.fomo.mixture import parse_shares
 from training.fomo.runner import FomoConfig, plan_budget, resolve_base, run
-from training.fomo.streams import ALL_ORDERS
-from training.methods import METHODS, UPDATE_METHODS, get_method
-from training.schedules import META_SCHEDULES, SCHEDULES
+from training.fomo.streams import ALL_ORDERS, build_index, make_stream
+from training.methods import get_method, methods
 
 
-def parse(argv=None):
+def parse(argv=None, prog: str = "python -m training fomo"):
     d = FomoConfig()
-    p = argparse.ArgumentParser(prog="python -m training.fomo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default=d.method, choices=sorted({*METHODS, *UPDATE_METHODS}))
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--method", default=d.method, choices=sorted(methods("fomo")))
     p.add_argument("--order", default=d.order, choices=ALL_ORDERS)
     p.add_argument("--tasks", "-T", type=int, default=d.tasks)
-    p.add_argument("--data-dir", default=d.data_dir)
-    p.add_argument("--benchmark", default=d.benchmark)
-    p.add_argument("--variant", default=d.variant)
-    p.add_argument("--run-dir", default="", help="default: runs/fomo-<method>-<order>-T<tasks>")
-    p.add_argument("--base-model", default="", help="model spec of the base; default: the embedded filter CLIP")
+    add_base_args(p, d, skip=("samples_per_step",),
+                  helps={"model": "model spec of the base; default: the embedded filter CLIP",
+                         "run_dir": "default: runs/fomo-<method>-<order>-T<tasks>", "warmup": "warmup iterations of every task",
+                         "options": "method option, e.g. rank=8 decay=0.7"})
+    p.add_argument("--base-model", dest="model", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("--pool-years", default=",".join(map(str, d.pool_years)), help="years of the pretraining pool")
     p.add_argument("--holdout", type=int, default=d.holdout, help="concepts kept out of the stream for retention")
     p.add_argument("--mixture", default=",".join(map(str, d.shares)), help="shares pool,current,replay")
@@ -41,60 +40,44 @@ def parse(argv=None):
                    help="compute budget: full fine-tuning iterations per task; other methods get the same MAF")
     p.add_argument("--maf-budget", type=float, default=0.0, help="total budget in GMAF (overrides --full-ft-steps)")
     p.add_argument("--steps-per-task", type=int, default=0, help="fixed iterations per task (skips the MAF budget)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--warmup", type=int, default=d.warmup)
-    p.add_argument("--cooldown", type=int, default=d.cooldown, help="rsqrt: cooldown iterations at the end of each task")
-    p.add_argument("--schedule", default=d.schedule, choices=sorted(SCHEDULES))
-    p.add_argument("--meta-schedule", default=d.meta_schedule, choices=META_SCHEDULES)
-    p.add_argument("--text", default=d.text, choices=["alt", "generated", "both"], help="caption to train on")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="method option, e.g. rank=8 decay=0.7")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--budget-only", action="store_true", help="print the MAF table of --methods and stop")
     p.add_argument("--methods", default="full-ft,lora,ewc,ema-merge", help="methods of --budget-only")
     p.add_argument("--stream-only", action="store_true", help="print the stream and stop")
     a = p.parse_args(argv)
-    options = {}
-    for kv in a.option:
-        k, sep, v = kv.partition("=")
-        if not sep:
-            p.error(f"--option must be KEY=VALUE, got {kv!r}")
-        try:
-            options[k] = json.loads(v)
-        except json.JSONDecodeError:
-            options[k] = v
+    base = base_from_args(p, a)
     try:  # a bad option value (e.g. operator=tie) fails here, with the method's message
-        get_method(a.method, options)
+        get_method(a.method, base["options"], family="fomo")
     except ValueError as e:
         p.error(str(e))
     cfg = FomoConfig(
-        method=a.method, order=a.order, tasks=a.tasks, data_dir=a.data_dir, benchmark=a.benchmark, variant=a.variant,
-        run_dir=a.run_dir, base_model=a.base_model, pool_years=tuple(int(y) for y in a.pool_years.split(",") if y),
-        holdout=a.holdout, shares=parse_shares(a.mixture), buffer_size=a.buffer_size, full_ft_steps=a.full_ft_steps, maf_budget=a.maf_budget,
-        steps_per_task=a.steps_per_task, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, cooldown=a.cooldown, schedule=a.schedule,
-        meta_schedule=a.meta_schedule, seed=a.seed, text=a.text, device=a.device, workers=a.workers, options=options,
+        **base, method=a.method, order=a.order, tasks=a.tasks, pool_years=tuple(int(y) for y in a.pool_years.split(",") if y),
+        holdout=a.holdout, shares=parse_shares(a.mixture), buffer_size=a.buffer_size, full_ft_steps=a.full_ft_steps,
+        maf_budget=a.maf_budget, steps_per_task=a.steps_per_task,
     )
     return cfg, a
 
 
-def main(argv=None) -> int:
-    cfg, a = parse(argv)
+def main(argv=None, prog: str = "python -m training fomo") -> int:
+    cfg, a = parse(argv, prog)
+    try:
+        _run(cfg, a)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # no base model, no benchmark, a run dir of another run
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(cfg: FomoConfig, a) -> None:
     if a.budget_only:
         _, table = plan_budget(cfg, resolve_base(cfg), [m for m in a.methods.split(",") if m])
         print(table)
-        return 0
-    if a.stream_only:
-        from training.fomo.streams import build_index, make_stream
-
+    elif a.stream_only:
         index = build_index(cfg.data_dir, cfg.variant, cfg.benchmark, pool_years=cfg.pool_years)
         stream = make_stream(index, cfg.order, cfg.tasks, cfg.seed, cfg.holdout, load_model(resolve_base(cfg)))
         print(json.dumps(stream.to_json(), indent=1))
-        return 0
-    run(cfg, resume=a.resume)
-    return 0
+    else:
+        run(cfg, resume=a.resume)
 
 
 if __name__ == "__main__":

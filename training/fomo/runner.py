@@ -8,36 +8,44 @@
    runs exactly that many and a cheaper method proportionally more.
 3. Train with the common loop (``training.train``): task t's data is the pool / current /
    replay mixture (``mixture``), the method is any of ``training.methods``.
-The recipe is saved as ``<run>/fomo.json``; ``python -m eval.fomo <run>...`` evaluates it.
+The recipe is saved as ``<run>/fomo.json``; ``python -m eval fomo run|compare <run>...`` evaluates it.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.models import load_model
 from pipelines.provenance import resolve_device
+from training.config import CLConfig, base_values
 from training.data import Source
 from training.fomo import maf as maf_lib
 from training.fomo.mixture import DEFAULT_SHARES, mixture_sources
 from training.fomo.streams import DEFAULT_POOL_YEARS, build_index, make_stream, pool_source, task_sources
+from training.methods import get_method
+from training.train import TrainConfig, train
 
 
 
 @dataclass
-class FomoConfig:
+class FomoConfig(CLConfig):
+    """The base config with this family's defaults (``model`` "": the embedded default's base, the
+    filter CLIP pretrained on 2014-2016; ``samples_per_step`` follows from the MAF budget), plus the
+    concept stream, the data mixture and the budget in MAF units."""
+    model: str = ""
+    samples_per_step: int = 0  # set by the budget: steps per task x batch_size
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup: int = 2  # warmup iterations of every task
+    workers: int = 0
+    buffer: int = 256
+    checkpoint_every: int = 0
     method: str = "full-ft"
     order: str = "random"
     tasks: int = 5
-    data_dir: str = "./data"
-    benchmark: str = "tic-datacomp"
-    variant: str = "basic"
-    run_dir: str = ""
-    base_model: str = ""  # "": the embedded default's base (the filter CLIP pretrained on 2014-2016)
     pool_years: tuple[int, ...] = DEFAULT_POOL_YEARS
     holdout: int = 4
     shares: tuple[float, float, float] = DEFAULT_SHARES
@@ -45,29 +53,15 @@ class FomoConfig:
     full_ft_steps: int = 20  # budget: full fine-tuning iterations per task (MAF units follow from it)
     maf_budget: float = 0.0  # >0: the total budget in GMAF (GFLOPs x memory ratio), instead of full_ft_steps
     steps_per_task: int = 0  # >0: skip the MAF budget and run this many iterations per task
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup: int = 2
-    cooldown: int = 0  # rsqrt: linear cooldown iterations at the end of each task
-    schedule: str = "cosine"
-    text: str = "alt"  # caption trained on: alt | generated | both (training.data.TEXT_FIELDS)
-    meta_schedule: str = "constant"
-    seed: int = 0
-    device: str = "auto"
-    workers: int = 0
-    options: dict = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def resolve_base(cfg: FomoConfig) -> str:
-    if cfg.base_model:
-        return cfg.base_model
+    if cfg.model:
+        return cfg.model
     pattern = Layout(cfg.data_dir, cfg.benchmark).filter_model_checkpoint("*")
     found = sorted(pio.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --base-model")
+        raise FileNotFoundError(f"no base model at {pattern}: build the benchmark (make build-tic-datacomp-all) or pass --model")
     return f"tic-tiny-32:{found[0]}"
 
 
@@ -96,9 +90,15 @@ def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
     return rows, table
 
 
+def trainer_config(cfg: FomoConfig, run_dir: str, base: str, steps: int):
+    """The trainer's config of a recipe: the base part as given, the resolved base model, ``steps``
+    iterations per task, the warmup at every task."""
+    return TrainConfig(**{**base_values(cfg), "run_dir": run_dir, "model": base, "samples_per_step": steps * cfg.batch_size,
+                          "options": dict(cfg.options)},
+                       protocol=cfg.method, warmup_later=cfg.warmup, time_steps=f"fomo:{cfg.order}:T{cfg.tasks}")
+
+
 def run(cfg: FomoConfig, resume: bool = False) -> dict:
-    from training.methods import get_method
-    from training.train import TrainConfig, train
 
     run_dir = cfg.run_dir or f"runs/fomo-{cfg.method}-{cfg.order}-T{cfg.tasks}"
     os.makedirs(run_dir, exist_ok=True)
@@ -121,14 +121,8 @@ def run(cfg: FomoConfig, resume: bool = False) -> dict:
             json.dump(costs, f, indent=1)
     tasks = task_sources(stream, index)
     pool = pool_source(cfg.data_dir, cfg.variant, cfg.pool_years, cfg.benchmark) if cfg.shares[0] > 0 else None
-    method = WithMixture(get_method(cfg.method, cfg.options), pool, cfg.shares, cfg.buffer_size)
-    tcfg = TrainConfig(
-        protocol=cfg.method, data_dir=cfg.data_dir, benchmark=cfg.benchmark, variant=cfg.variant, run_dir=run_dir,
-        model=base, samples_per_step=steps * cfg.batch_size, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup,
-        warmup_later=cfg.warmup, cooldown=cfg.cooldown, schedule=cfg.schedule, meta_schedule=cfg.meta_schedule,
-        seed=cfg.seed, text=cfg.text, device=cfg.device, workers=cfg.workers, buffer=256, checkpoint_every=0, options=dict(cfg.options),
-        time_steps=f"fomo:{cfg.order}:T{cfg.tasks}",
-    )
+    method = WithMixture(get_method(cfg.method, cfg.options, family="fomo"), pool, cfg.shares, cfg.buffer_size)
+    tcfg = trainer_config(cfg, run_dir, base, steps)
     recipe = {"fomo": cfg.to_json(), "base_model": base, "steps_per_task": steps, "stream": "stream.json",
               "maf": costs.get(cfg.method), "maf_full_ft": costs.get("full-ft")}
     with open(os.path.join(run_dir, "fomo.json"), "w") as f:

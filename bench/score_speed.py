@@ -1,0 +1,160 @@
+"""The RunInference stages against plain batched torch loops over the same images and model.
+
+- ``clip_score``: ``RunInference(ClipModelHandler("tic-tiny-32"))`` (pipelines/transforms/clip_score.py:
+  decode, preprocess, both towers, normalised embeddings and their cosine) in a Beam pipeline
+  (the local FnApiRunner, as the build runs it) against a bare loop doing the same per batch
+  (same decode with ``draft``, ``preprocess_val``, tokenizer, ``encode_image``/``encode_text``).
+- ``caption``: ``RunInference(HFCaptionHandler(folder))`` (pipelines/transforms/caption.py) with a
+  tiny BLIP written by ``save_pretrained`` (tests/pipelines/tiny_captioners.py; random weights,
+  so the figure is the stage's overhead, not a real captioner's speed) against a bare loop
+  calling ``generate`` per batch; both greedy, ``--caption-tokens`` new tokens.
+
+Images are the embedded web's pictures (benchmark_builder/synthetic_web), JPEG-encoded. Each side
+runs on ``N1`` and ``N2`` images, in alternation, ``--repeat`` times; the marginal rate
+(N2 - N1) / (t2 - t1) removes start-up (pipeline construction, model load) from both sides. The
+figure is the median over repeats of ours / plain (target >= 0.9), with its spread.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_samples(n: int, seed: int = 0) -> list[dict]:
+    from benchmark_builder.synthetic_web.generate import caption
+    from benchmark_builder.synthetic_web.images import draw, encode, image_params
+    import numpy as np
+
+    r = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        p = image_params(seed, i, 2016)
+        img = draw(p)
+        img.thumbnail((256, 256))
+        out.append({"uid": f"{i:032x}", "jpg": encode(img), "text": caption(p, 2016, r, "normal")[0]})
+    return out
+
+
+def _beam(samples: list[dict], handler) -> float:
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import RunInference
+
+    from pipelines.options import RunnerConfig, pipeline_options
+
+    t = time.perf_counter()
+    with pipeline_options(RunnerConfig()) as opts:
+        with beam.Pipeline(options=opts) as p:
+            _ = (p | beam.Create(samples) | RunInference(handler)
+                 | beam.combiners.Count.Globally() | beam.Map(lambda n, want=len(samples): _check(n, want)))
+    return time.perf_counter() - t
+
+
+def _check(n: int, want: int) -> None:
+    if n != want:
+        raise RuntimeError(f"RunInference gave {n} results for {want} samples")
+
+
+def plain_clip(samples: list[dict], spec: str, batch: int) -> float:
+    import io
+
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    from pipelines.models import load_model
+
+    t = time.perf_counter()
+    loaded = load_model(spec)
+    model = loaded.model.eval()
+    size = loaded.image_size
+
+    def pixels(data):
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size, size))
+        return loaded.preprocess_val(img.convert("RGB"))
+
+    with torch.no_grad():
+        for i in range(0, len(samples), batch):
+            b = samples[i:i + batch]
+            img = F.normalize(model.encode_image(torch.stack([pixels(s["jpg"]) for s in b])).float(), dim=-1)
+            txt = F.normalize(model.encode_text(loaded.tokenizer([s["text"] for s in b])).float(), dim=-1)
+            (img * txt).sum(dim=-1).numpy()
+    return time.perf_counter() - t
+
+
+def plain_caption(samples: list[dict], folder: str, batch: int, max_new_tokens: int) -> float:
+    from pipelines.models import load_captioner
+    from pipelines.transforms.caption import caption_images
+
+    t = time.perf_counter()
+    loaded = load_captioner(folder)
+    for i in range(0, len(samples), batch):
+        caption_images(loaded, [s["jpg"] for s in samples[i:i + batch]], max_new_tokens=max_new_tokens)
+    return time.perf_counter() - t
+
+
+def compare(name: str, samples: list[dict], ours, plain, n1: int, n2: int, repeat: int) -> dict:
+    ratios, rates = [], {"ours": [], "plain": []}
+    for _ in range(repeat):
+        t = {}
+        for who, fn in (("ours", ours), ("plain", plain)):
+            t[(who, n1)] = fn(samples[:n1])
+            t[(who, n2)] = fn(samples[:n2])
+        r = {who: (n2 - n1) / max(t[(who, n2)] - t[(who, n1)], 1e-9) for who in ("ours", "plain")}
+        rates["ours"].append(r["ours"])
+        rates["plain"].append(r["plain"])
+        ratios.append(r["ours"] / r["plain"])
+    result = {"stage": name, "n1": n1, "n2": n2, "ratios": ratios, "ratio": statistics.median(ratios),
+              "images_per_s": {k: statistics.median(v) for k, v in rates.items()}}
+    print(f"{name:<10} RunInference {result['images_per_s']['ours']:7.0f} img/s, plain loop "
+          f"{result['images_per_s']['plain']:7.0f} img/s -> {result['ratio']:.2f}x "
+          f"(median of {repeat}; {min(ratios):.2f}-{max(ratios):.2f}) (target >= 0.9)")
+    return result
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(prog="python -m bench score", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n1", type=int, default=512)
+    ap.add_argument("--n2", type=int, default=2048)
+    ap.add_argument("--caption-n1", type=int, default=128)
+    ap.add_argument("--caption-n2", type=int, default=512)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=256, help="RunInference max_batch_size and the plain loop's batch")
+    ap.add_argument("--caption-tokens", type=int, default=8, help="max_new_tokens of both caption sides")
+    ap.add_argument("--stages", default="clip_score,caption")
+    a = ap.parse_args(argv)
+    from pipelines.transforms.caption import HFCaptionHandler
+    from pipelines.transforms.clip_score import ClipModelHandler
+
+    samples = make_samples(max(a.n2, a.caption_n2))
+    results = {}
+    stages = a.stages.split(",")
+    if "clip_score" in stages:
+        handler = ClipModelHandler("tic-tiny-32", batch_size=a.batch)
+        results["clip_score"] = compare("clip_score", samples, lambda s: _beam(s, handler),
+                                        lambda s: plain_clip(s, "tic-tiny-32", a.batch), a.n1, a.n2, a.repeat)
+    if "caption" in stages:
+        from tests.pipelines.tiny_captioners import make_captioner
+
+        with tempfile.TemporaryDirectory() as folder:
+            make_captioner("blip", folder)
+            handler = HFCaptionHandler(folder, batch_size=min(64, a.batch), max_new_tokens=a.caption_tokens)
+            results["caption"] = compare("caption", samples, lambda s: _beam(s, handler),
+                                         lambda s: plain_caption(s, folder, min(64, a.batch), a.caption_tokens),
+                                         a.caption_n1, a.caption_n2, a.repeat)
+    result = {"benchmark": "score_speed", **results}
+    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
+    with open(os.path.join(REPO, "bench", "out", "score_speed.json"), "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
