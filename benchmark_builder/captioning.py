@@ -63,11 +63,15 @@ def _templates(path: str) -> tuple[str, ...]:
 
 
 def make_handler(cfg: CaptionConfig, layout: Layout):
-    """The RunInference handler for ``cfg.captioner``; checks the model or table loads first."""
+    """The RunInference handler for ``cfg.captioner``; checks the model or table loads first (a
+    dry run builds the handler only: it touches no storage and loads no model)."""
+    dry = cfg.runner.dry_run
     if cfg.captioner.startswith(cap.TEMPLATE_PREFIX):
         source = cfg.captioner[len(cap.TEMPLATE_PREFIX):]
         templates = _templates(cfg.templates)
-        if source == SYNTHETIC:
+        if source == SYNTHETIC and dry:
+            source = layout.caption_file("synthetic-web-attributes.parquet")  # what a real run writes first
+        elif source == SYNTHETIC:
             from benchmark_builder.synthetic_web.attributes import caption_attributes
 
             web = layout.web
@@ -76,13 +80,15 @@ def make_handler(cfg: CaptionConfig, layout: Layout):
                                         "default. Pass template:ATTRIBUTES.parquet or a Hugging Face captioner")
             source = layout.caption_file("synthetic-web-attributes.parquet")
             pio.write_parquet(source, caption_attributes(pio.local_path(web)))
-        elif not pio.exists(source):
+        elif not dry and not pio.exists(source):
             raise FileNotFoundError(f"attribute table {source!r} does not exist (--captioner {cfg.captioner!r})")
         handler = cap.TemplateCaptionHandler(source, templates)
-        handler.load_model()  # a bad table fails here, not inside a Beam worker
+        if not dry:
+            handler.load_model()  # a bad table fails here, not inside a Beam worker
         return handler, {"captioner": cfg.captioner, "templates": list(templates)}
 
-    load_captioner(cfg.captioner)  # fail now, with the loader's message
+    if not dry:
+        load_captioner(cfg.captioner)  # fail now, with the loader's message
     handler = cap.HFCaptionHandler(cfg.captioner, cfg.device, cfg.batch_size, cfg.max_new_tokens, cfg.num_beams)
     return handler, {"captioner": cfg.captioner, "max_new_tokens": cfg.max_new_tokens, "num_beams": cfg.num_beams}
 
@@ -99,10 +105,38 @@ def variant_uids(layout: Layout, name: str, years: list[int]) -> tuple[collectio
     return uids, have
 
 
+def caption_job(cfg: CaptionConfig, layout: Layout, handler, files: dict[int, list[str]], counts_dir: str):
+    """The caption job: RunInference over the pool of ``files`` (year -> metadata files), one
+    count file per year under ``counts_dir``."""
+    with pipeline_options(cfg.runner, job_name="tic-caption") as opts:
+        with beam.Pipeline(options=opts) as p:
+            counts = p | "Caption" >> cap.CaptionPool(files, {y: layout.pool(y) for y in files}, handler)
+            _ = counts | "Collect" >> beam.Map(lambda kv, out=counts_dir:
+                                                 pio.write_json(pio.join(out, f"{kv[0]}.json"), list(kv[1])))
+
+
+def dry_run(cfg: CaptionConfig) -> dict:
+    """Build and submit the caption job with ``--dry_run`` (validates a Dataflow job offline):
+    nothing is read or written, the metadata globs go into the graph unexpanded (as the build's
+    dry run), the years are ``cfg.years`` or the benchmark's. The variant rewrites that follow a
+    real run are reshard jobs (``reshard.reshard_job``)."""
+    from benchmark_builder.specs import resolve_spec
+
+    layout = Layout(cfg.data_dir, cfg.benchmark)
+    years = list(cfg.years) or list(resolve_spec(cfg.benchmark).years)
+    handler, _ = make_handler(cfg, layout)
+    caption_job(cfg, layout, handler, {y: [pio.join(layout.metadata(y), "*.parquet")] for y in years},
+                layout.caption_file("_counts"))
+    print(f"dry run: the caption job (years {years[0]}..{years[-1]}) built and validated for {cfg.runner.runner}; nothing ran")
+    return {"dry_run": True, "jobs": 1}
+
+
 def run_captions(cfg: CaptionConfig) -> dict:
     from benchmark_builder.index import build_index
     from benchmark_builder.reshard import reshard
 
+    if cfg.runner.dry_run:
+        return dry_run(cfg)
     layout = Layout(cfg.data_dir, cfg.benchmark)
     years = list(cfg.years) or layout.built_years()
     if not years:
@@ -118,11 +152,7 @@ def run_captions(cfg: CaptionConfig) -> dict:
     per_year: dict[int, tuple[int, int]] = {}
     counts_dir = layout.caption_file("_counts")
     pio.remove(counts_dir)
-    with pipeline_options(cfg.runner, job_name="tic-caption") as opts:
-        with beam.Pipeline(options=opts) as p:
-            counts = p | "Caption" >> cap.CaptionPool(files, {y: layout.pool(y) for y in years}, handler)
-            _ = counts | "Collect" >> beam.Map(lambda kv, out=counts_dir:
-                                                 pio.write_json(pio.join(out, f"{kv[0]}.json"), list(kv[1])))
+    caption_job(cfg, layout, handler, files, counts_dir)
     for y in years:
         c = pio.join(counts_dir, f"{y}.json")
         per_year[y] = tuple(pio.read_json(c)) if pio.exists(c) else (0, 0)

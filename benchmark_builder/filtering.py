@@ -74,18 +74,43 @@ def check_filter_model(spec: str) -> str:
     return spec
 
 
+def score_job(cfg: ClipFilterConfig, layout: Layout, spec: str, files: dict[int, list[str]]) -> None:
+    """The scoring job: RunInference with ``spec`` over the pool of ``files`` (year -> metadata
+    files; a dry run passes their globs unexpanded), embeddings under ``layout.clip()``."""
+    handler = cs.ClipModelHandler(spec, cfg.device, cfg.batch_size)
+    with pipeline_options(cfg.runner, job_name="tic-clip-score") as opts:
+        with beam.Pipeline(options=opts) as p:
+            _ = p | "Score" >> cs.ScorePool(files, {y: layout.pool(y) for y in files}, layout.clip(), handler, spec)
+
+
+def dry_run(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
+    """Build and submit the filter's Beam jobs with ``--dry_run`` (validates Dataflow jobs
+    offline): the scoring job and one reshard job per variant. Nothing is read or written and no
+    model is loaded: the metadata globs go into the graphs unexpanded (as the build's dry run),
+    the years are ``cfg.years`` or the benchmark's, and the selection, computed between the jobs
+    from the scores, is empty."""
+    from benchmark_builder.reshard import reshard_job
+    from benchmark_builder.specs import resolve_spec
+
+    layout = Layout(cfg.data_dir, cfg.benchmark)
+    years = list(cfg.years) or list(resolve_spec(cfg.benchmark).years)
+    files = {y: [pio.join(layout.metadata(y), "*.parquet")] for y in years}
+    score_job(cfg, layout, cfg.filter_model, files)
+    for v in variants:
+        reshard_job(layout, v, files, {}, cfg.runner)
+    print(f"dry run: {1 + len(variants)} job graphs (CLIP scores, {', '.join(variants)}; years {years[0]}..{years[-1]}) "
+          f"built and validated for {cfg.runner.runner}; nothing ran")
+    return {"dry_run": True, "jobs": 1 + len(variants)}
+
+
 def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> None:
     out, marker = layout.clip(), layout.clip_marker
     want = {"model": spec, "years": years}
     if pio.exists(marker) and pio.read_json(marker) == want:
         print("clip scores: up to date")
         return
-    files = {y: pio.glob(pio.join(layout.metadata(y), "*.parquet")) for y in years}
     t = time.time()
-    handler = cs.ClipModelHandler(spec, cfg.device, cfg.batch_size)
-    with pipeline_options(cfg.runner, job_name="tic-clip-score") as opts:
-        with beam.Pipeline(options=opts) as p:
-            _ = p | "Score" >> cs.ScorePool(files, {y: layout.pool(y) for y in years}, out, handler, spec)
+    score_job(cfg, layout, spec, {y: pio.glob(pio.join(layout.metadata(y), "*.parquet")) for y in years})
     n = sum(len(cs.load_embeddings(pio.glob(pio.join(layout.clip(y), "*.npz")))["uid"]) for y in years)
     print(f"clip scores: {n} samples scored with {spec} in {time.time() - t:.1f} s ({n / max(time.time() - t, 1e-9):.0f} samples/s)")
     pio.write_json(marker, want)
@@ -215,6 +240,8 @@ def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: li
 def run_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     from benchmark_builder.reshard import reshard
 
+    if cfg.runner.dry_run:
+        return dry_run(cfg, variants)
     layout = Layout(cfg.data_dir, cfg.benchmark)
     years = list(cfg.years) or layout.built_years()
     if not years:

@@ -61,7 +61,10 @@ def run_clip_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
     """The filter model (trained here when ``cfg.filter_model`` is empty), the CLIP variants, the audit."""
     from training.filter_model import ensure_filter_model  # torch and the trainer load only for this job
 
-    model = cfg.filter_model or ensure_filter_model(cfg.data_dir, cfg.benchmark, cfg.seed, cfg.filter_model_samples)
+    dry = cfg.runner.dry_run  # the jobs' graphs only: no training, no audit
+    model = cfg.filter_model or ensure_filter_model(cfg.data_dir, cfg.benchmark, cfg.seed, cfg.filter_model_samples,
+                                                    train_if_absent=not dry)
     info = run_filters(dataclasses.replace(cfg, filter_model=model), tuple(variants))
-    audit(cfg.data_dir, cfg.benchmark)
+    if not dry:
+        audit(cfg.data_dir, cfg.benchmark)
     return info

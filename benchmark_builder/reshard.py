@@ -78,6 +78,26 @@ def built_variants(layout: Layout) -> set[str]:
     return names
 
 
+def reshard_job(layout: Layout, name: str, files: Mapping[int, list[str]], selected: Mapping[str, int],
+                runner: RunnerConfig, samples_per_shard: int = 10_000, keys: str = "uid") -> None:
+    """The reshard job of variant ``name``: the ``selected`` rows of ``files`` (year -> metadata
+    files; a dry run passes their globs unexpanded) read back from the pool and written as the
+    variant's training shards, one directory per year."""
+    with pipeline_options(runner, job_name=f"tic-reshard-{name}") as opts:
+        with beam.Pipeline(options=opts) as p:
+            for y, year_files in sorted(files.items()):
+                rows = (
+                    p
+                    | f"Files{y}" >> beam.Create(year_files)
+                    | f"Rows{y}" >> beam.FlatMap(_rows_of, y, selected, name, layout.pool(y))
+                )
+                _ = rows | f"Write{y}" >> rs.WriteVariant(
+                    name, layout.train_shards(name, y), {"variant": name, "year": y, "benchmark": layout.benchmark,
+                                                         "keys": keys},
+                    rs.ReshardConfig(samples_per_shard, keys=keys),
+                )
+
+
 def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, int], years: list[int] | None = None,
             runner: RunnerConfig | None = None, samples_per_shard: int = 10_000, default_variant: str = "basic",
             rewrite: bool = False, overwrite: bool = False) -> dict:
@@ -112,20 +132,8 @@ def reshard(layout: Layout, name: str, selected: Iterable[str] | Mapping[str, in
     keys = _key_style(layout, name, years, rewrite)
     for y in years:  # a re-run with another selection must not leave shards of the last one
         pio.remove(layout.train_shards(name, y))
-    with pipeline_options(runner, job_name=f"tic-reshard-{name}") as opts:
-        with beam.Pipeline(options=opts) as p:
-            for y in years:
-                files = pio.glob(pio.join(layout.metadata(y), "*.parquet"))
-                rows = (
-                    p
-                    | f"Files{y}" >> beam.Create(files)
-                    | f"Rows{y}" >> beam.FlatMap(_rows_of, y, selected, name, layout.pool(y))
-                )
-                _ = rows | f"Write{y}" >> rs.WriteVariant(
-                    name, layout.train_shards(name, y), {"variant": name, "year": y, "benchmark": layout.benchmark,
-                                                         "keys": keys},
-                    rs.ReshardConfig(samples_per_shard, keys=keys),
-                )
+    reshard_job(layout, name, {y: pio.glob(pio.join(layout.metadata(y), "*.parquet")) for y in years}, selected, runner,
+                samples_per_shard, keys)
     written = [_json_uid(s) for y in years for tar in pio.glob(pio.join(layout.train_shards(name, y), "*.tar"))
                for s in wds.iter_samples(tar)]
     src = pio.join(layout.variant(default_variant), "eval")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -184,7 +185,8 @@ def pipeline_options(cfg: RunnerConfig, job_name: str | None = None) -> Iterator
     cfg.validate()
     args = list(cfg.beam_args)
     if job_name and cfg.runner == "DataflowRunner" and not cfg._has("--job_name"):
-        args.append(f"--job_name={job_name}")
+        # Dataflow's job names are [-a-z0-9], a letter first (a variant name may hold '_' or '.')
+        args.append(f"--job_name={re.sub(r'[^a-z0-9-]+', '-', job_name.lower()).strip('-')}")
     if cfg.runner == "DirectRunner":
         yield PipelineOptions([f"--runner={_LOCAL}", *args])
     elif cfg.runner == "PortableRunner" and not cfg._has("--job_endpoint"):

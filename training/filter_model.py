@@ -29,10 +29,13 @@ def filter_model_config(data_dir: str, benchmark: str, seed: int, samples: int) 
     return cfg, key
 
 
-def ensure_filter_model(data_dir: str, benchmark: str, seed: int, samples: int) -> str:
-    """The model spec of the cached filter model; trains it first (resuming a killed run) if absent."""
+def ensure_filter_model(data_dir: str, benchmark: str, seed: int, samples: int, train_if_absent: bool = True) -> str:
+    """The model spec of the cached filter model; trains it first (resuming a killed run) if absent
+    (with ``train_if_absent=False``, a dry run's, only its spec)."""
     cfg, key = filter_model_config(data_dir, benchmark, seed, samples)
     ckpt = Layout(data_dir, benchmark).filter_model_checkpoint(key)
+    if not train_if_absent:
+        return f"{MODEL}:{ckpt}"
     if pio.exists(ckpt):
         print(f"filter model: cached {ckpt}")
     else:
