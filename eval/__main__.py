@@ -13,7 +13,6 @@ run|compare`` is ``tic``. Every family takes ``--device auto`` (cuda when availa
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -104,17 +103,17 @@ def _main(args) -> int:
         for r in args.runs:
             _evaluate(r, args)
         return 0
-    from eval.report import compare_heatmaps, compare_table
+    from eval.dynamic import run_name
+    from eval.report import compare_heatmaps, compare_table, eval_dir
+    from pipelines import io as pio
 
     summaries, mats = [], []
-    for r in args.runs:
-        d = os.path.join(r, "eval")
-        if not os.path.exists(os.path.join(d, "summary.json")):
+    for r in args.runs:  # local run dirs or bucket prefixes
+        d = eval_dir(r)
+        if not pio.exists(pio.join(d, "summary.json")):
             _evaluate(r, args)  # evaluations are cached, so this only fills what is missing
-        with open(os.path.join(d, "summary.json")) as f:
-            summaries.append({**json.load(f), "benchmark": args.benchmark})
-        with open(os.path.join(d, "matrices.json")) as f:
-            mats.append((os.path.basename(os.path.normpath(r)), json.load(f)))
+        summaries.append({**pio.read_json(pio.join(d, "summary.json")), "benchmark": args.benchmark})
+        mats.append((run_name(r), pio.read_json(pio.join(d, "matrices.json"))))
     table = compare_table(summaries)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "compare.md"), "w") as f:

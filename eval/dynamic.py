@@ -98,6 +98,11 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
     return classification_metrics(image, cache[key], labels, topk=(1, 5), mean_per_class=True)
 
 
+def run_name(run_dir: str) -> str:
+    """A run's name: its directory's (a local path or a bucket prefix)."""
+    return os.path.basename(os.path.normpath(pio.local_path(run_dir))) if pio.is_local(run_dir) else run_dir.rstrip("/").rsplit("/", 1)[-1]
+
+
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
                  static_root: str | None = None, draft: bool = False) -> RunEval:
@@ -126,8 +131,8 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
     statics = static_tasks(static_yaml, data_dir, variant, benchmark, yearly, static_root)
     T = len(steps)
     E = {"retrieval": np.full((T, T), np.nan), "classification": np.full((T, T), np.nan)}
-    res = RunEval(os.path.basename(os.path.normpath(run_dir)), cfg["protocol"], steps, ckpts)
-    cache_dir = os.path.join(run_dir, "eval", "cache")
+    res = RunEval(run_name(run_dir), cfg["protocol"], steps, ckpts)
+    cache_dir = pio.join(run_dir, "eval", "cache")
     for i in ckpts:
         path = run.step_path(i)
         loaded = load_model(f"{cfg['model'].split(':')[0]}:{path}", device=device)

@@ -17,21 +17,21 @@ RESULT_COLUMNS = ["run", "protocol", "model_step", "model_step_name", "task", "k
 
 
 def eval_dir(run_dir: str) -> str:
-    return os.path.join(run_dir, "eval")
+    return pio.join(run_dir, "eval")
 
 
 def write_outputs(res, run_dir: str) -> dict:
+    """The evaluation's files under ``<run_dir>/eval`` (a local path or a bucket), each atomically."""
     d = eval_dir(run_dir)
-    os.makedirs(d, exist_ok=True)
-    with pio.atomic_open(os.path.join(d, "results.jsonl"), "w") as f:
+    with pio.atomic_open(pio.join(d, "results.jsonl"), "w") as f:
         for r in res.rows:
             f.write(json.dumps({c: r.get(c) for c in RESULT_COLUMNS}) + "\n")
-    pio.write_json(os.path.join(d, "summary.json"), _clean(res.summary))
-    pio.write_json(os.path.join(d, "matrices.json"),
+    pio.write_json(pio.join(d, "summary.json"), _clean(res.summary))
+    pio.write_json(pio.join(d, "matrices.json"),
                    {"steps": res.steps, **{k: _clean(E.tolist()) for k, E in res.matrices.items()}})
-    pngs = [heatmap(res.matrices[k], res.steps, f"{res.run}: {k} (model step x data step)", os.path.join(d, f"heatmap_{k}.png"))
+    pngs = [heatmap(res.matrices[k], res.steps, f"{res.run}: {k} (model step x data step)", pio.join(d, f"heatmap_{k}.png"))
             for k in res.matrices]
-    pngs.append(curves(res, os.path.join(d, "per_year_retrieval.png")))
+    pngs.append(curves(res, pio.join(d, "per_year_retrieval.png")))
     return {"dir": d, "pngs": pngs}
 
 
@@ -134,14 +134,11 @@ def curves(res, png: str) -> str:
 
 
 def save_figure(fig, png: str) -> None:
-    """Write a matplotlib figure as PNG atomically (temp then rename) and close it."""
+    """Write a matplotlib figure as PNG atomically (a local path or an object) and close it."""
     import matplotlib.pyplot as plt
 
-    os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    pio.save_figure(fig, png, dpi=110)
     plt.close(fig)
-    os.replace(tmp, png)
 
 
 COMPARE_COLUMNS = [

@@ -8,6 +8,7 @@
 <run_dir>/checkpoints/latest.pt      periodic state inside the current step (removed at the end)
 <run_dir>/summary.json               per step: iterations, samples seen, MACs, seconds
 ```
+The run dir is a local path or ``gs://``/``s3://`` (docs/storage.md).
 Each checkpoint holds ``state_dict``, ``optimizer``, ``method`` (the method's own state),
 ``step``, ``iteration`` (optimizer steps; the data position is iteration x accum_freq batches
 consumed by each rank), ``rng``,
@@ -16,9 +17,8 @@ consumed by each rank), ``rng``,
 """
 from __future__ import annotations
 
-import glob
+import io
 import json
-import os
 import random
 import re
 
@@ -63,24 +63,28 @@ def state(model, optimizer, method, step: int, iteration: int, cfg, step_name: s
 
 
 class RunDir:
+    """A run dir on a local or shared disk, or under ``gs://``/``s3://`` (every read and write goes
+    through ``pipelines.io``): checkpoints appear whole (written to a temporary name and renamed,
+    or uploaded only once complete), so a killed run leaves the last complete one to resume from."""
+
     def __init__(self, path: str):
         self.path = path
-        self.ckpt_dir = os.path.join(path, "checkpoints")
+        self.ckpt_dir = pio.join(path, "checkpoints")
 
     def _save(self, name: str, obj) -> str:
-        path = os.path.join(self.ckpt_dir, name)
-        os.makedirs(self.ckpt_dir, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        path = pio.join(self.ckpt_dir, name)
+        with pio.atomic_open(path) as f:
+            torch.save(obj, f)
         return path
 
     @staticmethod
     def _load(path: str) -> dict:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        if pio.is_local(path):
+            return torch.load(pio.local_path(path), map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(pio.read_bytes(path)), map_location="cpu", weights_only=True)
 
     def step_path(self, t: int) -> str:
-        return os.path.join(self.ckpt_dir, f"step_{t}.pt")
+        return pio.join(self.ckpt_dir, f"step_{t}.pt")
 
     def save_step(self, t: int, obj: dict) -> str:
         return self._save(f"step_{t}.pt", obj)
@@ -92,44 +96,38 @@ class RunDir:
         return self._load(self.step_path(t))
 
     def latest(self) -> dict | None:
-        p = os.path.join(self.ckpt_dir, "latest.pt")
-        return self._load(p) if os.path.exists(p) else None
+        p = pio.join(self.ckpt_dir, "latest.pt")
+        return self._load(p) if pio.exists(p) else None
 
     def remove_latest(self) -> None:
-        p = os.path.join(self.ckpt_dir, "latest.pt")
-        if os.path.exists(p):
-            os.unlink(p)
+        pio.remove(pio.join(self.ckpt_dir, "latest.pt"))
 
     def completed_steps(self) -> list[int]:
-        return sorted(int(re.search(r"step_(\d+)\.pt$", p).group(1)) for p in glob.glob(os.path.join(self.ckpt_dir, "step_*.pt")))
+        return sorted(int(m.group(1)) for p in pio.glob(pio.join(self.ckpt_dir, "step_*.pt"))
+                      if (m := re.search(r"step_(\d+)\.pt$", p)))
 
     def config(self) -> dict | None:
-        p = os.path.join(self.path, "config.json")
-        if not os.path.exists(p):
-            return None
-        with open(p) as f:
-            return json.load(f)["train"]
+        p = pio.join(self.path, "config.json")
+        return pio.read_json(p)["train"] if pio.exists(p) else None
 
     def write_config(self, cfg: dict, steps: list[str], config_file: str = "") -> None:
-        pio.write_json(os.path.join(self.path, "config.json"), {"train": cfg, "time_steps": steps})
+        pio.write_json(pio.join(self.path, "config.json"), {"train": cfg, "time_steps": steps})
         if config_file:
             with open(config_file, "rb") as f:
-                pio.write_bytes(os.path.join(self.path, "config.yaml"), f.read())
+                pio.write_bytes(pio.join(self.path, "config.yaml"), f.read())
 
     def time_steps(self) -> list[str]:
-        with open(os.path.join(self.path, "config.json")) as f:
-            return json.load(f)["time_steps"]
+        return pio.read_json(pio.join(self.path, "config.json"))["time_steps"]
 
     def summary(self) -> dict:
-        p = os.path.join(self.path, "summary.json")
-        if not os.path.exists(p):
+        p = pio.join(self.path, "summary.json")
+        if not pio.exists(p):
             cfg = self.config() or {}
             return {"protocol": cfg.get("protocol"), "steps": []}
-        with open(p) as f:
-            return json.load(f)
+        return pio.read_json(p)
 
     def write_summary(self, summary: dict) -> None:
-        pio.write_json(os.path.join(self.path, "summary.json"), summary)
+        pio.write_json(pio.join(self.path, "summary.json"), summary)
 
     def save_ids(self, t: int, rank: int, ids: torch.Tensor, model) -> None:
         """Per-rank record of the samples trained on and the weights ended with (DDP checks)."""

@@ -11,11 +11,22 @@
 ```
 A resumed run appends: the iterations after the checkpoint it resumed from appear twice in
 ``metrics.jsonl``, and the later row of an (step, iteration) pair is the one that counts.
+
+A run dir on an object store (``gs://``, ``s3://``) cannot be appended to: the rows are kept in
+memory (starting from the object's rows on resume) and ``metrics.jsonl`` is rewritten whole at
+every :meth:`RunLog.flush`, which the trainer calls after each checkpoint it writes, and at the end.
+TensorBoard and W&B write to a local staging directory whose new or changed files are uploaded at
+the same points. A killed run loses only the rows after its last checkpoint, which the resumed run
+trains, and logs, again: on a store, each iteration appears once.
 """
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+
+from pipelines import io as pio
 
 METRICS = ("loss", "lr", "samples_per_s", "samples_per_s_per_device", "data_wait", "logit_scale")
 
@@ -26,23 +37,36 @@ class RunLog:
         self.jsonl = self.tb = self.wandb = None
         if not enabled:
             return
-        os.makedirs(run_dir, exist_ok=True)
-        self.jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
+        self.run_dir, self.remote = run_dir, not pio.is_local(run_dir)
+        self.metrics = pio.join(run_dir, "metrics.jsonl")
+        if self.remote:
+            self.rows = pio.read_bytes(self.metrics).decode().splitlines(keepends=True) if pio.exists(self.metrics) else []
+            self.stage = tempfile.mkdtemp(prefix="tic-runlog-")  # tensorboard/, wandb/ before upload
+            self.uploaded: dict[str, tuple] = {}
+            local = self.stage
+        else:
+            local = pio.local_path(run_dir)
+            os.makedirs(local, exist_ok=True)
+            self.jsonl = open(os.path.join(local, "metrics.jsonl"), "a", buffering=1)
         from torch.utils.tensorboard import SummaryWriter
 
-        self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self.tb = SummaryWriter(os.path.join(local, "tensorboard"))
         if wandb:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb as wb
 
-            self.wandb = wb.init(mode="offline", dir=run_dir, project="tic-training", name=os.path.basename(os.path.abspath(run_dir)),
+            self.wandb = wb.init(mode="offline", dir=local, project="tic-training", name=_run_name(run_dir),
                                  config=config or {}, reinit="finish_previous")
 
     def log(self, row: dict) -> None:
         """``row``: step, name, iteration, samples, and the metrics (numbers)."""
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps(row, sort_keys=True) + "\n")
+        line = json.dumps(row, sort_keys=True) + "\n"
+        if self.remote:
+            self.rows.append(line)
+        else:
+            self.jsonl.write(line)
         x = int(row["samples"])
         scalars = {k: v for k, v in row.items() if k not in ("step", "name", "iteration", "samples") and isinstance(v, (int, float))}
         for k, v in scalars.items():
@@ -50,10 +74,33 @@ class RunLog:
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in scalars.items()} | {"samples": x, "time_step": row["step"]})
 
+    def flush(self) -> None:
+        """Make what was logged so far durable: a no-op locally (the file is line-buffered); on a
+        store, rewrite ``metrics.jsonl`` and upload the staged files that changed."""
+        if not self.enabled or not self.remote:
+            return
+        pio.write_bytes(self.metrics, "".join(self.rows).encode())
+        self.tb.flush()
+        for d, _, files in os.walk(self.stage):
+            for f in files:
+                path = os.path.join(d, f)
+                st = os.stat(path)
+                if self.uploaded.get(path) != (st.st_size, st.st_mtime_ns):
+                    pio.write_bytes(pio.join(self.run_dir, os.path.relpath(path, self.stage)), pio.read_bytes(path))
+                    self.uploaded[path] = (st.st_size, st.st_mtime_ns)
+
     def close(self) -> None:
         if not self.enabled:
             return
-        self.jsonl.close()
         self.tb.close()
         if self.wandb is not None:
             self.wandb.finish()
+        if self.remote:
+            self.flush()
+            shutil.rmtree(self.stage, ignore_errors=True)
+        else:
+            self.jsonl.close()
+
+
+def _run_name(run_dir: str) -> str:
+    return run_dir.rstrip("/").rsplit("/", 1)[-1] if not pio.is_local(run_dir) else os.path.basename(os.path.abspath(run_dir))

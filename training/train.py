@@ -274,6 +274,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                         "data_wait": data_wait / seconds_it, "logit_scale": float(model.logit_scale.detach().float().exp())})
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
+                runlog.flush()  # the rows up to the checkpoint a resume starts from
         progress.close()
         fisher_batches, n_extra = None, 0
         if overhead:
@@ -298,6 +299,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         if info.is_main:
             run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, sources[t].name, final=True))
             run.write_summary(summary)
+            runlog.flush()
         distributed.barrier(info)
         del stream, batches
     runlog.close()

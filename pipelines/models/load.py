@@ -7,13 +7,15 @@ A model spec is one string:
 - ``NAME:TAG`` : open_clip ``pretrained`` tag (``ViT-L-14:openai``), read from the local
   open_clip / Hugging Face cache; nothing is downloaded when ``HF_HUB_OFFLINE=1``;
 - ``NAME:/path/to/weights.pt`` or ``.safetensors`` : a local open_clip checkpoint (also this
-  project's training checkpoints, which carry their architecture name);
+  project's training checkpoints, which carry their architecture name); a ``.pt`` may also be
+  a ``gs://``/``s3://`` URL (a run dir on a bucket), read through ``pipelines.io``;
 - ``hf-hub:org/name`` or a local folder holding ``open_clip_config.json`` + weights.
 
 Missing weights fail with a message naming the file and the option to change.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ from typing import Any, Callable
 import open_clip
 import torch
 
+from pipelines import io as pio
 from pipelines.models.registry import PRESETS
 
 
@@ -59,7 +62,10 @@ def _read_state_dict(path: str) -> tuple[dict, dict]:
         from safetensors.torch import load_file
 
         return load_file(path), {}
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if pio.is_local(path):
+        ckpt = torch.load(pio.local_path(path), map_location="cpu", weights_only=True)
+    else:  # a checkpoint on an object store (a run dir under gs:// or s3://)
+        ckpt = torch.load(io.BytesIO(pio.read_bytes(path)), map_location="cpu", weights_only=True)
     meta: dict[str, Any] = {}
     if isinstance(ckpt, dict) and "state_dict" in ckpt:
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
@@ -87,7 +93,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", precision: str = "
     if name not in open_clip.list_models():
         raise ModelLoadError(f"unknown model architecture {name!r}; known: project presets {PRESETS} and open_clip.list_models()")
     if pretrained and (os.path.sep in pretrained or os.path.splitext(pretrained)[1] in (".pt", ".pth", ".bin", ".safetensors")):
-        if not os.path.exists(pretrained):
+        if not pio.exists(pretrained):
             raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (model spec {spec!r})")
         model, pt, pv = open_clip.create_model_and_transforms(name, device="cpu", precision="fp32", **kwargs)
         sd, _ = _read_state_dict(pretrained)
