@@ -104,7 +104,7 @@ def dry_run(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
 
 
 def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> None:
-    out, marker = layout.clip(), layout.clip_marker
+    marker = layout.clip_marker
     want = {"model": spec, "years": years}
     if pio.exists(marker) and pio.read_json(marker) == want:
         print("clip scores: up to date")

@@ -24,6 +24,7 @@ import open_clip
 import torch
 
 from benchmark_builder.specs import resolve_spec
+from pipelines import io as pio
 from pipelines.models import load_model
 from training import checkpoint as ckpt
 from training import distributed
@@ -127,6 +128,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     distributed.check_shared_dir(cfg.run_dir, info)
     run = ckpt.RunDir(cfg.run_dir)
     if info.is_main:
+        pio.remove_stale_temps(cfg.run_dir)  # a killed run's unfinished checkpoint (local run dirs; none on a store)
         existing = run.config()
         if existing and not resume and run.completed_steps():
             raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
