@@ -1,10 +1,12 @@
 """A data dir in a bucket, end to end, against emulators this suite starts (tests/storage/conftest.py):
 build two years of the embedded default into ``gs://`` (fake-gcs-server) and ``s3://`` (moto),
 killed with SIGKILL while the pool downloads and resumed (finished pool shards reused); then reshard, train one
-protocol for two time steps reading the bucket's shards, evaluate, score with CLIP (``filter``) and
-query with ``make sql``. The oracle is the same commands on a local data dir: every build output
-and reshard byte-identical, the manifests' content hashes, the metadata rows, the evaluation and
-the SQL output identical, CLIP scores equal to 1e-5."""
+protocol for two time steps reading the bucket's shards, evaluate, caption (the variants re-written
+with the captions), score with CLIP (``filter``), ``report``, ``filter-audit`` and query with
+``make sql``. The oracle is the same commands on a local data dir: every build output, reshard and
+captioned shard byte-identical, the manifests' content hashes, the metadata rows, the captions, the
+evaluation, the report (tables and chart) and the SQL output identical, CLIP scores equal to 1e-5
+(and the audit's figures that follow from them to 1e-3)."""
 from __future__ import annotations
 
 import json
@@ -67,15 +69,51 @@ def _pipeline(data_dir: str, run_dir: str, filter_model: str) -> dict:
     assert eval_main(["run", run_dir, "--data-dir", data_dir]) == 0
     with open(os.path.join(run_dir, "eval", "matrices.json")) as f:
         out["matrices"] = json.load(f)
+    # captions before the CLIP scores: the variants it rewrites then carry no score (equal only to 1e-5)
+    _bb(["caption", "--data-dir", data_dir])
+    out["captions"] = {r["uid"]: r["caption_generated"] for r in
+                       pio.read_parquet(pio.join(root, "metadata", "*", "*.parquet"), ["uid", "caption_generated"]).to_pylist()}
+    out["captioned"] = _tree(root, ("variants/basic/train", "variants/y2015/train"))  # re-written with the captions
+    out["caption_counts"] = {k: v for k, v in pio.read_json(Layout(data_dir).captions_marker).items() if k != "seconds"}
     _bb(["filter", "--data-dir", data_dir, "--filter-model", filter_model, "--variants", "clip_score", "--clusters", "8"])
     emb = load_embeddings(pio.glob(pio.join(root, "clip", "year=*", "*.npz")))
     out["scores"] = dict(zip(emb["uid"], emb["clip_score"].tolist()))
+    out["report"] = _report(data_dir)
+    _bb(["filter-audit", "--data-dir", data_dir])
+    out["audit"] = pio.read_json(Layout(data_dir).report("filter_audit.json"))
     sql = subprocess.run(["make", "-s", "-o", os.path.join(sys.prefix, ".installed"), "sql", f"VENV={sys.prefix}",
                           f"PY={sys.executable}", f"DATA_DIR={data_dir}", f"Q={SQL}"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert sql.returncode == 0, sql.stderr
     out["sql"] = sql.stdout
     return out
+
+
+def _report(data_dir: str) -> dict:
+    """``report``'s tables (from the index) and its chart's bytes."""
+    from benchmark_builder.report import report
+
+    out = report(Layout(data_dir))
+    return {"stages": out["stages"], "variants": out["variants"], "png": pio.sha256(out["png"])}
+
+
+def _same_audit(got: list[dict], want: list[dict]) -> None:
+    """The filter audit: the pools and what the rule variants keep equal; the mean CLIP scores, and
+    the per-year split of what the CLIP variant keeps, follow scores that are equal only to 1e-5
+    (see ``_pipeline``): the means to 1e-3, the CLIP variant's total exactly."""
+    def key(r):
+        return r["variant"], r["year"], r["pool"]
+
+    def rule(rows):
+        return [(key(r), r["kept"], r["fraction_kept"]) for r in rows if r["variant"] in ("none", "basic")]
+
+    assert [key(r) for r in got] == [key(r) for r in want] and got
+    assert rule(got) == rule(want)
+    clip = [(g, w) for g, w in zip(got, want) if g["variant"] == "clip_score"]
+    assert clip and sum(g["kept"] for g, _ in clip) == sum(w["kept"] for _, w in clip)
+    for g, w in zip(got, want):
+        assert (g["mean_clip_score"] is None) == (w["mean_clip_score"] is None)
+        assert g["mean_clip_score"] is None or abs(g["mean_clip_score"] - w["mean_clip_score"]) < 1e-3
 
 
 def _tree(root: str, tops) -> dict[str, str]:
@@ -155,4 +193,11 @@ def test_bucket_data_dir_matches_a_local_build_with_kill_and_resume(bucket, loca
     assert got["scores"].keys() == local["scores"].keys() and len(got["scores"]) > 250
     assert max(abs(got["scores"][u] - local["scores"][u]) for u in got["scores"]) < 1e-5
     assert got["sql"] == local["sql"] and "2015" in got["sql"]
+    assert got["captions"] == local["captions"] and sum(c is not None for c in got["captions"].values()) > 100
+    assert got["captioned"] == local["captioned"]
+    before = {**got["tree"], **got["reshard"]}  # the captions went into the training shards
+    assert [k for k, v in got["captioned"].items() if k.endswith(".tar") and before.get(k) != v]
+    assert got["caption_counts"] == local["caption_counts"]
+    assert got["report"] == local["report"] and got["report"]["stages"]
+    _same_audit(got["audit"], local["audit"])
     assert not [f for f in pio.glob(pio.join(bucket, "**", "*")) if ".tmp" in f]  # no partial object
