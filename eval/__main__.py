@@ -103,9 +103,9 @@ def _main(args) -> int:
         for r in args.runs:
             _evaluate(r, args)
         return 0
-    from eval.dynamic import run_name
     from eval.report import compare_heatmaps, compare_table, eval_dir
     from pipelines import io as pio
+    from training.checkpoint import run_name
 
     summaries, mats = [], []
     for r in args.runs:  # local run dirs or bucket prefixes

@@ -98,15 +98,10 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
     return classification_metrics(image, cache[key], labels, topk=(1, 5), mean_per_class=True)
 
 
-def run_name(run_dir: str) -> str:
-    """A run's name: its directory's (a local path or a bucket prefix)."""
-    return os.path.basename(os.path.normpath(pio.local_path(run_dir))) if pio.is_local(run_dir) else run_dir.rstrip("/").rsplit("/", 1)[-1]
-
-
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
                  static_root: str | None = None, draft: bool = False) -> RunEval:
-    from training.checkpoint import RunDir
+    from training.checkpoint import RunDir, run_name
 
     t0 = time.time()
     run = RunDir(run_dir)

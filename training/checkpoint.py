@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import random
 import re
 
@@ -60,6 +61,13 @@ def state(model, optimizer, method, step: int, iteration: int, cfg, step_name: s
         "model_name": cfg.model.split(":")[0],
         "code_version": code_version(),
     }
+
+
+def run_name(run_dir: str) -> str:
+    """A run's name: the last component of its run dir (a local path or a bucket prefix)."""
+    if pio.is_local(run_dir):
+        return os.path.basename(os.path.abspath(pio.local_path(run_dir)))
+    return run_dir.rstrip("/").rsplit("/", 1)[-1]
 
 
 class RunDir:

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 
 from pipelines import io as pio
+from training.checkpoint import run_name
 
 METRICS = ("loss", "lr", "samples_per_s", "samples_per_s_per_device", "data_wait", "logit_scale")
 
@@ -55,7 +56,7 @@ class RunLog:
             os.environ.setdefault("WANDB_SILENT", "true")
             import wandb as wb
 
-            self.wandb = wb.init(mode="offline", dir=local, project="tic-training", name=_run_name(run_dir),
+            self.wandb = wb.init(mode="offline", dir=local, project="tic-training", name=run_name(run_dir),
                                  config=config or {}, reinit="finish_previous")
 
     def log(self, row: dict) -> None:
@@ -100,7 +101,3 @@ class RunLog:
             shutil.rmtree(self.stage, ignore_errors=True)
         else:
             self.jsonl.close()
-
-
-def _run_name(run_dir: str) -> str:
-    return run_dir.rstrip("/").rsplit("/", 1)[-1] if not pio.is_local(run_dir) else os.path.basename(os.path.abspath(run_dir))
