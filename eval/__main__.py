@@ -78,6 +78,12 @@ def main(argv=None) -> int:
         if name == "compare":
             s.add_argument("--out", default="runs/compare")
     args = p.parse_args(argv)
+    from pipelines import credentials
+
+    try:  # a data dir or run dir in a bucket without credentials: one line, in seconds
+        credentials.require([args.data_dir, *args.runs])
+    except credentials.MissingCredentials as e:
+        p.exit(2, f"error: {e}\n")
     try:  # a bad or conflicting year range is a one-line error before any work
         from benchmark_builder.specs import resolve_spec
 

@@ -102,6 +102,12 @@ def parse(argv=None) -> tuple[TrainConfig, bool]:
         print(" ".join(methods("tic", listed_only=True)))
         raise SystemExit(0)
     base = base_from_args(p, a)
+    from pipelines import credentials
+
+    try:  # a data dir or run dir in a bucket without credentials: one line, in seconds
+        credentials.require([a.data_dir, a.run_dir])
+    except credentials.MissingCredentials as e:
+        p.exit(2, f"error: {e}\n")
     try:  # a bad or conflicting year range is a one-line error before any work
         from benchmark_builder.specs import resolve_spec
 

@@ -58,6 +58,20 @@ def test_bucket_without_credentials_fails_fast_naming_what_is_missing(tmp_path, 
     assert last.startswith("error:") and needle in last
 
 
+@pytest.mark.parametrize("command", [["training", "--protocol", "sequential", "--run-dir"], ["eval", "run"]],
+                         ids=["training", "eval"])
+@pytest.mark.parametrize("scheme,needle", [("gs", "GOOGLE_APPLICATION_CREDENTIALS"), ("s3", "AWS_ACCESS_KEY_ID")])
+def test_run_dir_in_a_bucket_without_credentials_fails_naming_what_is_missing(tmp_path, command, scheme, needle):
+    """The data dir is local: the run dir alone needs the store's credentials."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", *command, f"{scheme}://tic-bucket/runs/seq", "--data-dir", str(tmp_path / "data")],
+                       env=_no_credentials_env(tmp_path), capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    last = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and last.startswith("error:") and needle in last, p.stderr
+
+
 def test_emulator_settings_need_no_cloud_credentials(tmp_path, monkeypatch):
     from pipelines import credentials
 
