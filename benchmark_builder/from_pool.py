@@ -11,7 +11,9 @@ becomes one pass into the crawl path's layout (``benchmark_builder/layout.py``):
   (``monthly``); ``evaluation uids`` (the two pickles) are held out: TiC-DataComp-Retrieval and
   TiC-DataCompNet sets per year in clip_benchmark's layout, DataCompNet labelled through
   ImageNet's synset order; training = uid file minus evaluation uids;
-- ``status`` has one row per pool sample: ``kept``, or ``dropped`` with a reason
+- ``candidates`` and ``status`` each have one row per pool sample (``candidates``: uid, url, text,
+  the pool shard as ``crawl_id`` and its Parquet file as ``source``); ``status``: ``kept``, or
+  ``dropped`` with a reason
   (``not_in_tic_uids`` (stage ``select``, year null), ``not_downloaded:<img2dataset status>``,
   ``pool_shard_missing``, ``pool_shard_unreadable``, ``image_missing_in_shard`` (stage ``pool``),
   the default variant's filter reason (stage ``filter``));
@@ -208,6 +210,13 @@ def sample_row(r: dict, image: dict, cfg: PoolBuildConfig, tic: TicInputs, lid: 
     return out
 
 
+def candidate_row(r: dict, shard: dc.PoolShard, offset: int) -> dict:
+    """The ``candidates`` row of a pool sample (schema.CANDIDATE): the pool's Parquet row is the
+    record it came from; its time is the uid files' year (and month), not a crawl time."""
+    return {"uid": r["uid"], "url": r.get("url"), "text": r.get("text"), "page_url": None, "crawl_id": f"datacomp:{shard.name}",
+            "crawl_time": None, "source": shard.parquet, "record_offset": offset, "year": r["year"], "month": r["month"]}
+
+
 def status_row(r: dict, default_variant: str) -> dict:
     base = {"uid": r["uid"], "url": r.get("url"), "year": r.get("year"), "http_status": None, "error_message": None}
     if r.get("drop"):
@@ -260,17 +269,19 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
     # pass 1 (metadata and tars, no image kept): every pool sample's year, split and status
     by_year: dict[int, dict[str, dict[str, dict]]] = collections.defaultdict(lambda: collections.defaultdict(dict))
     statuses: dict[int | None, list[dict]] = collections.defaultdict(list)
+    candidates: dict[int | None, list[dict]] = collections.defaultdict(list)
     seen: set[str] = set()
     from tqdm import tqdm
 
     for shard in tqdm(shards, desc="pool shards", unit="shard", disable=len(shards) < 20):
         rows = dc.read_pool_metadata(shard)
         images, problem = dc.read_pool_images(shard)
-        for row in rows:
+        for i, row in enumerate(rows):
             if row["uid"] in seen:
                 raise InputError(f"{shard.parquet}: uid {row['uid']} is in the pool twice")
             seen.add(row["uid"])
             r = assign(row, tic, images.get(row["uid"]), problem, years)
+            candidates[r["year"]].append(candidate_row(r, shard, i))
             if not r["drop"]:
                 r = {**r, **sample_row(r, images[row["uid"]], cfg, tic, lid)}
                 by_year[r["year"]][shard.name][r["uid"]] = r
@@ -278,16 +289,18 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
         del images
 
     # pass 2: one Beam job writes every year's shards, eval sets and metadata
-    for d in (layout.table("status"), layout.table("metadata"), layout.years_dir, layout.variants, layout.clip(),
-              layout.captions):
+    for d in (layout.table("candidates"), layout.table("status"), layout.table("metadata"), layout.years_dir,
+              layout.variants, layout.clip(), layout.captions):
         remove_tree(d)
     t = time.time()
     _write_years(cfg, layout, shards, by_year, years)
     year_manifests = {}
     for y in years:
+        pio.write_parquet(pio.join(layout.candidates(y), "part-00000.parquet"), _candidate_table(candidates.get(y, [])))
         pio.write_parquet(pio.join(layout.status(y), "part-00000.parquet"), _status_table(statuses.get(y, [])))
         year_manifests[y] = _finish_year(cfg, layout, y, tic, statuses.get(y, []), by_year.get(y, {}), time.time() - t)
     if statuses.get(None):
+        pio.write_parquet(pio.join(layout.table("candidates"), UNASSIGNED, "part-00000.parquet"), _candidate_table(candidates[None]))
         pio.write_parquet(pio.join(layout.table("status"), UNASSIGNED, "part-00000.parquet"), _status_table(statuses[None]))
     n_pool = sum(len(v) for v in statuses.values())
     if n_pool != len(seen):
@@ -360,6 +373,10 @@ def _is_retrieval(r: dict) -> bool:
 
 def _is_classification(r: dict) -> bool:  # a DataCompNet uid, also when the retrieval set holds it too
     return r["label"] is not None and r["split"] != "train"
+
+
+def _candidate_table(rows: list[dict]):
+    return schema.to_table(sorted(rows, key=lambda r: r["uid"]), schema.CANDIDATE)
 
 
 def _status_table(rows: list[dict]):
