@@ -18,8 +18,8 @@ resharded; and the per-year audit of what each filter keeps.
    (``pipelines.transforms.filter.caption_reason``: English by fastText, more than 1 token, more
    than 5 characters) with ``clusters`` centroids (DataComp: 100k); the target
    clusters are the nearest centroids of a reference image set (ImageNet-1k train images for
-   real data; for the embedded default, fresh renders of the concepts in
-   ``reference_concepts``); keep samples that pass the caption filter and whose nearest centroid
+   real data; by default, fresh renders of the default input's concepts in ``reference_concepts``:
+   ``benchmark_builder.inputs.default_input().reference_images``); keep samples that pass the caption filter and whose nearest centroid
    is a target (DataComp applies the caption filter before clustering and again before
    selection, in ``image_based`` and in ``bestpool``; ``clip_score`` alone has no caption
    filter, and its top-fraction threshold is taken over the whole pool). Held-out eval
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
+from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines import schema
@@ -60,7 +61,7 @@ class ClipFilterConfig:
     clip_threshold: float | None = None
     clip_fraction: float = 0.3  # DataComp's CLIP-score filter for bestpool keeps the top 30%
     clusters: int = 256
-    reference: str = ""  # image folder or WebDataset of reference images; "" -> synthetic concepts
+    reference: str = ""  # image folder or WebDataset of reference images; "" -> renders of the default input's concepts
     reference_concepts: tuple[str, ...] = EARLY_CONCEPTS
     reference_per_concept: int = 8
     device: str = "cpu"
@@ -134,19 +135,8 @@ def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
         if not images:
             raise ValueError(f"reference set {cfg.reference} holds no images")
         return _embed(loaded, images, cfg)
-    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
-    from benchmark_builder.synthetic_web.images import draw, image_params
-
-    unknown = set(cfg.reference_concepts) - set(CLASS_NAMES)
-    if unknown:
-        raise ValueError(f"unknown reference concepts {sorted(unknown)}; known: {CLASS_NAMES}")
-    images = []
-    for c in cfg.reference_concepts:
-        for i in range(cfg.reference_per_concept):
-            p = dataclasses.replace(image_params(10_000 + cfg.seed, i * 97 + CLASS_NAMES.index(c), 2016),
-                                    obj=CLASS_NAMES.index(c))
-            images.append(loaded.preprocess_val(draw(p).convert("RGB")))
-    return _embed(loaded, images, cfg)
+    renders = default_input().reference_images(cfg.reference_concepts, cfg.reference_per_concept, cfg.seed)
+    return _embed(loaded, [loaded.preprocess_val(im) for im in renders], cfg)
 
 
 def _embed(loaded, images, cfg) -> np.ndarray:
