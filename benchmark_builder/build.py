@@ -434,103 +434,115 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
     depend on another year's outputs); the steps that do (URLs and images seen before, held-out
     sets of earlier years) are keyed joins that resolve each year against the years before it,
     so every year's outputs are those of a build of that year alone after the ones before it."""
-    lazy = cfg.runner.dry_run
-    dl_cfg = cfg.download_config()
     with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}") as opts:
         p = beam.Pipeline(options=opts)
-        cands = _read(p, "Candidates", _files(layout, "candidates", years, lazy))
-        earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
-            "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
-        )
-        stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
-        kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
-
         pool_dirs = {y: layout.pool(y) for y in years}
-        downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
-        annotated = (
-            downloaded.samples
-            | "Annotate" >> annotate.Annotate(cfg.lid_config())
-            | "MarkAnnotate" >> beam.Map(mark, "annotate")
-        )
-
-        earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy),
-                               ["sha256", "first_seen", "uid", "split", "year"]) | (
-            "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"], dedup.eval_set_name(r))))
-        )
-        nd_cfg = cfg.neardup_config()
-        earlier_items = (
-            _read(p, "EarlierMeta", _files(layout, "metadata", earlier_years, lazy), NEARDUP_COLUMNS)
-            | "EarlierKept" >> beam.Filter(lambda r: not r["dedup_reason"] and r["phash"])
-            | "EarlierItems" >> beam.Map(dedup.sample_item, nd_cfg, "earlier")
-        )
-        refs = (earlier_items, p | "EvalItems" >> beam.Create(eval_refs or [])) | "Refs" >> beam.Flatten()
-        exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
-        deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
-        filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
-        assigned = filtered | "Split" >> split.AssignSplits(cfg.split_config())
-        held_out = (
-            assigned
-            | "HeldOut" >> beam.Filter(lambda r: (r.get("split") or "train") != "train")
-            | "HeldOutSet" >> beam.Map(lambda r: (r["uid"], dedup.eval_set_name(r)))
-        )
-        splitted = (
-            assigned
-            | "EvalOverlap" >> beam.Map(dedup.relabel_eval_overlap, beam.pvalue.AsDict(held_out))
-            | "MarkSplit" >> beam.Map(mark, split.STAGE)
-        )
-
-        classnames, templates = cfg.class_list()
-        placed_years = []
-        for year in years:
-            meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
-            of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
-            placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
-                cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
-                pool_dirs,
-            ))
-            for extra in cfg.write_variants[1:]:
-                _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
-                    extra, layout.train_shards(extra, year), {**meta, "variant": extra},
-                    reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
-                )
-        placed = placed_years | "Placed" >> beam.Flatten()
-        eval_rows = splitted | "EvalRows" >> beam.FlatMap(
-            lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
-        _ = (
-            _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
-            | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
-                                           {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
-                                            for y in years for k in ("retrieval", "classification")})
-        )
-        _ = (
-            placed
-            | "ByPoolShard" >> beam.Map(lambda r: ((r["year"], r["pool_shard"]), r))
-            | "GroupPoolShard" >> beam.GroupByKey()
-            | "WriteMetadata" >> beam.Map(
-                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0][0]], f"{kv[0][1]}.parquet"), schema.SAMPLE),
-                {y: layout.metadata(y) for y in years},
-            )
-        )
-        statuses = (
-            (
-                stamped.status,
-                downloaded.status,
-                placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
-            )
-            | "AllStatus" >> beam.Flatten()
-            | "StatusByYear" >> beam.Map(lambda r: (r["year"], r))
-        )
-        _ = (
-            _grouped_with_every_key(p, "Status", statuses, years)
-            | "WriteStatus" >> beam.Map(
-                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0]], "part-00000.parquet"), schema.STATUS),
-                {y: layout.status(y) for y in years},
-            )
-        )
-        _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
+        stamped, downloaded, splitted = _labelled_samples(p, cfg, layout, years, earlier_years, pool_dirs, eval_refs)
+        _write_years(p, cfg, layout, years, pool_dirs, stamped, downloaded, splitted)
         result = p.run()
         result.wait_until_finish()
     return stage_seconds(result)
+
+
+def _labelled_samples(p, cfg: BuildConfig, layout: Layout, years: list[int], earlier_years: list[int],
+                      pool_dirs: dict, eval_refs: list | None):
+    """The stages from the candidates to the split: (timestamp output, download output, every
+    downloaded sample with its dedup, filter and split labels)."""
+    lazy = cfg.runner.dry_run
+    dl_cfg = cfg.download_config()
+    cands = _read(p, "Candidates", _files(layout, "candidates", years, lazy))
+    earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
+        "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
+    )
+    stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
+    kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
+
+    downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
+    annotated = (
+        downloaded.samples
+        | "Annotate" >> annotate.Annotate(cfg.lid_config())
+        | "MarkAnnotate" >> beam.Map(mark, "annotate")
+    )
+
+    earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy),
+                           ["sha256", "first_seen", "uid", "split", "year"]) | (
+        "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"], dedup.eval_set_name(r))))
+    )
+    nd_cfg = cfg.neardup_config()
+    earlier_items = (
+        _read(p, "EarlierMeta", _files(layout, "metadata", earlier_years, lazy), NEARDUP_COLUMNS)
+        | "EarlierKept" >> beam.Filter(lambda r: not r["dedup_reason"] and r["phash"])
+        | "EarlierItems" >> beam.Map(dedup.sample_item, nd_cfg, "earlier")
+    )
+    refs = (earlier_items, p | "EvalItems" >> beam.Create(eval_refs or [])) | "Refs" >> beam.Flatten()
+    exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
+    deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
+    filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
+    assigned = filtered | "Split" >> split.AssignSplits(cfg.split_config())
+    held_out = (
+        assigned
+        | "HeldOut" >> beam.Filter(lambda r: (r.get("split") or "train") != "train")
+        | "HeldOutSet" >> beam.Map(lambda r: (r["uid"], dedup.eval_set_name(r)))
+    )
+    splitted = (
+        assigned
+        | "EvalOverlap" >> beam.Map(dedup.relabel_eval_overlap, beam.pvalue.AsDict(held_out))
+        | "MarkSplit" >> beam.Map(mark, split.STAGE)
+    )
+    return stamped, downloaded, splitted
+
+
+def _write_years(p, cfg: BuildConfig, layout: Layout, years: list[int], pool_dirs: dict, stamped, downloaded, splitted) -> None:
+    """The writers of every year: training shards per variant, eval sets, metadata and status tables."""
+    classnames, templates = cfg.class_list()
+    placed_years = []
+    for year in years:
+        meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
+        of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
+        placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
+            cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
+            pool_dirs,
+        ))
+        for extra in cfg.write_variants[1:]:
+            _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
+                extra, layout.train_shards(extra, year), {**meta, "variant": extra},
+                reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
+            )
+    placed = placed_years | "Placed" >> beam.Flatten()
+    eval_rows = splitted | "EvalRows" >> beam.FlatMap(
+        lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
+    _ = (
+        _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
+        | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
+                                       {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
+                                        for y in years for k in ("retrieval", "classification")})
+    )
+    _ = (
+        placed
+        | "ByPoolShard" >> beam.Map(lambda r: ((r["year"], r["pool_shard"]), r))
+        | "GroupPoolShard" >> beam.GroupByKey()
+        | "WriteMetadata" >> beam.Map(
+            lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0][0]], f"{kv[0][1]}.parquet"), schema.SAMPLE),
+            {y: layout.metadata(y) for y in years},
+        )
+    )
+    statuses = (
+        (
+            stamped.status,
+            downloaded.status,
+            placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
+        )
+        | "AllStatus" >> beam.Flatten()
+        | "StatusByYear" >> beam.Map(lambda r: (r["year"], r))
+    )
+    _ = (
+        _grouped_with_every_key(p, "Status", statuses, years)
+        | "WriteStatus" >> beam.Map(
+            lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0]], "part-00000.parquet"), schema.STATUS),
+            {y: layout.status(y) for y in years},
+        )
+    )
+    _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
 
 
 def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, key: str, timings: dict | None = None,
