@@ -134,7 +134,6 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     workers = default_workers() if cfg.workers < 0 else cfg.workers
     _seed_everything(cfg.seed)
     loaded, model, clip_loss = _model_and_loss(cfg, info, precision)
-    image_size = loaded.image_size
     summary, done, state = _resume_point(cfg, run, model, method, resume)
     if info.is_main:
         accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
@@ -168,12 +167,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             state = None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
         forward_model = torch.compile(ddp) if cfg.torchcompile else ddp
-        stream = loader(StreamConfig(
-            sources=step_sources, batch_size=batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
-            world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text,
-            skip_batches=start_it * cfg.accum_freq,
-            image_size=image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
-        ))
+        stream = _step_stream(cfg, info, loaded, step_sources, t, batch_size, workers, skip_batches=start_it * cfg.accum_freq)
         scaler = precision.scaler()
         backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         macs_per_iter = None
@@ -211,8 +205,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             seconds_it = max(time.time() - t_iter, 1e-9)
             runlog.log({"step": t, "name": sources[t].name, "iteration": it, "samples": samples_before + it * step_batch,
                         "loss": loss_value, **{k: float(v) for k, v in logs.items()}, "lr": lr,
-                        "samples_per_s": step_batch / seconds_it, "samples_per_s_per_device": step_batch / seconds_it / info.world_size,
-                        "data_wait": data_wait / seconds_it, "logit_scale": float(model.logit_scale.detach().float().exp())})
+                        **_speed(step_batch, seconds_it, data_wait, info.world_size),
+                        "logit_scale": float(model.logit_scale.detach().float().exp())})
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
         progress.close()
@@ -241,6 +235,22 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     if info.is_main:
         _finish_run(cfg, run, summary)
     return summary
+
+
+def _step_stream(cfg: TrainConfig, info: distributed.DistInfo, loaded, step_sources, t: int, batch_size: int,
+                 workers: int, skip_batches: int):
+    """This rank's batches of time step ``t`` (a function of the seed and ``t``), past the first ``skip_batches``."""
+    return loader(StreamConfig(
+        sources=step_sources, batch_size=batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
+        world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text, skip_batches=skip_batches,
+        image_size=loaded.image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
+    ))
+
+
+def _speed(step_batch: int, seconds: float, data_wait: float, world_size: int) -> dict:
+    """An iteration's throughput and the share of it spent waiting for data."""
+    return {"samples_per_s": step_batch / seconds, "samples_per_s_per_device": step_batch / seconds / world_size,
+            "data_wait": data_wait / seconds}
 
 
 def _model_and_loss(cfg: TrainConfig, info: distributed.DistInfo, precision):
