@@ -43,6 +43,7 @@ class BenchmarkSpec:
     eval_recipe: str = "per year: 1000 held-out retrieval pairs, 500 held-out classification images"
     eval_retrieval_fraction: float | None = None  # held-out share of each year's eligible samples; None: fixed sizes
     eval_classification: bool = True  # a held-out classification set per year
+    eval_step_gallery: bool = False  # retrieval of a step: True: its years' held-out pairs as one gallery; False: the mean over its years
     fixture_pairs_per_year: int = 4000  # size of the embedded synthetic web per year (its default input)
 
     def step_of(self, year: int, month: int | None = None) -> TimeStep:
@@ -96,10 +97,11 @@ def monthly_steps(year: int) -> tuple[TimeStep, ...]:
 _YEARS = tuple(range(2014, 2023))
 _YFCC_STEPS = ((2004, 2005, 2006, 2007, 2008), (2009, 2010), (2011, 2012), (2013, 2014))
 # TiC-CLIP's recipe for its table-sourced benchmarks (TiC-YFCC, TiC-RedCaps): 1% of each year held
-# out for retrieval, no classification set; their embedded fixtures are small
+# out for retrieval, no classification set, a step's held-out pairs one gallery; small embedded fixtures
 _TABLE_SOURCE_RECIPE = dict(
-    eval_recipe="per year: 1% of the eligible pairs held out for retrieval (TiC-CLIP's test_size=0.01), no classification set",
-    eval_retrieval_fraction=0.01, eval_classification=False, fixture_pairs_per_year=500)
+    eval_recipe=("per year: 1% of the eligible pairs held out for retrieval (TiC-CLIP's test_size=0.01), no classification "
+                 "set; a step's held-out pairs are evaluated as one gallery (TiC-CLIP's one test file per step)"),
+    eval_retrieval_fraction=0.01, eval_classification=False, eval_step_gallery=True, fixture_pairs_per_year=500)
 
 SPECS: dict[str, BenchmarkSpec] = {
     "tic-datacomp": BenchmarkSpec(

@@ -144,3 +144,23 @@ def test_zero_shot_classifier_agrees_with_open_clip(tiny_clip):
     labels = torch.arange(4)
     m = classification_metrics(ours.T, ours, labels, topk=(1,))  # each class's own embedding as image feature
     assert m["acc1"] == 1.0
+
+
+def test_a_steps_years_pooled_into_one_gallery():
+    """TiC-YFCC's recipe evaluates one test set per step: two years whose single pair each is
+    trivially found (recall@1 100% alone) miss each other's images once pooled, and a third set's
+    text-to-image indices shift by the images before it."""
+    from eval.dynamic import pooled_features
+
+    a = {"image": torch.tensor([[1.0, 0.0]]), "text": torch.tensor([[0.0, 1.0]]), "text_to_image": torch.tensor([0])}
+    b = {"image": torch.tensor([[0.0, 1.0]]), "text": torch.tensor([[1.0, 0.0]]), "text_to_image": torch.tensor([0])}
+    c = {"image": torch.tensor([[0.6, 0.8], [0.8, 0.6]]), "text": torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.6, 0.8]]),
+         "text_to_image": torch.tensor([1, 0, 0])}
+    for f in (a, b):
+        assert retrieval_metrics(f["image"], f["text"], f["text_to_image"])["mean_recall@1"] == 1.0
+    ab = pooled_features([a, b])
+    assert ab["text_to_image"].tolist() == [0, 1]
+    assert retrieval_metrics(ab["image"], ab["text"], ab["text_to_image"])["mean_recall@1"] == 0.0
+    abc = pooled_features([a, b, c])
+    assert abc["image"].shape == (4, 2) and abc["text"].shape == (5, 2)
+    assert abc["text_to_image"].tolist() == [0, 1, 3, 2, 2]
