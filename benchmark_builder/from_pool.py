@@ -54,6 +54,7 @@ from PIL import Image
 from benchmark_builder.build import remove_tree, write_eval_sets
 from benchmark_builder.classes import class_list
 from benchmark_builder.index import build_index
+from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import format_years, resolve_spec
 from pipelines import io as pio
@@ -259,11 +260,9 @@ def _rows_with_images(shard: dc.PoolShard, wanted: dict[str, dict]):
 
 
 def _fixture(cfg: PoolBuildConfig) -> PoolBuildConfig:
-    from benchmark_builder.synthetic_web.datacomp_pool import FixtureConfig, generate_pool
-
     t = time.time()
     out = pio.join(cfg.data_dir, "datacomp-fixture")
-    info = generate_pool(out, FixtureConfig(seed=cfg.seed))
+    info = default_input().datacomp_pool(out, cfg.seed)
     print(f"datacomp fixture: {info['pool_samples']} pool samples in {info['shards']} shards, uid files for "
           f"{info['years'][0]}..{info['years'][-1]} under {out} ({time.time() - t:.1f} s)")
     return PoolBuildConfig(**{**cfg.__dict__, "pool": cfg.pool or info["pool"], "tic_uids": cfg.tic_uids or info["tic_uids"],

@@ -100,6 +100,46 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
     return classification_metrics(image, cache[key], labels, topk=(1, 5), mean_per_class=True)
 
 
+def _dynamic_cell(emb, classifiers: dict, sets: dict, kind: str, years, base: dict, step: dict, rows: list,
+                  step_gallery: bool = False) -> float | None:
+    """One cell of the evaluation matrix: the headline metric (mean recall@1, or top-1 accuracy) of
+    the model ``emb`` embeds with, the mean over ``years`` (or, with ``step_gallery``, retrieval
+    over the years' pairs pooled into one gallery); every per-year metric goes to ``rows``. None
+    when none of the years has an eval set of this kind."""
+    vals, feats = [], []
+    for y in years:
+        es = sets.get(y)
+        if es is None:
+            continue
+        if kind == "retrieval":
+            f = emb.features(es)
+            feats.append(f)
+            m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+            vals.append(m["mean_recall@1"])
+        else:
+            m = _classify(emb, [es], classifiers)
+            vals.append(m["acc1"])
+        for metric, v in m.items():
+            rows.append({**base, "task": es.name, "kind": kind, **step, "year": y, "metric": metric, "value": v})
+    if feats and step_gallery:
+        f = pooled_features(feats)
+        return retrieval_metrics(f["image"], f["text"], f["text_to_image"])["mean_recall@1"]
+    return float(np.mean(vals)) if vals else None
+
+
+def _static_rows(emb, classifiers: dict, statics: list, base: dict, rows: list) -> None:
+    """The static suite's metrics of the model ``emb`` embeds with."""
+    for task in statics:
+        if task.get("type") == "retrieval":
+            f = emb.features(task["sets"][0])
+            m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+        else:
+            m = _classify(emb, task["sets"], classifiers)
+        for metric, v in m.items():
+            rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
+                         "metric": metric, "value": v})
+
+
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
                  static_root: str | None = None, draft: bool = False) -> RunEval:
@@ -139,38 +179,12 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):
-            years = spec_steps[name].years if name in spec_steps else ()
             for kind in ("retrieval", "classification"):
-                vals, feats = [], []
-                for y in years:
-                    es = yearly[kind].get(y)
-                    if es is None:
-                        continue
-                    if kind == "retrieval":
-                        f = emb.features(es)
-                        feats.append(f)
-                        m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
-                        vals.append(m["mean_recall@1"])
-                    else:
-                        m = _classify(emb, [es], classifiers)
-                        vals.append(m["acc1"])
-                    for metric, v in m.items():
-                        res.rows.append({**base, "task": es.name, "kind": kind, "data_step": j, "data_step_name": name,
-                                         "year": y, "metric": metric, "value": v})
-                if feats and spec.eval_step_gallery:
-                    f = pooled_features(feats)
-                    E[kind][i, j] = retrieval_metrics(f["image"], f["text"], f["text_to_image"])["mean_recall@1"]
-                elif vals:
-                    E[kind][i, j] = float(np.mean(vals))
-        for task in statics:
-            if task.get("type") == "retrieval":
-                f = emb.features(task["sets"][0])
-                m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
-            else:
-                m = _classify(emb, task["sets"], classifiers)
-            for metric, v in m.items():
-                res.rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
-                                 "metric": metric, "value": v})
+                value = _dynamic_cell(emb, classifiers, yearly[kind], kind, spec_steps[name].years if name in spec_steps else (),
+                                      base, {"data_step": j, "data_step_name": name}, res.rows, spec.eval_step_gallery)
+                if value is not None:
+                    E[kind][i, j] = value
+        _static_rows(emb, classifiers, statics, base, res.rows)
         res.images_embedded += emb.images_embedded
     res.matrices = E
     res.summary = summarize(res, run)
