@@ -13,11 +13,11 @@ A resumed run appends: the iterations after the checkpoint it resumed from appea
 ``metrics.jsonl``, and the later row of an (step, iteration) pair is the one that counts.
 
 A run dir on an object store (``gs://``, ``s3://``) cannot be appended to: the rows are kept in
-memory (starting from the object's rows on resume) and ``metrics.jsonl`` is rewritten whole at
-every :meth:`RunLog.flush`, which the trainer calls after each checkpoint it writes, and at the end.
-TensorBoard and W&B write to a local staging directory whose new or changed files are uploaded at
-the same points. A killed run loses only the rows after its last checkpoint, which the resumed run
-trains, and logs, again: on a store, each iteration appears once.
+memory and ``metrics.jsonl`` is rewritten whole at every :meth:`RunLog.flush`, which the trainer
+calls before each checkpoint it writes, and at the end. A resumed run starts from the object's rows
+up to the checkpoint it resumes from (``resume_point``) and trains, and logs, the rest again: on a
+store, each iteration appears once. TensorBoard and W&B write to a local staging directory whose
+new or changed files are uploaded at the same points.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ METRICS = ("loss", "lr", "samples_per_s", "samples_per_s_per_device", "data_wait
 
 
 class RunLog:
-    def __init__(self, run_dir: str, enabled: bool, config: dict | None = None, wandb: bool = False):
+    def __init__(self, run_dir: str, enabled: bool, config: dict | None = None, wandb: bool = False,
+                 resume_point: tuple | None = None):
         self.enabled = enabled
         self.jsonl = self.tb = self.wandb = None
         if not enabled:
@@ -42,6 +43,8 @@ class RunLog:
         self.metrics = pio.join(run_dir, "metrics.jsonl")
         if self.remote:
             self.rows = pio.read_bytes(self.metrics).decode().splitlines(keepends=True) if pio.exists(self.metrics) else []
+            if resume_point is not None:  # rows past the checkpoint resumed from are logged again
+                self.rows = [r for r in self.rows if _position(r) <= resume_point]
             self.stage = tempfile.mkdtemp(prefix="tic-runlog-")  # tensorboard/, wandb/ before upload
             self.uploaded: dict[str, tuple] = {}
             local = self.stage
@@ -101,3 +104,8 @@ class RunLog:
             shutil.rmtree(self.stage, ignore_errors=True)
         else:
             self.jsonl.close()
+
+
+def _position(line: str) -> tuple:
+    row = json.loads(line)
+    return row["step"], row["iteration"]

@@ -142,7 +142,10 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
               f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
               f"device {device}, precision {precision.name}")
-    runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb)
+    point = None  # where a resumed run continues: (step, iteration) of its checkpoint
+    if resume:
+        point = (state["step"], int(state["iteration"])) if state is not None else (max(done), math.inf) if done else (-1, math.inf)
+    runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb, resume_point=point)
     samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
     macs_cache: dict = {}  # macs_key -> MACs of one iteration over all ranks
 
@@ -210,8 +213,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                         **_speed(step_batch, seconds_it, data_wait, info.world_size),
                         "logit_scale": float(model.logit_scale.detach().float().exp())})
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
+                runlog.flush()  # first: the rows up to the checkpoint a resume starts from
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
-                runlog.flush()  # the rows up to the checkpoint a resume starts from
         progress.close()
         n_extra = max(1, math.ceil(overhead / global_batch)) if overhead else 0
         end_macs = _end_step(method, ctx, model, batches, n_extra, precision) * info.world_size
@@ -230,9 +233,9 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         summary["steps"] = [s for s in summary["steps"] if s["step"] != t] + [row]
         samples_before += samples
         if info.is_main:
+            runlog.flush()
             run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, sources[t].name, final=True))
             run.write_summary(summary)
-            runlog.flush()
         distributed.barrier(info)
         del stream, batches
     runlog.close()
