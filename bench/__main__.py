@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -31,11 +30,11 @@ def bench_build(argv=None) -> dict:
         seconds = time.time() - t
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    print(f"end-to-end build of 2014..2019 (6 years of the embedded default) on a fresh data dir: {seconds:.1f} s")
+    from bench import report
+
+    report.table(["what", "seconds"], [["build 2014..2019 (6 years of the embedded default), fresh data dir", seconds]])
     result = {"benchmark": "build_2019", "seconds": seconds}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "build.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("build", result)
     return result
 
 

@@ -10,20 +10,17 @@
   calling ``generate`` per batch; both greedy, ``--caption-tokens`` new tokens.
 
 Images are the embedded web's pictures (benchmark_builder/synthetic_web), JPEG-encoded. Each side
-runs on ``N1`` and ``N2`` images, in alternation, ``--repeat`` times; the marginal rate
-(N2 - N1) / (t2 - t1) removes start-up (pipeline construction, model load) from both sides. The
-figure is the median over repeats of ours / plain (target >= 0.9), with its spread.
+runs on ``N1`` and ``N2`` images, alternating, ``--repeat`` times; the marginal rate
+(N2 - N1) / (t2 - t1) removes start-up (pipeline construction, model load) from both sides
+(``bench.report.paired_marginal``). The figure is the median over repeats of ours / plain
+(target >= 0.9), with its spread.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import tempfile
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_samples(n: int, seed: int = 0) -> list[dict]:
@@ -100,22 +97,10 @@ def plain_caption(samples: list[dict], folder: str, batch: int, max_new_tokens: 
 
 
 def compare(name: str, samples: list[dict], ours, plain, n1: int, n2: int, repeat: int) -> dict:
-    ratios, rates = [], {"ours": [], "plain": []}
-    for _ in range(repeat):
-        t = {}
-        for who, fn in (("ours", ours), ("plain", plain)):
-            t[(who, n1)] = fn(samples[:n1])
-            t[(who, n2)] = fn(samples[:n2])
-        r = {who: (n2 - n1) / max(t[(who, n2)] - t[(who, n1)], 1e-9) for who in ("ours", "plain")}
-        rates["ours"].append(r["ours"])
-        rates["plain"].append(r["plain"])
-        ratios.append(r["ours"] / r["plain"])
-    result = {"stage": name, "n1": n1, "n2": n2, "ratios": ratios, "ratio": statistics.median(ratios),
-              "images_per_s": {k: statistics.median(v) for k, v in rates.items()}}
-    print(f"{name:<10} RunInference {result['images_per_s']['ours']:7.0f} img/s, plain loop "
-          f"{result['images_per_s']['plain']:7.0f} img/s -> {result['ratio']:.2f}x "
-          f"(median of {repeat}; {min(ratios):.2f}-{max(ratios):.2f}) (target >= 0.9)")
-    return result
+    from bench import report
+
+    m = report.paired_marginal({"ours": lambda n: ours(samples[:n]), "plain": lambda n: plain(samples[:n])}, n1, n2, repeat)
+    return {"stage": name, **m, "images_per_s": m["per_s"]}
 
 
 def main(argv=None) -> dict:
@@ -149,10 +134,13 @@ def main(argv=None) -> dict:
             results["caption"] = compare("caption", samples, lambda s: _beam(s, handler),
                                          lambda s: plain_caption(s, folder, min(64, a.batch), a.caption_tokens),
                                          a.caption_n1, a.caption_n2, a.repeat)
+    from bench import report
+
+    report.table(["stage", "RunInference img/s", "plain loop img/s", "ratio (median)", "min", "max", "n1 -> n2"],
+                 [[k, r["per_s"]["ours"], r["per_s"]["plain"], r["ratio"], min(r["ratios"]), max(r["ratios"]), f"{r['n1']} -> {r['n2']}"]
+                  for k, r in results.items()], title=f"marginal rates, median of {a.repeat} (target >= 0.9x)")
     result = {"benchmark": "score_speed", **results}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "score_speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("score_speed", result)
     return result
 
 
