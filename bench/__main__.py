@@ -119,13 +119,13 @@ def main(argv=None) -> int:
         print(f"near-dup scaling exponent 100k -> 1M: {results['dedup']['exponent']:.3f}, "
               f"{results['dedup']['large']['rows_per_s']:,.0f} rows/s at 1M")
     if "train" in results:
-        print(f"training throughput vs open_clip_train: {results['train']['ratio']:.2f}x")
+        print(f"training throughput vs open_clip_train: {results['train']['spread']}")
     if "eval" in results:
         print(f"evaluation embedding vs plain torch loop: {results['eval']['ratio']:.2f}x")
     if "score" in results:
         for stage in ("clip_score", "caption"):
             if stage in results["score"]:
-                print(f"RunInference {stage} vs plain batched torch loop: {results['score'][stage]['ratio']:.2f}x")
+                print(f"RunInference {stage} vs plain batched torch loop: {results['score'][stage]['spread']}")
     if "sql" in results:
         q = results["sql"]["queries"]
         print(f"SQL on {results['sql']['rows']:,} rows: uid lookup {q['lookup']['ours']['median_ms']:.1f} ms "

@@ -55,20 +55,30 @@ def save(name: str, result: dict) -> str:
     return path
 
 
-def spread(values: list[float]) -> str:
-    """``median (min-max)`` of ratios, for a figure line."""
-    return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f}, {len(values)} repeats)"
+def spread(values: list[float | None]) -> str:
+    """``median (min-max, n repeats)`` of ratios, for a figure line; ``None`` (a repeat without a
+    marginal rate) is left out and counted."""
+    ok = [v for v in values if v is not None]
+    lost = f", {len(values) - len(ok)} without a marginal rate" if len(ok) < len(values) else ""
+    if not ok:
+        return f"no figure ({len(values)} repeats, none with a marginal rate: raise n2)"
+    return f"{statistics.median(ok):.2f}x ({min(ok):.2f}-{max(ok):.2f}, {len(ok)} repeats{lost})"
 
 
-def paired_marginal(sides: dict[str, Callable[[int], float]], n1: int, n2: int, repeat: int,
+def paired_marginal(sides: dict[str, Callable[[int], float]], n1: int, n2: int, repeat: int, warmup: bool = False,
                     log: Callable[[str], None] = print) -> dict:
     """``sides``: {name: run(n) -> seconds}, ours first, the peer second. Returns the seconds of
-    every run, each repeat's marginal rates (items/s) and ratio, and their medians."""
+    every run, each repeat's marginal rates (items/s) and ratio (``None`` where a side's n2 run
+was not slower than its n1 run), and their medians over the repeats that have them. ``warmup``:
+one uncounted n1 run of each side first."""
     if not 0 < n1 < n2:
         raise ValueError(f"need 0 < n1 < n2, got n1={n1}, n2={n2}")
     names = list(sides)
     ours, peer = names
     runs, ratios = [], []
+    if warmup:  # sides that run in this process: the first run pays its imports and lazy set-up
+        for who in names:
+            log(f"  warm-up: {who} {n1} items in {sides[who](n1):.1f} s (not counted)")
     for r in range(repeat):
         order = names if r % 2 == 0 else names[::-1]
         t = {}
@@ -76,8 +86,13 @@ def paired_marginal(sides: dict[str, Callable[[int], float]], n1: int, n2: int, 
             for who in order:
                 t[(who, n)] = sides[who](n)
                 log(f"  repeat {r + 1}/{repeat}: {who} {n} items in {t[(who, n)]:.1f} s")
-        rate = {who: (n2 - n1) / max(t[(who, n2)] - t[(who, n1)], 1e-9) for who in names}
-        ratios.append(rate[ours] / rate[peer])
+        # a side whose n2 run was not slower than its n1 run (load swung within the repeat) has no rate
+        rate = {who: (n2 - n1) / (t[(who, n2)] - t[(who, n1)]) if t[(who, n2)] > t[(who, n1)] else None for who in names}
+        ratios.append(rate[ours] / rate[peer] if None not in rate.values() else None)
         runs.append({"per_s": rate, "ratio": ratios[-1], "seconds": {f"{who}-{n}": s for (who, n), s in t.items()}})
-    return {"n1": n1, "n2": n2, "repeat": repeat, "ratio": statistics.median(ratios), "ratios": ratios, "runs": runs,
-            "per_s": {who: statistics.median(r["per_s"][who] for r in runs) for who in names}}
+    def median(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.median(xs) if xs else None
+
+    return {"n1": n1, "n2": n2, "repeat": repeat, "ratio": median(ratios), "ratios": ratios, "runs": runs,
+            "per_s": {who: median(r["per_s"][who] for r in runs) for who in names}, "spread": spread(ratios)}

@@ -29,7 +29,7 @@ from training import checkpoint as ckpt
 from training import distributed
 from training import scale
 from training.config import CLConfig
-from training.data import StreamConfig, default_workers, loader, time_step_sources
+from training.data import StreamConfig, compute_threads, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
 from training.runlog import RunLog
@@ -107,9 +107,11 @@ def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> 
     """``sources`` (one per task) and ``method`` (an instance) replace the benchmark's time steps
     and ``cfg.protocol``'s method when given: concept streams (training.fomo) use both."""
     info = distributed.init(cfg.device)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, info, resume, sources, method)
     finally:
+        torch.set_num_threads(threads)  # the caller's setting again (in-process runs: tests, FoMo, CIL)
         distributed.shutdown(info)
 
 
@@ -130,7 +132,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         existing = run.config()
         if existing and not resume and run.completed_steps():
             raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        free = ("device", "config_file")
+        free = ("device", "config_file", "threads")
         if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k not in free} != {
             k: v for k, v in cfg.to_json().items() if k not in free
         }:
@@ -140,6 +142,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
 
     device = info.device
     workers = default_workers() if cfg.workers < 0 else cfg.workers
+    if not device.startswith("cuda"):
+        torch.set_num_threads(compute_threads(cfg.threads, workers))
     _seed_everything(cfg.seed)
     loaded = load_model(cfg.model, device=device)
     model = precision.prepare(loaded.model)
@@ -165,7 +169,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
         print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
               f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
-              f"device {device}, precision {precision.name}")
+              f"device {device}, precision {precision.name}"
+              + ("" if device.startswith("cuda") else f", {torch.get_num_threads()} compute thread(s)"))
     runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb)
     samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
     macs_cache: dict = {}  # macs_key -> MACs of one iteration over all ranks
