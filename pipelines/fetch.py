@@ -29,10 +29,13 @@ block for 127.0.0.0/8 and ::1 only (not for their IPv4-mapped form ``::ffff:127.
 
 Deadlines: ``timeout`` bounds a whole attempt (DNS excepted: connect, TLS, every redirect hop,
 headers, body): every socket read and write runs with the time left as its timeout and fails
-once it is spent, so a server dripping a byte a second cannot hold a download longer. All
-attempts together (backoff sleeps included) end within ``timeout x (retries + 1)`` of the
-first request. A download waits for its host's slot (``max_per_host`` concurrent requests per
-host name) before its clock starts.
+once it is spent, so a server dripping a byte a second cannot hold a download longer. The time
+counted is the server's: time inside socket calls. This process's own time between them (parsing,
+a thread starved of CPU on a busy machine, waiting for a host slot before a redirect hop) moves
+the deadlines instead, so a prompt answer, or a prompt redirect chain, never times out because
+the machine was busy; the shard's watchdog bounds the wall time. All attempts together (backoff
+sleeps included) use at most ``timeout x (retries + 1)`` of it. A download waits for its host's
+slot (``max_per_host`` concurrent requests per host name) before its clock starts.
 
 Memory: an image body is read up to ``max_bytes`` (``too_large`` beyond, also after gzip
 decoding); bodies of redirects, errors and refused answers are read only when announced with
@@ -246,33 +249,38 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 class _Clock:
-    """A connection's current deadline (monotonic seconds), counting the server's time only.
+    """The server time one hop of a fetch may still use: only time inside socket calls counts.
 
-    Time spent between socket calls is this process's own (parsing, or a thread starved of CPU on
-    a busy machine), not the server's: ``left`` moves the deadline by it, so a busy machine never
-    turns a prompt answer into a timeout. Time inside a socket call (connect, send, a receive that
-    waits for bytes) counts: a stall, a drip or a lying Content-Length still ends at the deadline."""
+    ``left`` is called right before a socket call (connect, send, a receive that waits for bytes)
+    and ``waited`` right after it; the time between the two is the server's and is added to
+    ``spent``. Time between socket calls is this process's own (parsing, or a thread starved of
+    CPU on a busy machine) and never counts, so a busy machine never turns a prompt answer into a
+    timeout, while a stall, a drip or a lying Content-Length still ends once ``spent`` reaches
+    the hop's allowance."""
 
     def __init__(self):
-        self.at = math.inf
-        self._idle_since: float | None = None
+        self.allowance, self.spent = math.inf, 0.0
+        self._call_since: float | None = None
 
-    def set(self, at: float) -> None:
-        self.at, self._idle_since = at, None
+    def set(self, seconds: float) -> None:
+        self.allowance, self.spent, self._call_since = seconds, 0.0, None
 
     def left(self) -> float:
         now = time.monotonic()
-        if self._idle_since is not None:
-            self.at += now - self._idle_since
-            self._idle_since = None
-        left = self.at - now
+        if self._call_since is not None:  # a socket call without ``waited``: its time counts
+            self.spent += now - self._call_since
+        left = self.allowance - self.spent
         if left <= 0:
+            self._call_since = None
             raise TimeoutError("download deadline passed")
+        self._call_since = now
         return left
 
     def waited(self) -> None:
         """A socket call returned (or failed): from here on the time is ours until the next one."""
-        self._idle_since = time.monotonic()
+        if self._call_since is not None:
+            self.spent += time.monotonic() - self._call_since
+            self._call_since = None
 
 
 class _DeadlineReader(io.RawIOBase):
@@ -400,12 +408,18 @@ class _Budget:
             self.end = now + self.timeout * self.attempts
         self.attempt_end = min(now + self.timeout, self.end)
 
+    idle_since: float | None = None  # when the last hop ended: from there to the next hop's start is ours
+
     def pause(self, seconds: float) -> None:
-        """Time spent in our own queue (waiting for a host slot between redirect hops) is not the
-        server's: the deadlines move by it, so a busy machine never turns a redirect into a timeout
-        (the shard's watchdog still bounds the wait)."""
+        """Time that is not the server's (our own queue for a host slot between redirect hops, our
+        own work and CPU starvation between socket calls): the deadlines move by it, so a busy
+        machine never turns a redirect into a timeout (the shard's watchdog still bounds it)."""
         self.attempt_end += seconds
         self.end += seconds
+
+    def hop_done(self, own_seconds: float) -> None:
+        self.pause(max(0.0, own_seconds))
+        self.idle_since = time.monotonic()
 
 
 class Fetcher:
@@ -448,7 +462,7 @@ class Fetcher:
         with self._slots_lock:
             sem = self._slots.setdefault(host, threading.BoundedSemaphore(max(1, self.cfg.max_per_host)))
         first = budget.attempt_end is None
-        t0 = time.monotonic()
+        t0 = time.monotonic() if first or budget.idle_since is None else budget.idle_since
         while True:
             if cancel.cancelled:
                 raise FetchError("shard_deadline", "cancelled while waiting for a host slot")
@@ -463,11 +477,13 @@ class Fetcher:
         finally:
             sem.release()
 
-    def _request(self, scheme: str, host: str, port: int, target: str, headers: dict, deadline: float, cancel: Cancel):
-        """Send the request and read the response head; one fresh retry if a reused connection fails."""
+    def _request(self, scheme: str, host: str, port: int, target: str, headers: dict, allowance: float, cancel: Cancel):
+        """Send the request and read the response head; one fresh retry if a reused connection fails.
+        ``allowance``: the server time the hop may use (the returned clock counts what it used)."""
+        spent = 0.0
         for fresh_try in (False, True):
             conn = self._conn(scheme, host, port)
-            conn.clock.set(deadline)
+            conn.clock.set(allowance - spent)
             reused = conn.sock is not None
             raw = None
             try:
@@ -484,6 +500,7 @@ class Fetcher:
                 if cancel.cancelled:
                     raise FetchError("shard_deadline", f"cancelled: {type(e).__name__}") from e
                 if reused and not fresh_try and not isinstance(e, TimeoutError):
+                    spent += conn.clock.spent
                     continue  # a kept-alive connection the server closed (or left in a bad state)
                 raise
 
@@ -529,7 +546,7 @@ class Fetcher:
 
     # one attempt -------------------------------------------------------------------------
     def _attempt(self, url: str, budget: _Budget, cancel: Cancel) -> FetchResult:
-        budget.attempt_end = None
+        budget.attempt_end, budget.idle_since = None, None
         seen = {url}
         for _hop in range(self.cfg.max_redirects + 1):
             parts = urlsplit(url)
@@ -540,19 +557,24 @@ class Fetcher:
             headers = {"Host": parts.netloc.rsplit("@", 1)[-1], "User-Agent": self.user_agent,
                        "Accept": "image/*,*/*;q=0.8", "Connection": "keep-alive"}
             with self._slot(host, budget, cancel):
-                if budget.attempt_end <= time.monotonic():
+                start = time.monotonic()
+                if budget.attempt_end <= start:
                     raise FetchError("timeout", TIMEOUT_MESSAGE, retry=True)
-                raw, resp, clock = self._request(scheme, host, port, target, headers, budget.attempt_end, cancel)
+                clock = self._conn(scheme, host, port).clock  # the hop's clock, also when _request raises
                 try:
-                    result = self._response(url, resp, key)
-                except Exception as e:
-                    self._drop(*key)
-                    if cancel.cancelled:
-                        raise FetchError("shard_deadline", f"cancelled: {type(e).__name__}") from e
-                    raise
+                    raw, resp, clock = self._request(scheme, host, port, target, headers, budget.attempt_end - start, cancel)
+                    try:
+                        result = self._response(url, resp, key)
+                    except Exception as e:
+                        self._drop(*key)
+                        if cancel.cancelled:
+                            raise FetchError("shard_deadline", f"cancelled: {type(e).__name__}") from e
+                        raise
+                    finally:
+                        cancel.untrack(raw)
                 finally:
-                    cancel.untrack(raw)
-                    budget.pause(max(0.0, clock.at - budget.attempt_end))  # the hop's own (non-server) time
+                    # only the hop's server time counts: the rest of its wall time moves the deadlines
+                    budget.hop_done(time.monotonic() - start - clock.spent)
             if isinstance(result, FetchResult):
                 return result
             if result in seen:

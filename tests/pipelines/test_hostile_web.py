@@ -220,3 +220,30 @@ def test_peak_memory_of_huge_and_bomb_images(web, tmp_path):
     assert out["default"] == [["image_too_large", None, None], ["image_too_large", None, None]]
     assert out["decoded"] == [["image_too_large", None, None], [None, 256, 199]]
     assert out["vmhwm_mib"] < 1024
+
+
+def test_own_time_between_redirect_hops_never_counts(web, guard, monkeypatch):
+    """A busy machine between socket calls (here: 1.5 s of our own time after each redirect answer
+    and before each later hop's slot, against a 1 s deadline) never turns a prompt redirect
+    chain into a timeout, while a stall still ends at the deadline in server time."""
+    f = Fetcher(FetchConfig(timeout=1.0, retries=0, allow_loopback=True))
+    respond, slot = Fetcher._response, Fetcher._slot
+
+    def slow_response(self, url, resp, key):
+        out = respond(self, url, resp, key)
+        if isinstance(out, str):  # a redirect read in time, then this thread is starved of CPU
+            time.sleep(1.5)
+        return out
+
+    def slow_slot(self, host, budget, cancel):
+        if budget.attempt_end is not None:  # a later hop: starved before it even asks for its slot
+            time.sleep(1.5)
+        return slot(self, host, budget, cancel)
+
+    monkeypatch.setattr(Fetcher, "_response", slow_response)
+    monkeypatch.setattr(Fetcher, "_slot", slow_slot)
+    res, secs = _timed(f, web.base + "/redirect-endless")
+    assert res.ok and res.body == JPEG and secs >= 3.0, (res.reason, res.error_message, secs)
+    res, secs = _timed(f, web.base + "/stall.jpg")
+    assert res.reason == "timeout" and 0.9 <= secs < 2.0, secs
+    assert guard == []
