@@ -55,6 +55,16 @@ FOMO_METHOD = $(or $(METHOD),full-ft)
 FOMO_RUN ?= runs/fomo-$(FOMO_METHOD)-$(ORDER)-T$(T)
 FOMO_RUNS ?= $(wildcard runs/fomo-*-T*)
 CL_METHOD = $(or $(METHOD),clip-replay)
+# CLIP variants in FILTER without FILTER_MODEL: the default filter model is a training job, run
+# between the build (rule variants only) and the CLIP filters; the builder never calls the trainer
+comma := ,
+space := $(subst ,, )
+CLIP_VARIANTS := clip_score image_based bestpool
+FILTER_LIST = $(subst $(comma), ,$(FILTER))
+FILTER_JOB = $(if $(FILTER_MODEL),,$(filter $(CLIP_VARIANTS),$(FILTER_LIST)))
+BUILD_FILTER = $(if $(FILTER_JOB),$(subst $(space),$(comma),$(or $(filter-out $(CLIP_VARIANTS),$(FILTER_LIST)),basic)),$(FILTER))
+FILTER_MODEL_JOB = $(if $(FILTER_MODEL),,$(PY) -m training filter-model --data-dir $(DATA_DIR))
+CLIP_JOBS = $(if $(FILTER_JOB),$(FILTER_MODEL_JOB) && $(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) --variants $(subst $(space),$(comma),$(FILTER_JOB)) --device cpu --runner $(RUNNER) $(BEAM_ARGS))
 # the run dirs of one make cil/dil: python -m training cil's default runs/<kind>-<dataset>-<method>-m<memory>
 CL_RUNS_OF = $(foreach m,$(MEMORY),runs/$(1)-$(DATASET)-$(CL_METHOD)-m$(m))
 
@@ -77,7 +87,8 @@ build-tic-datacomp: $(VENV)/.installed ## build one year (YEAR=2019, DATA_DIR=./
 ifeq ($(FROM),datacomp)
 	$(PY) -m benchmark_builder build tic-datacomp --from datacomp $(if $(POOL),--pool '$(POOL)') $(if $(TIC_UIDS),--tic-uids '$(TIC_UIDS)') --granularity $(GRANULARITY) $(if $(BESTPOOL_UIDS),--bestpool-uids '$(BESTPOOL_UIDS)') --data-dir $(DATA_DIR) --filter $(FILTER) --runner $(RUNNER) $(BEAM_ARGS)
 else
-	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(BUILD_FILTER) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
+	$(CLIP_JOBS)
 endif
 
 build-tic-yfcc: $(VENV)/.installed ## TiC-YFCC, 2004..2014 in 4 steps [INPUT=yfcc15m.csv IMAGE_ROOT=dir]; default: the embedded fixture, offline
@@ -87,11 +98,13 @@ build-tic-redcaps: $(VENV)/.installed ## TiC-RedCaps, 2017..2020 [INPUT='annotat
 	$(PY) -m benchmark_builder build tic-redcaps --data-dir $(DATA_DIR) $(if $(INPUT),--input '$(INPUT)') $(if $(IMAGE_ROOT),--image-root '$(IMAGE_ROOT)') --runner $(RUNNER) $(BEAM_ARGS)
 
 retry-failed: $(VENV)/.installed ## re-fetch transient download failures of finished years (YEAR=2019), re-derive downstream
-	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(FILTER) --retry-failed --runner $(RUNNER) $(BEAM_ARGS)
+	$(PY) -m benchmark_builder build tic-datacomp --year $(YEAR) --data-dir $(DATA_DIR) --filter $(BUILD_FILTER) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --retry-failed --runner $(RUNNER) $(BEAM_ARGS)
+	$(CLIP_JOBS)
 
 build-tic-datacomp-all: $(VENV)/.installed ## every year 2014..2022, all variants (none, basic, clip_score, image_based, bestpool), eval sets, report
 	$(PY) -m benchmark_builder build tic-datacomp --year 2022 --data-dir $(DATA_DIR) --filter basic,none --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder caption --data-dir $(DATA_DIR) --model '$(CAPTIONER)' --runner $(RUNNER) $(BEAM_ARGS)
+	$(FILTER_MODEL_JOB)
 	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
@@ -99,6 +112,7 @@ benchmark-report: $(VENV)/.installed ## per-year counts per stage, variant and s
 	$(PY) -m benchmark_builder report --data-dir $(DATA_DIR)
 
 filter: $(VENV)/.installed ## CLIP-based variants clip_score, image_based, bestpool [FILTER_MODEL=ViT-L-14:openai]
+	$(FILTER_MODEL_JOB)
 	$(PY) -m benchmark_builder filter --data-dir $(DATA_DIR) $(if $(FILTER_MODEL),--model '$(FILTER_MODEL)') --runner $(RUNNER) $(BEAM_ARGS)
 
 caption: $(VENV)/.installed ## caption_generated for the pool [CAPTIONER=path/to/hf-folder | template:attrs.parquet]

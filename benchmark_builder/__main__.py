@@ -110,8 +110,8 @@ def _add_build_download(b) -> None:
 def _add_build_outputs(b) -> None:
     b.add_argument("--filter", default="basic", help="variant(s) written as shards, comma-separated: basic, none, and "
                    "the CLIP variants clip_score, image_based, bestpool (scored after the build with --model)")
-    add_model(b, "--filter-model", help="CLIP variants: filter model spec (default: a small CLIP trained on the "
-              "earliest time step)")
+    add_model(b, "--filter-model", help="CLIP variants: filter model spec (default: the small CLIP trained on the "
+              "earliest time step by python -m training filter-model; make build-tic-datacomp FILTER=... runs it)")
     b.add_argument("--samples-per-shard", type=int, default=10_000)
     b.add_argument("--eval-retrieval-size", type=int, default=1000, help="held-out retrieval pairs per year")
     b.add_argument("--eval-retrieval-fraction", type=float, default=None, help="held-out share of each year's eligible "
@@ -145,7 +145,8 @@ def _add_filter(sub) -> None:
                        epilog=example("python -m benchmark_builder filter --data-dir ./data --model ViT-L-14:openai --device auto"))
     add_data_args(f)
     add_model(f, "--filter-model", help="model spec, e.g. ViT-L-14:openai or NAME:/path.pt "
-              "(default: a small CLIP trained on the earliest time step)")
+              "(default: the small CLIP trained on the earliest time step by python -m training filter-model; "
+              "make filter runs it first)")
     f.add_argument("--years", nargs="*", default=[], help=YEARS_HELP)
     f.add_argument("--clip-threshold", type=float, default=None, help="absolute CLIP score threshold")
     f.add_argument("--clip-fraction", type=float, default=0.3, help="keep this top fraction of the whole pool")

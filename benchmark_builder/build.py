@@ -33,6 +33,7 @@ import pyarrow as pa
 from benchmark_builder.classes import class_list
 from benchmark_builder.decontaminate import load_eval_sets
 from benchmark_builder.index import build_index
+from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import get_spec, resolve_spec
 from pipelines import io as pio
@@ -55,7 +56,7 @@ class BuildConfig:
     year: int
     data_dir: str = "./data"
     benchmark: str = "tic-datacomp"
-    inputs: list[str] = field(default_factory=list)  # input globs; empty: the embedded synthetic web (or fixture)
+    inputs: list[str] = field(default_factory=list)  # input globs; empty: inputs.default_input() (the embedded web)
     input_format: str = ""  # crawl.INPUT_FORMATS: warc, yfcc, redcaps, url-list; "": the benchmark's source
     image_root: str = ""  # local image folder of a table source (read instead of downloaded)
     url_col: str = ""  # table columns (url-list; url_col also YFCC's download URL); "": the format's defaults
@@ -79,7 +80,7 @@ class BuildConfig:
     user_agent_contact: str = ""  # URL or mailto: in the User-Agent; "" = the project's URL
     eval_retrieval_size: int = 1000  # held-out image-text pairs per year
     eval_classification_size: int = 500  # held-out labelled images per year
-    classes: str = ""  # class list of the classification sets; "" = synthetic-web or imagenet
+    classes: str = ""  # class list of the classification sets; "": the input's (build_input(cfg).classes)
     eval_sets: tuple[str, ...] = ()  # NAME=PATH of user evaluation sets to decontaminate against
     near_dup_threshold: int = 20  # Hamming distance on the 256-bit pHash
     near_dup_caption_threshold: int = 32  # looser distance accepted when captions match (MinHash)
@@ -88,10 +89,6 @@ class BuildConfig:
     years: str = ""  # FIRST-LAST: the benchmark's years; "": the data dir's recorded range, else the spec's
     time_steps: str = ""  # how years group into time steps (specs.parse_time_steps); "": the default grouping
     runner: RunnerConfig = field(default_factory=RunnerConfig)
-
-    @property
-    def synthetic(self) -> bool:
-        return not self.inputs
 
     @property
     def fmt(self) -> str:
@@ -142,7 +139,7 @@ class BuildConfig:
         return neardup.NearDupConfig(threshold=self.near_dup_threshold, caption_threshold=self.near_dup_caption_threshold)
 
     def class_list(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        return class_list(self.classes or ("synthetic-web" if self.synthetic else "imagenet"))
+        return class_list(self.classes or build_input(self).classes)
 
     def split_config(self) -> split.SplitConfig:
         spec = get_spec(self.benchmark)
@@ -164,32 +161,28 @@ class BuildConfig:
 
 # ---------------------------------------------------------------- inputs
 
-@contextlib.contextmanager
-def input_files(cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
-    """The files to read; for the synthetic web, generate it (and the fixture of a table
-    format: a YFCC15M CSV, RedCaps annotation files or a URL list of its pages' images) and
-    serve its images meanwhile."""
-    if not cfg.synthetic:
-        yield input_paths(cfg)
-        return
-    from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, generate_web
-    from benchmark_builder.synthetic_web import fixtures
+class FileInput:
+    """The files ``--input`` names (a build input: ``benchmark_builder/inputs.py``)."""
+    classes = "imagenet"
 
-    t = time.time()
-    web_years = fixtures.web_years(cfg.benchmark, cfg.fmt)
-    web_cfg = WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port,
-                        **({"years": web_years} if web_years else {}))
-    web = generate_web(layout.web, web_cfg)
-    served = [int(y) for y in web["warc_files"] if web_years or int(y) <= cfg.year]
-    if cfg.fmt == "warc":
-        files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
-        print(f"synthetic web: {len(files)} WARC files under {layout.web} ({time.time() - t:.1f} s)")
-    else:
-        files = fixtures.write_fixture(layout.web, cfg.fmt, cfg.benchmark, up_to_year=cfg.year)
-        print(f"synthetic web: {cfg.fmt} fixture of {len(files)} file(s) under {layout.web} ({time.time() - t:.1f} s)")
-    with SyntheticWebServer(layout.web, subprocess=True, years=served) as server:
-        print(f"synthetic web server: {server.base_url}")
-        yield files
+    @contextlib.contextmanager
+    def files(self, cfg: BuildConfig, layout: Layout) -> Iterator[list[str]]:
+        yield input_paths(cfg)
+
+    def source_root(self, layout: Layout) -> None:
+        return None
+
+    def fresh(self, cfg: BuildConfig, layout: Layout, marker: dict) -> bool:
+        files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
+        return marker.get("inputs_hash") == _inputs_hash(cfg, layout, files)
+
+    def marker(self, cfg: BuildConfig) -> dict:
+        return {}
+
+
+def build_input(cfg: BuildConfig):
+    """The build's input: the ``--input`` files, or the default input (the embedded web)."""
+    return FileInput() if cfg.inputs else default_input()
 
 
 def input_paths(cfg: BuildConfig) -> list[str]:
@@ -227,7 +220,7 @@ def crawl_stage(cfg: BuildConfig, layout: Layout, files: list[str]) -> None:
     with pipeline_options(cfg.runner, job_name="tic-crawl") as opts:
         with beam.Pipeline(options=opts) as p:
             crawl.crawl_pipeline(p, files, pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"),
-                                 source_root=layout.web if cfg.synthetic else None, fmt=cfg.fmt,
+                                 source_root=build_input(cfg).source_root(layout), fmt=cfg.fmt,
                                  opts=cfg.table_options(benchmark_spec(cfg).years))
     counts = crawl.summarize(pio.join(scratch, "candidates"), pio.join(scratch, "crawl_status"), time.time() - t)
     changed = sum(_sync_tree(pio.join(scratch, d), layout.table(d)) for d in ("candidates", "crawl_status"))
@@ -441,103 +434,115 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
     depend on another year's outputs); the steps that do (URLs and images seen before, held-out
     sets of earlier years) are keyed joins that resolve each year against the years before it,
     so every year's outputs are those of a build of that year alone after the ones before it."""
-    lazy = cfg.runner.dry_run
-    dl_cfg = cfg.download_config()
     with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}") as opts:
         p = beam.Pipeline(options=opts)
-        cands = _read(p, "Candidates", _files(layout, "candidates", years, lazy))
-        earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
-            "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
-        )
-        stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
-        kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
-
         pool_dirs = {y: layout.pool(y) for y in years}
-        downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
-        annotated = (
-            downloaded.samples
-            | "Annotate" >> annotate.Annotate(cfg.lid_config())
-            | "MarkAnnotate" >> beam.Map(mark, "annotate")
-        )
-
-        earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy),
-                               ["sha256", "first_seen", "uid", "split", "year"]) | (
-            "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"], dedup.eval_set_name(r))))
-        )
-        nd_cfg = cfg.neardup_config()
-        earlier_items = (
-            _read(p, "EarlierMeta", _files(layout, "metadata", earlier_years, lazy), NEARDUP_COLUMNS)
-            | "EarlierKept" >> beam.Filter(lambda r: not r["dedup_reason"] and r["phash"])
-            | "EarlierItems" >> beam.Map(dedup.sample_item, nd_cfg, "earlier")
-        )
-        refs = (earlier_items, p | "EvalItems" >> beam.Create(eval_refs or [])) | "Refs" >> beam.Flatten()
-        exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
-        deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
-        filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
-        assigned = filtered | "Split" >> split.AssignSplits(cfg.split_config())
-        held_out = (
-            assigned
-            | "HeldOut" >> beam.Filter(lambda r: (r.get("split") or "train") != "train")
-            | "HeldOutSet" >> beam.Map(lambda r: (r["uid"], dedup.eval_set_name(r)))
-        )
-        splitted = (
-            assigned
-            | "EvalOverlap" >> beam.Map(dedup.relabel_eval_overlap, beam.pvalue.AsDict(held_out))
-            | "MarkSplit" >> beam.Map(mark, split.STAGE)
-        )
-
-        classnames, templates = cfg.class_list()
-        placed_years = []
-        for year in years:
-            meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
-            of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
-            placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
-                cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
-                pool_dirs,
-            ))
-            for extra in cfg.write_variants[1:]:
-                _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
-                    extra, layout.train_shards(extra, year), {**meta, "variant": extra},
-                    reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
-                )
-        placed = placed_years | "Placed" >> beam.Flatten()
-        eval_rows = splitted | "EvalRows" >> beam.FlatMap(
-            lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
-        _ = (
-            _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
-            | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
-                                           {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
-                                            for y in years for k in ("retrieval", "classification")})
-        )
-        _ = (
-            placed
-            | "ByPoolShard" >> beam.Map(lambda r: ((r["year"], r["pool_shard"]), r))
-            | "GroupPoolShard" >> beam.GroupByKey()
-            | "WriteMetadata" >> beam.Map(
-                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0][0]], f"{kv[0][1]}.parquet"), schema.SAMPLE),
-                {y: layout.metadata(y) for y in years},
-            )
-        )
-        statuses = (
-            (
-                stamped.status,
-                downloaded.status,
-                placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
-            )
-            | "AllStatus" >> beam.Flatten()
-            | "StatusByYear" >> beam.Map(lambda r: (r["year"], r))
-        )
-        _ = (
-            _grouped_with_every_key(p, "Status", statuses, years)
-            | "WriteStatus" >> beam.Map(
-                lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0]], "part-00000.parquet"), schema.STATUS),
-                {y: layout.status(y) for y in years},
-            )
-        )
-        _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
+        stamped, downloaded, splitted = _labelled_samples(p, cfg, layout, years, earlier_years, pool_dirs, eval_refs)
+        _write_years(p, cfg, layout, years, pool_dirs, stamped, downloaded, splitted)
         result = p.run()
         result.wait_until_finish()
     return stage_seconds(result)
+
+
+def _labelled_samples(p, cfg: BuildConfig, layout: Layout, years: list[int], earlier_years: list[int],
+                      pool_dirs: dict, eval_refs: list | None):
+    """The stages from the candidates to the split: (timestamp output, download output, every
+    downloaded sample with its dedup, filter and split labels)."""
+    lazy = cfg.runner.dry_run
+    dl_cfg = cfg.download_config()
+    cands = _read(p, "Candidates", _files(layout, "candidates", years, lazy))
+    earlier_urls = _read(p, "EarlierUrls", _files(layout, "candidates", earlier_years, lazy), ["url", "year"]) | (
+        "UrlYear" >> beam.Map(lambda r: (r["url"], r["year"]))
+    )
+    stamped = (cands, earlier_urls) | "Timestamp" >> timestamp.AssignFirstSeen()
+    kept = stamped.kept | "MarkTimestamp" >> beam.Map(mark, timestamp.STAGE)
+
+    downloaded = kept | "Download" >> download.DownloadShards(pool_dirs, dl_cfg, with_images=False)
+    annotated = (
+        downloaded.samples
+        | "Annotate" >> annotate.Annotate(cfg.lid_config())
+        | "MarkAnnotate" >> beam.Map(mark, "annotate")
+    )
+
+    earlier_hashes = _read(p, "EarlierHashes", _files(layout, "metadata", earlier_years, lazy),
+                           ["sha256", "first_seen", "uid", "split", "year"]) | (
+        "HashKey" >> beam.Map(lambda r: (r["sha256"], (r["first_seen"], r["uid"], dedup.eval_set_name(r))))
+    )
+    nd_cfg = cfg.neardup_config()
+    earlier_items = (
+        _read(p, "EarlierMeta", _files(layout, "metadata", earlier_years, lazy), NEARDUP_COLUMNS)
+        | "EarlierKept" >> beam.Filter(lambda r: not r["dedup_reason"] and r["phash"])
+        | "EarlierItems" >> beam.Map(dedup.sample_item, nd_cfg, "earlier")
+    )
+    refs = (earlier_items, p | "EvalItems" >> beam.Create(eval_refs or [])) | "Refs" >> beam.Flatten()
+    exact = (annotated, earlier_hashes) | "Dedup" >> dedup.ExactDedup()
+    deduped = (exact, refs) | "NearDup" >> dedup.NearDedup(nd_cfg) | "MarkDedup" >> beam.Map(mark, dedup.STAGE)
+    filtered = deduped | "Filter" >> filt.ApplyFilters(cfg.variants) | "MarkFilter" >> beam.Map(mark, filt.STAGE)
+    assigned = filtered | "Split" >> split.AssignSplits(cfg.split_config())
+    held_out = (
+        assigned
+        | "HeldOut" >> beam.Filter(lambda r: (r.get("split") or "train") != "train")
+        | "HeldOutSet" >> beam.Map(lambda r: (r["uid"], dedup.eval_set_name(r)))
+    )
+    splitted = (
+        assigned
+        | "EvalOverlap" >> beam.Map(dedup.relabel_eval_overlap, beam.pvalue.AsDict(held_out))
+        | "MarkSplit" >> beam.Map(mark, split.STAGE)
+    )
+    return stamped, downloaded, splitted
+
+
+def _write_years(p, cfg: BuildConfig, layout: Layout, years: list[int], pool_dirs: dict, stamped, downloaded, splitted) -> None:
+    """The writers of every year: training shards per variant, eval sets, metadata and status tables."""
+    classnames, templates = cfg.class_list()
+    placed_years = []
+    for year in years:
+        meta = {"variant": cfg.default_variant, "year": year, "benchmark": cfg.benchmark}
+        of_year = splitted | f"Year{year}" >> beam.Filter(lambda r, y: r["year"] == y, year)
+        placed_years.append(of_year | f"Write{year}" >> reshard.WriteVariant(
+            cfg.default_variant, layout.train_shards(cfg.default_variant, year), meta, reshard.ReshardConfig(cfg.samples_per_shard),
+            pool_dirs,
+        ))
+        for extra in cfg.write_variants[1:]:
+            _ = of_year | f"Write_{extra}{year}" >> reshard.WriteVariant(
+                extra, layout.train_shards(extra, year), {**meta, "variant": extra},
+                reshard.ReshardConfig(cfg.samples_per_shard), pool_dirs,
+            )
+    placed = placed_years | "Placed" >> beam.Flatten()
+    eval_rows = splitted | "EvalRows" >> beam.FlatMap(
+        lambda r: [((r["year"], r["split"].removeprefix("eval_")), r)] if (r.get("split") or "train") != "train" else [])
+    _ = (
+        _grouped_with_every_key(p, "Eval", eval_rows, [(y, k) for y in years for k in ("retrieval", "classification")])
+        | "WriteEval" >> beam.Map(lambda kv, dirs: write_eval_sets(kv[1], dirs[kv[0]], kv[0][1], classnames, templates, pool_dirs),
+                                       {(y, k): [layout.eval_set(v, k, y) for v in cfg.write_variants]
+                                        for y in years for k in ("retrieval", "classification")})
+    )
+    _ = (
+        placed
+        | "ByPoolShard" >> beam.Map(lambda r: ((r["year"], r["pool_shard"]), r))
+        | "GroupPoolShard" >> beam.GroupByKey()
+        | "WriteMetadata" >> beam.Map(
+            lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0][0]], f"{kv[0][1]}.parquet"), schema.SAMPLE),
+            {y: layout.metadata(y) for y in years},
+        )
+    )
+    statuses = (
+        (
+            stamped.status,
+            downloaded.status,
+            placed | "FinalStatus" >> beam.Map(final_status, cfg.default_variant),
+        )
+        | "AllStatus" >> beam.Flatten()
+        | "StatusByYear" >> beam.Map(lambda r: (r["year"], r))
+    )
+    _ = (
+        _grouped_with_every_key(p, "Status", statuses, years)
+        | "WriteStatus" >> beam.Map(
+            lambda kv, dirs: _write_table(kv[1], pio.join(dirs[kv[0]], "part-00000.parquet"), schema.STATUS),
+            {y: layout.status(y) for y in years},
+        )
+    )
+    _ = placed | "MarkWrite" >> beam.Map(mark, reshard.STAGE)
 
 
 def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, key: str, timings: dict | None = None,
@@ -623,21 +628,10 @@ def year_done(cfg: BuildConfig, layout: Layout, year: int, earlier_years: list[i
 
 
 def _inputs_fresh(cfg: BuildConfig, layout: Layout) -> bool:
-    """Whether the crawl's candidates are those of the current inputs (without generating the
-    synthetic web: its inputs are the files of its config up to ``cfg.year``)."""
+    """Whether the crawl's candidates are those of the current inputs (asked of the input, which
+    may know without generating anything)."""
     marker = layout.candidates_marker
-    if not pio.exists(marker):
-        return False
-    if cfg.synthetic:  # a crawl of this web up to a later year holds every earlier year's candidates
-        key = pio.read_json(marker).get("synthetic") or []
-        return key[:-1] == _synthetic_key(cfg)[:-1] and key[-1] >= cfg.year
-    files = sorted({f for pattern in cfg.inputs for f in (pio.glob(pattern) or [])})
-    return pio.read_json(marker).get("inputs_hash") == _inputs_hash(cfg, layout, files)
-
-
-def _synthetic_key(cfg: BuildConfig) -> list:
-    fmt = [] if cfg.fmt == "warc" else [cfg.fmt]  # the WARC key stays as it was: built data dirs stay up to date
-    return [cfg.seed, cfg.pairs_per_year, cfg.web_port, *fmt, cfg.year]
+    return pio.exists(marker) and build_input(cfg).fresh(cfg, layout, pio.read_json(marker))
 
 
 # ---------------------------------------------------------------- whole build
@@ -670,11 +664,12 @@ def build(cfg: BuildConfig) -> dict:
         print(f"removed {stale} temp file(s) of an interrupted run")
     built = []
     if not _inputs_fresh(cfg, layout) or pending_years(cfg, layout, years):
-        with input_files(cfg, layout) as files:
+        source = build_input(cfg)
+        with source.files(cfg, layout) as files:
             crawl_stage(cfg, layout, files)
-            if cfg.synthetic:
+            if source.marker(cfg):
                 marker = layout.candidates_marker
-                pio.write_json(marker, {**pio.read_json(marker), "synthetic": _synthetic_key(cfg)})
+                pio.write_json(marker, {**pio.read_json(marker), **source.marker(cfg)})
             eval_refs, eval_report = load_eval_sets(cfg.eval_sets, cfg.download_config().resize, cfg.neardup_config())
             built = build_years(cfg, layout, years, eval_refs)
     if not built:
@@ -725,7 +720,7 @@ def retry_failed(cfg: BuildConfig) -> dict:
     before = _status_reason_counts(layout, finished)
     t = time.time()
     retried: dict[int, dict[str, int]] = {}
-    with input_files(cfg, layout):  # the synthetic web's server must run while fetching
+    with build_input(cfg).files(cfg, layout):  # what the input serves (the embedded web's images) must run while fetching
         dl_cfg = cfg.download_config()
         fetcher = Fetcher(dl_cfg.fetch)
         for y in finished:

@@ -7,8 +7,9 @@
 - ``template:PATH``: the template captioner over an attribute table (Parquet with a ``url`` or
   ``uid`` column plus the template fields), templates from ``--templates FILE`` (one per line)
   or the defaults of ``pipelines.transforms.caption``;
-- ``template:synthetic-web`` (the embedded default): the attribute table of the synthetic web,
-  computed from its generator (object, colour, scene, texture of every served image).
+- ``template:NAME`` of a named input (``benchmark_builder.inputs.NAMED``; the default,
+  ``template:synthetic-web``: the embedded web's attribute table, computed from its generator:
+  object, colour, scene, texture of every served image).
 
 Captions go into the metadata (``caption_generated``) by a Beam ``RunInference`` stage; each
 existing variant's training shards are then re-written with the same samples, so their
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import apache_beam as beam
 
+from benchmark_builder.inputs import NAMED, default_input
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.models import load_captioner
@@ -34,14 +36,13 @@ from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.sinks import webdataset as wds
 from pipelines.transforms import caption as cap
 
-SYNTHETIC = "synthetic-web"
 
 
 @dataclass
 class CaptionConfig:
     data_dir: str = "./data"
     benchmark: str = "tic-datacomp"
-    captioner: str = cap.TEMPLATE_PREFIX + SYNTHETIC
+    captioner: str = cap.TEMPLATE_PREFIX + default_input().name
     templates: str = ""  # file, one template per line; "" -> defaults
     years: tuple[int, ...] = ()
     device: str = "cpu"
@@ -67,15 +68,8 @@ def make_handler(cfg: CaptionConfig, layout: Layout):
     if cfg.captioner.startswith(cap.TEMPLATE_PREFIX):
         source = cfg.captioner[len(cap.TEMPLATE_PREFIX):]
         templates = _templates(cfg.templates)
-        if source == SYNTHETIC:
-            from benchmark_builder.synthetic_web.attributes import caption_attributes
-
-            web = layout.web
-            if not pio.exists(pio.join(web, "catalogue.parquet")):
-                raise FileNotFoundError(f"{web}: no synthetic web here; template:{SYNTHETIC} only captions the embedded "
-                                        "default. Pass template:ATTRIBUTES.parquet or a Hugging Face captioner")
-            source = layout.caption_file("synthetic-web-attributes.parquet")
-            pio.write_parquet(source, caption_attributes(pio.local_path(web)))
+        if source in NAMED:
+            source = NAMED[source].attribute_table(layout)
         elif not pio.exists(source):
             raise FileNotFoundError(f"attribute table {source!r} does not exist (--captioner {cfg.captioner!r})")
         handler = cap.TemplateCaptionHandler(source, templates)

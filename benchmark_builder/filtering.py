@@ -3,9 +3,11 @@
 resharded; and the per-year audit of what each filter keeps.
 
 1. The filter model: ``--model`` (any ``pipelines.models`` spec: ``ViT-L-14:openai``,
-   a local checkpoint, a Hugging Face folder). For the embedded default none can be fetched, so
-   ``benchmark_builder.jobs`` first runs the trainer's job ``training.filter_model`` (a small CLIP
-   trained on the earliest time step only) and passes its checkpoint here.
+   a local checkpoint, a Hugging Face folder). Without one, the default: a small CLIP trained on
+   the earliest time step only by the trainer's job ``python -m training filter-model``
+   (``training/filter_model.py``), cached under the layout's ``filter-model/<key>/`` and found
+   here by ``default_filter_model``. The builder never trains it: ``make filter`` and
+   ``make build-tic-datacomp FILTER=...`` run the job between the build and the filters.
 2. Scoring: the Beam ``RunInference`` stage of ``pipelines.transforms.clip_score`` over every
    deduplicated pool sample of the chosen years -> ``clip/year=YYYY/<shard>.npz`` + metadata
    ``clip_score``/``clip_model``.
@@ -16,8 +18,8 @@ resharded; and the per-year audit of what each filter keeps.
    (``pipelines.transforms.filter.caption_reason``: English by fastText, more than 1 token, more
    than 5 characters) with ``clusters`` centroids (DataComp: 100k); the target
    clusters are the nearest centroids of a reference image set (ImageNet-1k train images for
-   real data; for the embedded default, fresh renders of the concepts in
-   ``reference_concepts``); keep samples that pass the caption filter and whose nearest centroid
+   real data; by default, fresh renders of the default input's concepts in ``reference_concepts``:
+   ``benchmark_builder.inputs.default_input().reference_images``); keep samples that pass the caption filter and whose nearest centroid
    is a target (DataComp applies the caption filter before clustering and again before
    selection, in ``image_based`` and in ``bestpool``; ``clip_score`` alone has no caption
    filter, and its top-fraction threshold is taken over the whole pool). Held-out eval
@@ -26,6 +28,8 @@ resharded; and the per-year audit of what each filter keeps.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -33,15 +37,18 @@ from dataclasses import dataclass
 import apache_beam as beam
 import numpy as np
 
+from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines import schema
 from pipelines.models import load_model
 from pipelines.models.encode import encode_images
 from pipelines.options import RunnerConfig, pipeline_options
+from pipelines.safe_inputs import InputError
 from pipelines.transforms import clip_score as cs
 
 CLIP_VARIANTS = ("clip_score", "image_based", "bestpool")
+DEFAULT_FILTER_MODEL = "tic-tiny-32"  # the preset the default filter model is trained from
 EARLY_CONCEPTS = ("circle", "square", "triangle", "cross", "ring", "diamond", "stripes")
 
 
@@ -49,27 +56,50 @@ EARLY_CONCEPTS = ("circle", "square", "triangle", "cross", "ring", "diamond", "s
 class ClipFilterConfig:
     data_dir: str = "./data"
     benchmark: str = "tic-datacomp"
-    filter_model: str = ""  # model spec; benchmark_builder.jobs fills in the trained default when empty
+    filter_model: str = ""  # model spec; "" -> the cached default (default_filter_model)
     years: tuple[int, ...] = ()  # () -> every built year
     clip_threshold: float | None = None
     clip_fraction: float = 0.3  # DataComp's CLIP-score filter for bestpool keeps the top 30%
     clusters: int = 256
-    reference: str = ""  # image folder or WebDataset of reference images; "" -> synthetic concepts
+    reference: str = ""  # image folder or WebDataset of reference images; "" -> renders of the default input's concepts
     reference_concepts: tuple[str, ...] = EARLY_CONCEPTS
     reference_per_concept: int = 8
     device: str = "cpu"
     batch_size: int = 256
     seed: int = 0
-    filter_model_samples: int = 32768  # training budget of the default filter model (training.filter_model)
+    filter_model_samples: int = 32768  # training budget of the default filter model (filter_model_key)
     runner: RunnerConfig = dataclasses.field(default_factory=RunnerConfig)
+
+
+def filter_model_key(data_dir: str, benchmark: str, seed: int, samples: int) -> tuple[list[str], str]:
+    """(the trainer's options, cache key) of the default filter model: ``DEFAULT_FILTER_MODEL``
+    trained on ``samples`` of the earliest time step. The key hashes the options as the trainer's
+    command line spells them (``training.filter_model`` trains with exactly these), so the builder
+    finds the model the trainer cached without importing the trainer."""
+    args = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", str(samples),
+            "--model", DEFAULT_FILTER_MODEL, "--seed", str(seed), "--data-dir", data_dir, "--benchmark", benchmark]
+    return args, hashlib.sha256(json.dumps(args).encode()).hexdigest()[:12]
+
+
+def default_filter_model(cfg: ClipFilterConfig) -> str:
+    """The model spec of the cached default filter model; InputError (one line, naming the job
+    that trains it) when it has not been trained."""
+    _, key = filter_model_key(cfg.data_dir, cfg.benchmark, cfg.seed, cfg.filter_model_samples)
+    ckpt = Layout(cfg.data_dir, cfg.benchmark).filter_model_checkpoint(key)
+    if not pio.exists(ckpt):
+        raise InputError(
+            f"no filter model: pass --model SPEC (e.g. ViT-L-14:openai), or train the default on the built earliest "
+            f"time step first: python -m training filter-model --data-dir {cfg.data_dir} --benchmark {cfg.benchmark} "
+            f"(make filter runs both)")
+    return f"{DEFAULT_FILTER_MODEL}:{ckpt}"
 
 
 def check_filter_model(spec: str) -> str:
     """The model spec to score with, loaded once here so that a bad one fails now, with the
     loader's message, not inside a Beam worker."""
     if not spec:
-        raise ValueError("no filter model: pass --model (e.g. ViT-L-14:openai), or run the filters through "
-                         "benchmark_builder.jobs, which trains the embedded default's")
+        raise ValueError("no filter model: pass --model (e.g. ViT-L-14:openai), or train the default first "
+                         "(python -m training filter-model)")
     load_model(spec)
     return spec
 
@@ -105,19 +135,8 @@ def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
         if not images:
             raise ValueError(f"reference set {cfg.reference} holds no images")
         return _embed(loaded, images, cfg)
-    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
-    from benchmark_builder.synthetic_web.images import draw, image_params
-
-    unknown = set(cfg.reference_concepts) - set(CLASS_NAMES)
-    if unknown:
-        raise ValueError(f"unknown reference concepts {sorted(unknown)}; known: {CLASS_NAMES}")
-    images = []
-    for c in cfg.reference_concepts:
-        for i in range(cfg.reference_per_concept):
-            p = dataclasses.replace(image_params(10_000 + cfg.seed, i * 97 + CLASS_NAMES.index(c), 2016),
-                                    obj=CLASS_NAMES.index(c))
-            images.append(loaded.preprocess_val(draw(p).convert("RGB")))
-    return _embed(loaded, images, cfg)
+    renders = default_input().reference_images(cfg.reference_concepts, cfg.reference_per_concept, cfg.seed)
+    return _embed(loaded, [loaded.preprocess_val(im) for im in renders], cfg)
 
 
 def _embed(loaded, images, cfg) -> np.ndarray:

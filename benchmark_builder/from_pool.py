@@ -11,7 +11,9 @@ becomes one pass into the crawl path's layout (``benchmark_builder/layout.py``):
   (``monthly``); ``evaluation uids`` (the two pickles) are held out: TiC-DataComp-Retrieval and
   TiC-DataCompNet sets per year in clip_benchmark's layout, DataCompNet labelled through
   ImageNet's synset order; training = uid file minus evaluation uids;
-- ``status`` has one row per pool sample: ``kept``, or ``dropped`` with a reason
+- ``candidates`` and ``status`` each have one row per pool sample (``candidates``: uid, url, text,
+  the pool shard as ``crawl_id`` and its Parquet file as ``source``); ``status``: ``kept``, or
+  ``dropped`` with a reason
   (``not_in_tic_uids`` (stage ``select``, year null), ``not_downloaded:<img2dataset status>``,
   ``pool_shard_missing``, ``pool_shard_unreadable``, ``image_missing_in_shard`` (stage ``pool``),
   the default variant's filter reason (stage ``filter``));
@@ -28,9 +30,12 @@ TiC-CLIP's uid files already are the benchmark's sets (its own dedup and time st
 crawl path's timestamp, download and dedup stages do not run here. A build replaces every output
 of an earlier pool build in the data dir (the fixture takes seconds; a real pool one pass).
 
-Scale: the first pass (which sample goes where) runs in the launching process and holds the uid
-files and the benchmark rows' metadata as Python objects: fine for pools of a few million samples
-(DataComp small); DataComp medium and larger need that pass inside the Beam job as well (not done).
+Scale: the released training uid files (which index DataComp's 12.8B-sample pool whatever the
+pool's size) stay sorted ``u8,u8`` arrays, memory-mapped when local (16 bytes a uid, only the
+pages a lookup touches), looked up per pool shard by binary search as DataComp's resharder does.
+The first pass (which sample goes where) runs in the launching process and holds the benchmark
+rows' metadata as Python objects: fine for pools of a few million samples (DataComp small);
+DataComp medium and larger need that pass inside the Beam job as well (not done).
 The second pass (images, shards, eval sets, metadata) is one Beam job reading each pool tar once.
 """
 from __future__ import annotations
@@ -43,11 +48,13 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import apache_beam as beam
+import numpy as np
 from PIL import Image
 
 from benchmark_builder.build import remove_tree, write_eval_sets
 from benchmark_builder.classes import class_list
 from benchmark_builder.index import build_index
+from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import format_years, resolve_spec
 from pipelines import io as pio
@@ -109,30 +116,45 @@ def _time_steps(cfg: PoolBuildConfig) -> str:
 
 @dataclass
 class TicInputs:
-    train: dict[str, tuple[int, int | None, int]]  # uid -> (year, month, copies) of the training files
+    """The released files as read: the training uid files stay sorted ``u8,u8`` arrays (memory
+    maps when local; looked up per pool shard by binary search, as DataComp's resharder does), the
+    two evaluation pickles (thousands of uids a year) are dicts."""
+    train: list[tuple[int, int | None, np.ndarray]]  # (year, month, sorted uids) in time order
     retrieval: dict[str, int]  # uid -> year
     labels: dict[str, tuple[int, int]]  # uid -> (year, ImageNet class id)
     listed: dict[int, int]  # year -> uids listed in the training files (with repeats)
     sizes: dict[str, int] | None
-    bestpool: set[str]
+    bestpool: np.ndarray | None  # sorted uids of the bestpool file
+
+    def lookup(self, uids: list[str]) -> dict[str, tuple[int, int | None, int]]:
+        """uid -> (year, month, copies) of the ``uids`` listed in a training file; a uid of two
+        files takes the earlier one."""
+        query = uidcodec.encode(uids, sort=False)
+        out: dict[str, tuple[int, int | None, int]] = {}
+        for y, m, arr in self.train:
+            copies = uidcodec.counts(arr, query)
+            for i in np.flatnonzero(copies):
+                out.setdefault(uids[i], (y, m, int(copies[i])))
+        return out
+
+    def in_bestpool(self, uids: list[str]) -> set[str]:
+        if self.bestpool is None:
+            return set()
+        hit = uidcodec.counts(self.bestpool, uidcodec.encode(uids, sort=False))
+        return {u for u, c in zip(uids, hit) if c}
 
 
 def read_inputs(cfg: PoolBuildConfig) -> TicInputs:
     synsets = dc.synset_index()
-    train: dict[str, tuple[int, int | None, int]] = {}
-    listed: collections.Counter = collections.Counter()
     if cfg.granularity == "monthly":
-        for (y, m), uids in sorted(dc.read_monthly_uids(cfg.tic_uids, cfg.years).items()):
-            for u, c in uids.items():
-                train.setdefault(u, (y, m, c))
-            listed[y] += sum(uids.values())
+        train = [(y, m, arr) for (y, m), arr in sorted(dc.read_monthly_uids(cfg.tic_uids, cfg.years).items())]
         sizes = dc.read_sizes(cfg.tic_uids, dc.MONTHLY_DIR)
     else:
-        for y, uids in sorted(dc.read_yearly_uids(cfg.tic_uids, cfg.years).items()):
-            for u, c in uids.items():
-                train.setdefault(u, (y, None, c))  # a uid of two years' files: the earlier year
-            listed[y] += sum(uids.values())
+        train = [(y, None, arr) for y, arr in sorted(dc.read_yearly_uids(cfg.tic_uids, cfg.years).items())]
         sizes = dc.read_sizes(cfg.tic_uids, dc.YEARLY_DIR)
+    listed: collections.Counter = collections.Counter()
+    for y, _, arr in train:
+        listed[y] += len(arr)
     retrieval = {}
     for y, uids in sorted(dc.read_retrieval_pickle(dc.find_tic_file(cfg.tic_uids, dc.RETRIEVAL_PICKLE)).items()):
         for u in uids:
@@ -141,21 +163,22 @@ def read_inputs(cfg: PoolBuildConfig) -> TicInputs:
     for y, by_uid in sorted(dc.read_datacompnet_pickle(dc.find_tic_file(cfg.tic_uids, dc.DATACOMPNET_PICKLE), synsets).items()):
         for u, label in by_uid.items():
             labels.setdefault(u, (y, label))
-    bestpool = set()
+    bestpool = None
     if cfg.bestpool_uids:
         if not pio.exists(cfg.bestpool_uids):
             raise InputError(f"{cfg.bestpool_uids}: bestpool uid file missing")
-        bestpool = set(uidcodec.decode(dc.uid_array(pio.read_bytes(cfg.bestpool_uids), cfg.bestpool_uids)))
+        bestpool = dc.read_uid_file(cfg.bestpool_uids)
     return TicInputs(train, retrieval, labels, dict(listed), sizes, bestpool)
 
 
 # ---------------------------------------------------------------- one pool sample
 
-def assign(row: dict, tic: TicInputs, image: dict | None, shard_problem: str | None, years) -> dict:
-    """A pool row -> its year, month, split, label, copies and status (before filtering)."""
+def assign(row: dict, tic: TicInputs, listed: tuple | None, image: dict | None, shard_problem: str | None, years) -> dict:
+    """A pool row -> its year, month, split, label, copies and status (before filtering);
+    ``listed``: its (year, month, copies) in the training files (``TicInputs.lookup``) or None."""
     u = row["uid"]
     out = dict(row)
-    y_train, month, copies = tic.train.get(u, (None, None, 1))
+    y_train, month, copies = listed or (None, None, 1)
     if u in tic.retrieval:
         year, split = tic.retrieval[u], "eval_retrieval"
     elif u in tic.labels:
@@ -186,7 +209,7 @@ def _image_size(jpg: bytes) -> tuple[int | None, int | None]:
         return None, None
 
 
-def sample_row(r: dict, image: dict, cfg: PoolBuildConfig, tic: TicInputs, lid: annotate.LidConfig) -> dict:
+def sample_row(r: dict, image: dict, cfg: PoolBuildConfig, in_bestpool: bool, lid: annotate.LidConfig) -> dict:
     """The metadata row (schema.DATACOMP_SAMPLE) of a sample that is in the benchmark."""
     lang, score = annotate.detect_language(r.get("text"), lid)
     w, h = _image_size(image["jpg"])
@@ -200,12 +223,19 @@ def sample_row(r: dict, image: dict, cfg: PoolBuildConfig, tic: TicInputs, lid: 
         if r["split"] != "train":
             reasons[v] = None
         elif v == "bestpool":
-            reasons[v] = None if r["uid"] in tic.bestpool else "not_in_bestpool_uids"
+            reasons[v] = None if in_bestpool else "not_in_bestpool_uids"
         else:
             reasons[v] = filt.VARIANTS[v](out)
     out["filters"] = [v for v in cfg.variants if reasons[v] is None]
     out["filter_reasons"] = reasons
     return out
+
+
+def candidate_row(r: dict, shard: dc.PoolShard, offset: int) -> dict:
+    """The ``candidates`` row of a pool sample (schema.CANDIDATE): the pool's Parquet row is the
+    record it came from; its time is the uid files' year (and month), not a crawl time."""
+    return {"uid": r["uid"], "url": r.get("url"), "text": r.get("text"), "page_url": None, "crawl_id": f"datacomp:{shard.name}",
+            "crawl_time": None, "source": shard.parquet, "record_offset": offset, "year": r["year"], "month": r["month"]}
 
 
 def status_row(r: dict, default_variant: str) -> dict:
@@ -230,11 +260,9 @@ def _rows_with_images(shard: dc.PoolShard, wanted: dict[str, dict]):
 
 
 def _fixture(cfg: PoolBuildConfig) -> PoolBuildConfig:
-    from benchmark_builder.synthetic_web.datacomp_pool import FixtureConfig, generate_pool
-
     t = time.time()
     out = pio.join(cfg.data_dir, "datacomp-fixture")
-    info = generate_pool(out, FixtureConfig(seed=cfg.seed))
+    info = default_input().datacomp_pool(out, cfg.seed)
     print(f"datacomp fixture: {info['pool_samples']} pool samples in {info['shards']} shards, uid files for "
           f"{info['years'][0]}..{info['years'][-1]} under {out} ({time.time() - t:.1f} s)")
     return PoolBuildConfig(**{**cfg.__dict__, "pool": cfg.pool or info["pool"], "tic_uids": cfg.tic_uids or info["tic_uids"],
@@ -260,34 +288,40 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
     # pass 1 (metadata and tars, no image kept): every pool sample's year, split and status
     by_year: dict[int, dict[str, dict[str, dict]]] = collections.defaultdict(lambda: collections.defaultdict(dict))
     statuses: dict[int | None, list[dict]] = collections.defaultdict(list)
+    candidates: dict[int | None, list[dict]] = collections.defaultdict(list)
     seen: set[str] = set()
     from tqdm import tqdm
 
     for shard in tqdm(shards, desc="pool shards", unit="shard", disable=len(shards) < 20):
         rows = dc.read_pool_metadata(shard)
         images, problem = dc.read_pool_images(shard)
-        for row in rows:
+        uids = [row["uid"] for row in rows]
+        listed, best = tic.lookup(uids), tic.in_bestpool(uids)
+        for i, row in enumerate(rows):
             if row["uid"] in seen:
                 raise InputError(f"{shard.parquet}: uid {row['uid']} is in the pool twice")
             seen.add(row["uid"])
-            r = assign(row, tic, images.get(row["uid"]), problem, years)
+            r = assign(row, tic, listed.get(row["uid"]), images.get(row["uid"]), problem, years)
+            candidates[r["year"]].append(candidate_row(r, shard, i))
             if not r["drop"]:
-                r = {**r, **sample_row(r, images[row["uid"]], cfg, tic, lid)}
+                r = {**r, **sample_row(r, images[row["uid"]], cfg, row["uid"] in best, lid)}
                 by_year[r["year"]][shard.name][r["uid"]] = r
             statuses[r["year"]].append(status_row(r, cfg.default_variant))
         del images
 
     # pass 2: one Beam job writes every year's shards, eval sets and metadata
-    for d in (layout.table("status"), layout.table("metadata"), layout.years_dir, layout.variants, layout.clip(),
-              layout.captions):
+    for d in (layout.table("candidates"), layout.table("status"), layout.table("metadata"), layout.years_dir,
+              layout.variants, layout.clip(), layout.captions):
         remove_tree(d)
     t = time.time()
     _write_years(cfg, layout, shards, by_year, years)
     year_manifests = {}
     for y in years:
+        pio.write_parquet(pio.join(layout.candidates(y), "part-00000.parquet"), _candidate_table(candidates.get(y, [])))
         pio.write_parquet(pio.join(layout.status(y), "part-00000.parquet"), _status_table(statuses.get(y, [])))
         year_manifests[y] = _finish_year(cfg, layout, y, tic, statuses.get(y, []), by_year.get(y, {}), time.time() - t)
     if statuses.get(None):
+        pio.write_parquet(pio.join(layout.table("candidates"), UNASSIGNED, "part-00000.parquet"), _candidate_table(candidates[None]))
         pio.write_parquet(pio.join(layout.table("status"), UNASSIGNED, "part-00000.parquet"), _status_table(statuses[None]))
     n_pool = sum(len(v) for v in statuses.values())
     if n_pool != len(seen):
@@ -360,6 +394,10 @@ def _is_retrieval(r: dict) -> bool:
 
 def _is_classification(r: dict) -> bool:  # a DataCompNet uid, also when the retrieval set holds it too
     return r["label"] is not None and r["split"] != "train"
+
+
+def _candidate_table(rows: list[dict]):
+    return schema.to_table(sorted(rows, key=lambda r: r["uid"]), schema.CANDIDATE)
 
 
 def _status_table(rows: list[dict]):

@@ -4,12 +4,13 @@
   year is built) and CLIP variants (``filtering.CLIP_VARIANTS``: selected afterwards from the
   scored pool). ``none`` and ``basic`` are always computed (the split and the audit read them);
   only the named ones are written as shards, ``basic`` when no rule variant is named.
-- A build with CLIP variants runs, in order: the year build, the filter model (``--model``, or
-  the trainer's job ``training.filter_model`` for the embedded default), the scoring and
-  selection (``filtering.run_filters``), and the audit (``filtering.audit``).
+- A build with CLIP variants runs, in order: the year build, the scoring and selection
+  (``filtering.run_filters``) with the filter model (``--model``, or the cached default that
+  ``python -m training filter-model`` trained), and the audit (``filtering.audit``).
 
-This is the one module of the builder that calls the trainer: the filter model is a training
-job, run through its API in this process. Nothing imports this module back.
+The builder never trains: the default filter model is a training job, and the sequence build ->
+filter model -> CLIP filters is the Makefile's (``make filter``, ``make build-tic-datacomp
+FILTER=bestpool``), so no builder module imports the trainer.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from benchmark_builder.build import BuildConfig, benchmark_spec, build, retry_failed
-from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig, audit, run_filters
+from benchmark_builder.filtering import CLIP_VARIANTS, ClipFilterConfig, audit, default_filter_model, run_filters
 from pipelines.safe_inputs import InputError
 from pipelines.transforms.filter import VARIANTS
 
@@ -48,20 +49,21 @@ def with_plan(cfg: BuildConfig, plan: VariantPlan) -> BuildConfig:
 
 def run_build(cfg: BuildConfig, plan: VariantPlan, model: str = "", retry: bool = False) -> None:
     """The year build (or its ``--retry-failed``), then the CLIP variants of ``plan`` from the built
-    pool (download once, filter many times). ValueError (one line) on a bad year range."""
+    pool (download once, filter many times). ValueError (one line) on a bad year range; InputError
+    before any work when CLIP variants have no filter model (no ``model``, no cached default)."""
     cfg = with_plan(cfg, plan)
     benchmark_spec(cfg)  # a bad or conflicting year range fails before any work
+    clip = ClipFilterConfig(data_dir=cfg.data_dir, benchmark=cfg.benchmark, filter_model=model, runner=cfg.runner)
+    if plan.clip and not cfg.runner.dry_run and not model:
+        clip.filter_model = default_filter_model(clip)
     (retry_failed if retry else build)(cfg)
     if plan.clip and not cfg.runner.dry_run:
-        run_clip_filters(ClipFilterConfig(data_dir=cfg.data_dir, benchmark=cfg.benchmark, filter_model=model,
-                                          runner=cfg.runner), plan.clip)
+        run_clip_filters(clip, plan.clip)
 
 
 def run_clip_filters(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
-    """The filter model (trained here when ``cfg.filter_model`` is empty), the CLIP variants, the audit."""
-    from training.filter_model import ensure_filter_model  # torch and the trainer load only for this job
-
-    model = cfg.filter_model or ensure_filter_model(cfg.data_dir, cfg.benchmark, cfg.seed, cfg.filter_model_samples)
+    """The CLIP variants with ``cfg.filter_model`` (empty: the cached default), then the audit."""
+    model = cfg.filter_model or default_filter_model(cfg)
     info = run_filters(dataclasses.replace(cfg, filter_model=model), tuple(variants))
     audit(cfg.data_dir, cfg.benchmark)
     return info

@@ -24,6 +24,19 @@ from pipelines.io import glob, is_local, join, local_path
 from pipelines.safe_inputs import check_name
 
 
+MARKER = "_SUCCESS.json"  # a finished job's record in the directory it wrote
+
+
+def _year_partition(table: str):
+    """``Layout.<table>(year)``: the year's partition of a year-partitioned table."""
+    def partition(self, year: int) -> str:
+        return self.partition(table, year)
+
+    partition.__name__ = table
+    partition.__doc__ = f"``<root>/{table}/year=YYYY``"
+    return partition
+
+
 @dataclass(frozen=True)
 class Layout:
     data_dir: str
@@ -50,25 +63,16 @@ class Layout:
     def partition(self, table: str, year: int) -> str:
         return join(self.table(table), f"year={year}")
 
-    def candidates(self, year: int) -> str:
-        return self.partition("candidates", year)
-
-    def crawl_status(self, year: int) -> str:
-        return self.partition("crawl_status", year)
-
-    def pool(self, year: int) -> str:
-        return self.partition("pool", year)
-
-    def status(self, year: int) -> str:
-        return self.partition("status", year)
-
-    def metadata(self, year: int) -> str:
-        return self.partition("metadata", year)
+    candidates = _year_partition("candidates")
+    crawl_status = _year_partition("crawl_status")
+    pool = _year_partition("pool")
+    status = _year_partition("status")
+    metadata = _year_partition("metadata")
 
     @property
     def candidates_marker(self) -> str:
         """The crawl's record of the inputs its candidates came from."""
-        return join(self.table("candidates"), "_SUCCESS.json")
+        return join(self.table("candidates"), MARKER)
 
     @property
     def crawl_scratch(self) -> str:
@@ -87,7 +91,7 @@ class Layout:
         return join(self.variants, "*", *parts)
 
     def variant(self, name: str) -> str:
-        return join(self.root, "variants", check_name(name, "variant name"))
+        return join(self.variants, check_name(name, "variant name"))
 
     def train_shards(self, variant: str, step: str | int) -> str:
         return join(self.variant(variant), "train", str(step))
@@ -111,11 +115,11 @@ class Layout:
 
     def clip(self, year: int | None = None) -> str:
         """CLIP scores and embeddings of the pool (``benchmark_builder.filtering``), per year."""
-        return join(self.root, "clip") if year is None else join(self.root, "clip", f"year={year}")
+        return join(self.root, "clip", *([] if year is None else [f"year={year}"]))
 
     @property
     def clip_marker(self) -> str:
-        return join(self.clip(), "_SUCCESS.json")
+        return join(self.clip(), MARKER)
 
     @property
     def clip_filters(self) -> str:
@@ -137,7 +141,7 @@ class Layout:
 
     @property
     def captions_marker(self) -> str:
-        return join(self.captions, "_SUCCESS.json")
+        return join(self.captions, MARKER)
 
     def caption_file(self, name: str) -> str:
         return join(self.captions, name)

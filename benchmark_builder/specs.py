@@ -43,6 +43,7 @@ class BenchmarkSpec:
     eval_recipe: str = "per year: 1000 held-out retrieval pairs, 500 held-out classification images"
     eval_retrieval_fraction: float | None = None  # held-out share of each year's eligible samples; None: fixed sizes
     eval_classification: bool = True  # a held-out classification set per year
+    eval_step_gallery: bool = False  # retrieval of a step: True: its years' held-out pairs as one gallery; False: the mean over its years
     fixture_pairs_per_year: int = 4000  # size of the embedded synthetic web per year (its default input)
 
     def step_of(self, year: int, month: int | None = None) -> TimeStep:
@@ -95,7 +96,12 @@ def monthly_steps(year: int) -> tuple[TimeStep, ...]:
 
 _YEARS = tuple(range(2014, 2023))
 _YFCC_STEPS = ((2004, 2005, 2006, 2007, 2008), (2009, 2010), (2011, 2012), (2013, 2014))
-_HELD_OUT_1PC = "per year: 1% of the eligible pairs held out for retrieval (TiC-CLIP's test_size=0.01), no classification set"
+# TiC-CLIP's recipe for its table-sourced benchmarks (TiC-YFCC, TiC-RedCaps): 1% of each year held
+# out for retrieval, no classification set, a step's held-out pairs one gallery; small embedded fixtures
+_TABLE_SOURCE_RECIPE = dict(
+    eval_recipe=("per year: 1% of the eligible pairs held out for retrieval (TiC-CLIP's test_size=0.01), no classification "
+                 "set; a step's held-out pairs are evaluated as one gallery (TiC-CLIP's one test file per step)"),
+    eval_retrieval_fraction=0.01, eval_classification=False, eval_step_gallery=True, fixture_pairs_per_year=500)
 
 SPECS: dict[str, BenchmarkSpec] = {
     "tic-datacomp": BenchmarkSpec(
@@ -110,10 +116,7 @@ SPECS: dict[str, BenchmarkSpec] = {
         time_steps=tuple(TimeStep(f"{g[0]}-{g[-1]}", g) for g in _YFCC_STEPS),
         description="TiC-YFCC: YFCC15M photos by upload date, steps {2004-2008}, {2009-2010}, {2011-2012}, {2013-2014}",
         source="yfcc",
-        eval_recipe=_HELD_OUT_1PC,
-        eval_retrieval_fraction=0.01,
-        eval_classification=False,
-        fixture_pairs_per_year=500,
+        **_TABLE_SOURCE_RECIPE,
     ),
     "tic-redcaps": BenchmarkSpec(
         "tic-redcaps",
@@ -121,10 +124,7 @@ SPECS: dict[str, BenchmarkSpec] = {
         time_steps=yearly_steps((2017, 2018, 2019, 2020)),
         description="TiC-RedCaps: RedCaps' Reddit image-text pairs by post date, steps 2017, 2018, 2019, 2020",
         source="redcaps",
-        eval_recipe=_HELD_OUT_1PC,
-        eval_retrieval_fraction=0.01,
-        eval_classification=False,
-        fixture_pairs_per_year=500,
+        **_TABLE_SOURCE_RECIPE,
     ),
 }
 

@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from benchmark_builder.inputs import NAMED
 from pipelines import io as pio
 from pipelines.safe_inputs import InputError, load_pickle
 from pipelines.sinks import webdataset as wds
@@ -176,33 +177,19 @@ def read_image_folder(root: str, name: str = "imagefolder") -> Dataset:
 SYNTHETIC_PER_CLASS = (200, 50)  # (train, test) renders per concept of the embedded default stream
 
 
-def synthetic_web(per_class_train: int = SYNTHETIC_PER_CLASS[0], per_class_test: int = SYNTHETIC_PER_CLASS[1],
-                  seed: int = 0, size: int = 64) -> Dataset:
-    """The embedded web's concepts, rendered by its generator: the default class-incremental stream."""
-    import dataclasses
-
-    from benchmark_builder.synthetic_web.concepts import CLASS_NAMES
-    from benchmark_builder.synthetic_web.images import draw, encode, image_params
-
-    def render(c: int, i: int) -> bytes:
-        p = dataclasses.replace(image_params(20_000 + seed, c * 100_003 + i, 2014 + i % 9), obj=c)
-        img = draw(p)
-        img.thumbnail((size, size))
-        return encode(img)
-
-    def items(lo, hi, kind):
-        return [Item(f"{kind}/{c}/{i}", c, "synthetic-web", (lambda c=c, i=i: render(c, i)))
-                for c in range(len(CLASS_NAMES)) for i in range(lo, hi)]
-
-    return Dataset("synthetic-web", list(CLASS_NAMES), items(0, per_class_train, "train"),
-                   items(per_class_train, per_class_train + per_class_test, "test"))
+def rendered(name: str, per_class_train: int = SYNTHETIC_PER_CLASS[0], per_class_test: int = SYNTHETIC_PER_CLASS[1],
+             seed: int = 0, size: int = 64) -> Dataset:
+    """A named input's concepts, rendered by its generator (``synthetic-web``: the default class-incremental stream)."""
+    source = NAMED[name]
+    train, test = source.task_items(per_class_train, per_class_test, seed, size)
+    return Dataset(name, list(source.class_names()), [Item(*t) for t in train], [Item(*t) for t in test])
 
 
 def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None, seed: int = 0,
                  synthetic_per_class: tuple[int, int] = SYNTHETIC_PER_CLASS) -> Dataset:
-    """``synthetic_per_class`` = (train, test) renders per concept for ``synthetic-web``."""
-    if dataset == "synthetic-web":
-        return synthetic_web(*synthetic_per_class, seed=seed)
+    """``synthetic_per_class`` = (train, test) renders per concept of a named input (``synthetic-web``)."""
+    if dataset in NAMED:
+        return rendered(dataset, *synthetic_per_class, seed=seed)
     if not path:
         raise ValueError(f"--data PATH is needed for {dataset!r} (nothing can be downloaded)")
     if dataset == "cifar100":
@@ -211,7 +198,7 @@ def load_dataset(dataset: str, path: str = "", domains: list[str] | None = None,
         return read_domainnet(path, domains)
     if dataset in ("imagefolder", "imagenet"):
         return read_image_folder(path, dataset)
-    raise ValueError(f"unknown dataset {dataset!r}: cifar100, domainnet, imagenet, imagefolder, synthetic-web")
+    raise ValueError(f"unknown dataset {dataset!r}: cifar100, domainnet, imagenet, imagefolder, {', '.join(NAMED)}")
 
 
 # ------------------------------------------------------------------------------------ splits

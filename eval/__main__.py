@@ -17,6 +17,8 @@ import json
 import os
 import sys
 
+from pipelines.cli import add_data_args, add_device
+
 
 def _evaluate(run_dir, args):
     from benchmark_builder.index import editable
@@ -65,10 +67,9 @@ def main(argv=None) -> int:
     for name in ("run", "compare"):
         s = sub.add_parser(name)
         s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training tic")
-        s.add_argument("--data-dir", default="./data")
-        s.add_argument("--benchmark", default="tic-datacomp")
+        add_data_args(s)
         s.add_argument("--variant", default="basic")
-        s.add_argument("--device", default="auto", help="auto | cpu | cuda")
+        add_device(s)
         s.add_argument("--batch-size", type=int, default=256)
         s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
         s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")

@@ -2,8 +2,10 @@
 held-out retrieval and classification sets, plus the static suite.
 
 ``E_retrieval[i, j]`` is TiC-CLIP's dynamic retrieval (``mean_recall@1``) of the model after
-step i on the held-out retrieval sets of step j (the mean over the step's years, so a
-three-year first step is not judged on a gallery three times as large); ``E_classification[i,
+step i on the held-out retrieval sets of step j: the mean over the step's years, so a
+three-year first step is not judged on a gallery three times as large, or, for a benchmark whose
+recipe holds out one test set per step (``BenchmarkSpec.eval_step_gallery``: TiC-YFCC,
+TiC-RedCaps), the step's years' pairs as one gallery (``pooled_features``); ``E_classification[i,
 j]`` is top-1 zero-shot accuracy on step j's classification sets over the benchmark's class
 list. Steps a run never produced a checkpoint for (``oracle-final`` trains once) are NaN rows.
 """
@@ -98,6 +100,46 @@ def _classify(emb: Embedder, sets: list[EvalSet], cache: dict) -> dict:
     return classification_metrics(image, cache[key], labels, topk=(1, 5), mean_per_class=True)
 
 
+def _dynamic_cell(emb, classifiers: dict, sets: dict, kind: str, years, base: dict, step: dict, rows: list,
+                  step_gallery: bool = False) -> float | None:
+    """One cell of the evaluation matrix: the headline metric (mean recall@1, or top-1 accuracy) of
+    the model ``emb`` embeds with, the mean over ``years`` (or, with ``step_gallery``, retrieval
+    over the years' pairs pooled into one gallery); every per-year metric goes to ``rows``. None
+    when none of the years has an eval set of this kind."""
+    vals, feats = [], []
+    for y in years:
+        es = sets.get(y)
+        if es is None:
+            continue
+        if kind == "retrieval":
+            f = emb.features(es)
+            feats.append(f)
+            m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+            vals.append(m["mean_recall@1"])
+        else:
+            m = _classify(emb, [es], classifiers)
+            vals.append(m["acc1"])
+        for metric, v in m.items():
+            rows.append({**base, "task": es.name, "kind": kind, **step, "year": y, "metric": metric, "value": v})
+    if feats and step_gallery:
+        f = pooled_features(feats)
+        return retrieval_metrics(f["image"], f["text"], f["text_to_image"])["mean_recall@1"]
+    return float(np.mean(vals)) if vals else None
+
+
+def _static_rows(emb, classifiers: dict, statics: list, base: dict, rows: list) -> None:
+    """The static suite's metrics of the model ``emb`` embeds with."""
+    for task in statics:
+        if task.get("type") == "retrieval":
+            f = emb.features(task["sets"][0])
+            m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
+        else:
+            m = _classify(emb, task["sets"], classifiers)
+        for metric, v in m.items():
+            rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
+                         "metric": metric, "value": v})
+
+
 def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp",
                  device: str = "cpu", batch_size: int = 256, static_yaml: str | None = None, years: str = "",
                  static_root: str | None = None, draft: bool = False) -> RunEval:
@@ -109,7 +151,8 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
     if cfg is None:
         raise FileNotFoundError(f"{run_dir} is not a training run (no config.json); train first: make train PROTOCOL=...")
     steps = run.time_steps()
-    spec_steps = {s.name: s for s in resolve_spec(benchmark, years, data_dir=data_dir).time_steps}
+    spec = resolve_spec(benchmark, years, data_dir=data_dir)
+    spec_steps = {s.name: s for s in spec.time_steps}
     for name in steps:  # a run trained with its own --time-steps: names are in that grammar
         if name not in spec_steps:
             with contextlib.suppress(ValueError):
@@ -136,39 +179,25 @@ def evaluate_run(run_dir: str, data_dir: str, variant: str = "basic", benchmark:
         classifiers: dict = {}
         base = {"run": res.run, "protocol": res.protocol, "model_step": i, "model_step_name": steps[i], "checkpoint": path}
         for j, name in enumerate(steps):
-            years = spec_steps[name].years if name in spec_steps else ()
             for kind in ("retrieval", "classification"):
-                vals = []
-                for y in years:
-                    es = yearly[kind].get(y)
-                    if es is None:
-                        continue
-                    if kind == "retrieval":
-                        f = emb.features(es)
-                        m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
-                        vals.append(m["mean_recall@1"])
-                    else:
-                        m = _classify(emb, [es], classifiers)
-                        vals.append(m["acc1"])
-                    for metric, v in m.items():
-                        res.rows.append({**base, "task": es.name, "kind": kind, "data_step": j, "data_step_name": name,
-                                         "year": y, "metric": metric, "value": v})
-                if vals:
-                    E[kind][i, j] = float(np.mean(vals))
-        for task in statics:
-            if task.get("type") == "retrieval":
-                f = emb.features(task["sets"][0])
-                m = retrieval_metrics(f["image"], f["text"], f["text_to_image"])
-            else:
-                m = _classify(emb, task["sets"], classifiers)
-            for metric, v in m.items():
-                res.rows.append({**base, "task": f"static/{task['name']}", "kind": "static", "group": task.get("group", "other"),
-                                 "metric": metric, "value": v})
+                value = _dynamic_cell(emb, classifiers, yearly[kind], kind, spec_steps[name].years if name in spec_steps else (),
+                                      base, {"data_step": j, "data_step_name": name}, res.rows, spec.eval_step_gallery)
+                if value is not None:
+                    E[kind][i, j] = value
+        _static_rows(emb, classifiers, statics, base, res.rows)
         res.images_embedded += emb.images_embedded
     res.matrices = E
     res.summary = summarize(res, run)
     res.seconds = time.time() - t0
     return res
+
+
+def pooled_features(feats: list[dict]) -> dict:
+    """Retrieval features of several sets as one gallery: images and texts concatenated, each
+    text pointing at its image's place in the concatenation."""
+    offsets = np.cumsum([0] + [f["image"].shape[0] for f in feats[:-1]])
+    return {"image": torch.cat([f["image"] for f in feats]), "text": torch.cat([f["text"] for f in feats]),
+            "text_to_image": torch.cat([f["text_to_image"] + int(o) for f, o in zip(feats, offsets)])}
 
 
 def summarize(res: RunEval, run) -> dict:

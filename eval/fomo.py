@@ -32,6 +32,7 @@ from eval.metrics import geometric_mean
 from eval.report import save_figure
 from eval.tasks import retrieval_metrics
 from pipelines import io as pio
+from pipelines.cli import add_data_args, add_device
 from pipelines.models import load_model, parse_spec
 from pipelines.provenance import resolve_device
 
@@ -164,10 +165,9 @@ def scatter(results: list[dict], png: str) -> str:
 
 def add_args(p: argparse.ArgumentParser, command: str = "compare") -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training fomo")
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--benchmark", default="tic-datacomp")
+    add_data_args(p)
     p.add_argument("--variant", default="basic")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device(p)
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <runs parent>/fomo-eval-cache)")
     if command == "compare":
         p.add_argument("--out", default="runs/fomo-compare")

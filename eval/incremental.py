@@ -27,6 +27,7 @@ import torch
 from eval.metrics import continual_metrics
 from eval.report import save_figure
 from pipelines import io as pio
+from pipelines.cli import add_device
 from pipelines.models import load_model
 from pipelines.models.encode import encode_images, zero_shot_classifier
 from pipelines.provenance import resolve_device
@@ -152,7 +153,7 @@ def compare(run_dirs: list[str], png: str = "", device: str = "auto") -> str:
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training cil")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_device(p)
     p.add_argument("--plot", default="", metavar="PNG", help="also write the accuracy-vs-memory plot here")
 
 
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--compare", nargs="+", metavar="RUN_DIR", help="runs to table (evaluated when not yet)")
     p.add_argument("--plot", default="", help="write the accuracy-vs-memory plot here")
-    p.add_argument("--device", default="auto")
+    add_device(p)
     a, rest = p.parse_known_args(argv)
     if rest or not a.compare:
         p.error("evaluation no longer trains: train with python -m training cil ..., then python -m eval cil run RUN_DIR")

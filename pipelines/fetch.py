@@ -53,12 +53,17 @@ a request that fails on a reused connection is tried once more on a fresh one.
 from __future__ import annotations
 
 import email.utils
+import errno
 import http.client
 import io
 import ipaddress
 import math
+import os
+import select
 import socket
 import ssl
+import struct
+import sys
 import threading
 import time
 import zlib
@@ -248,15 +253,31 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+# Linux's SO_TIMESTAMPNS (asm-generic value; Python's socket module does not name it): the kernel
+# stamps each received packet with its arrival time (CLOCK_REALTIME, a struct timespec)
+_SO_TIMESTAMPNS = 35 if sys.platform.startswith("linux") else None
+_ANCILLARY = socket.CMSG_SPACE(16) if hasattr(socket, "CMSG_SPACE") else 0
+
+
+def _arrival(ancdata) -> float | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9
+    return None
+
+
 class _Clock:
-    """The server time one hop of a fetch may still use: only time inside socket calls counts.
+    """The server time one hop of a fetch may still use: only the kernel's waits for the server count.
 
     ``left`` is called right before a socket call (connect, send, a receive that waits for bytes)
-    and ``waited`` right after it; the time between the two is the server's and is added to
-    ``spent``. Time between socket calls is this process's own (parsing, or a thread starved of
-    CPU on a busy machine) and never counts, so a busy machine never turns a prompt answer into a
-    timeout, while a stall, a drip or a lying Content-Length still ends once ``spent`` reaches
-    the hop's allowance."""
+    and ``waited`` right after it, with the part of the call the server decided when the kernel
+    tells it: a receive counts until its first packet arrived (the packet's kernel timestamp), a
+    connect or send that the kernel completed at once counts nothing. What a thread does between
+    socket calls, and its wait for the GIL after one, is this process's own time (parsing, or a
+    thread starved of CPU on a busy machine) and never counts, so a busy machine never turns a
+    prompt answer into a timeout, while a stall, a drip or a lying Content-Length still ends once
+    ``spent`` reaches the hop's allowance."""
 
     def __init__(self):
         self.allowance, self.spent = math.inf, 0.0
@@ -276,10 +297,13 @@ class _Clock:
         self._call_since = now
         return left
 
-    def waited(self) -> None:
-        """A socket call returned (or failed): from here on the time is ours until the next one."""
+    def waited(self, server_seconds: float | None = None) -> None:
+        """A socket call returned (or failed): from here on the time is ours until the next one.
+        ``server_seconds``: how long of it the kernel waited for the server, when known (see
+        ``_DeadlineReader``); otherwise the call's whole wall time counts, which also holds the
+        wait for the GIL after the kernel returned."""
         if self._call_since is not None:
-            self.spent += time.monotonic() - self._call_since
+            self.spent += time.monotonic() - self._call_since if server_seconds is None else server_seconds
             self._call_since = None
 
 
@@ -288,8 +312,8 @@ class _DeadlineReader(io.RawIOBase):
     connection as soon as it sees ``Connection: close`` (every HTTP/1.0 server), before the body
     is read; the socket must stay open until this reader is closed too."""
 
-    def __init__(self, sock, clock: _Clock):
-        self._sock, self._clock = sock, clock
+    def __init__(self, sock, clock: _Clock, stamped: bool = False):
+        self._sock, self._clock, self._stamped = sock, clock, stamped
         sock._io_refs += 1
 
     def readable(self) -> bool:
@@ -297,10 +321,17 @@ class _DeadlineReader(io.RawIOBase):
 
     def readinto(self, b) -> int:
         self._sock.settimeout(self._clock.left())
+        start, server = time.time(), None
         try:
-            return self._sock.recv_into(b)
+            if not self._stamped:
+                return self._sock.recv_into(b)
+            n, ancdata, _, _ = self._sock.recvmsg_into([b], _ANCILLARY)
+            at = _arrival(ancdata)
+            if at is not None:  # data that was waiting already costs the server nothing
+                server = max(0.0, at - start)
+            return n
         finally:
-            self._clock.waited()
+            self._clock.waited(server)
 
     def close(self) -> None:
         if not self.closed:
@@ -311,18 +342,29 @@ class _DeadlineReader(io.RawIOBase):
 class _DeadlineSocket:
     """What http.client sees as its socket: every read and write gets the time left."""
 
-    def __init__(self, raw, clock: _Clock):
-        self.raw, self._clock = raw, clock
+    def __init__(self, raw, clock: _Clock, stamped: bool = False):
+        self.raw, self._clock, self._stamped = raw, clock, stamped
 
     def sendall(self, data) -> None:
-        self.raw.settimeout(self._clock.left())
+        left, server = self._clock.left(), None
         try:
-            self.raw.sendall(data)
+            sent = 0
+            if self._stamped:  # a plain socket: what the kernel takes at once costs the server nothing
+                self.raw.settimeout(0)
+                try:
+                    sent = self.raw.send(data)
+                except BlockingIOError:
+                    pass
+            if sent == len(data):
+                server = 0.0
+            else:
+                self.raw.settimeout(left)
+                self.raw.sendall(memoryview(data)[sent:])
         finally:
-            self._clock.waited()
+            self._clock.waited(server)
 
     def makefile(self, mode="rb", *args, **kwargs):
-        return io.BufferedReader(_DeadlineReader(self.raw, self._clock))
+        return io.BufferedReader(_DeadlineReader(self.raw, self._clock, self._stamped))
 
     def close(self) -> None:
         self.raw.close()
@@ -339,15 +381,43 @@ class _Conn(http.client.HTTPConnection):
         self._ip, self.clock = ip, _Clock()
 
     def _open(self):
+        """A connected socket; a handshake the kernel finished at once costs the server nothing,
+        one the server's full accept queue delays counts until it is done."""
+        family = socket.AF_INET6 if ":" in self._ip else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_STREAM)
+        left, server = self.clock.left(), None
         try:
-            raw = socket.create_connection((self._ip, self.port), timeout=self.clock.left())
+            raw.settimeout(0)
+            err = raw.connect_ex((self._ip, self.port))
+            if err not in (0, errno.EINPROGRESS, errno.EAGAIN):
+                raise OSError(err, os.strerror(err))
+            poller = select.poll()
+            poller.register(raw, select.POLLOUT)
+            if err == 0 or poller.poll(0):
+                server = 0.0
+            elif not poller.poll(left * 1000):
+                raise TimeoutError("connect: no answer within the download deadline")
+            err = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                raise OSError(err, os.strerror(err))
+        except BaseException:
+            raw.close()
+            raise
         finally:
-            self.clock.waited()
+            self.clock.waited(server)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return raw
 
     def connect(self):
-        self.sock = _DeadlineSocket(self._open(), self.clock)
+        raw = self._open()
+        stamped = False
+        if _SO_TIMESTAMPNS is not None:
+            try:
+                raw.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+                stamped = True
+            except OSError:
+                pass
+        self.sock = _DeadlineSocket(raw, self.clock, stamped)
 
 
 class _TLSConn(_Conn):

@@ -61,6 +61,25 @@ def contains(sorted_arr: np.ndarray, uids: Iterable[str]) -> np.ndarray:
     return sorted_arr[idx] == query
 
 
+def counts(sorted_arr: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """How often each uid of ``query`` (a ``u8,u8`` array) occurs in ``sorted_arr`` (binary
+    search: ``sorted_arr`` may be a memory map of a file larger than memory)."""
+    if len(sorted_arr) == 0 or len(query) == 0:
+        return np.zeros(len(query), dtype=np.int64)
+    return (np.searchsorted(sorted_arr, query, side="right") - np.searchsorted(sorted_arr, query, side="left")).astype(np.int64)
+
+
+def is_sorted(arr: np.ndarray, chunk: int = 1 << 24) -> bool:
+    """Whether a ``u8,u8`` array is in DataComp's order (high word, then low word), checked in
+    chunks so a memory-mapped file is streamed, not loaded."""
+    for i in range(0, max(len(arr) - 1, 0), chunk):
+        a = arr[i:i + chunk + 1]
+        hi, lo = a["f0"], a["f1"]
+        if np.any((hi[1:] < hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] < lo[:-1]))):
+            return False
+    return True
+
+
 def load(path: str) -> np.ndarray:
     """Load a DataComp subset file (``.npy`` of ``u8,u8``), sorting it if needed."""
     import io

@@ -77,3 +77,20 @@ def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_ye
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory):
     return write_tiny_benchmark(str(tmp_path_factory.mktemp("tiny-benchmark")))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """(a randomly initialised one-layer open_clip CLIP: 16-pixel images, 16-wide embeddings,
+    12-token context; its tokenizer). For encoding and zero-shot tests that need a real model
+    but no weights."""
+    import open_clip
+    import torch
+
+    torch.manual_seed(0)
+    model = open_clip.model.CLIP(
+        embed_dim=16,
+        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=16, patch_size=8, image_size=16, head_width=8),
+        text_cfg=open_clip.model.CLIPTextCfg(context_length=12, vocab_size=49408, width=16, heads=2, layers=1),
+    ).eval()
+    return model, lambda texts: open_clip.tokenize(texts, context_length=12)

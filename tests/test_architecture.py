@@ -2,6 +2,9 @@
 
 - no import cycle between modules, counting every import in a module (top-level or inside a
   function: a lazy import hides a cycle, it does not remove it);
+- imports go one way, down the layers ``pipelines`` <- ``benchmark_builder`` <- ``training`` <-
+  ``eval`` <- ``bench`` (docs/architecture.md): no module imports a module of a higher layer, at
+  the top of the file or inside a function;
 - no ``_private`` name of one package used from another, whether imported by name
   (``from training.data import _raw_samples``) or reached through an imported module
   (``data._raw_samples``). A package is a module's directory: ``training.methods`` and
@@ -17,7 +20,7 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("pipelines", "benchmark_builder", "training", "eval", "bench")
+PACKAGES = ("pipelines", "benchmark_builder", "training", "eval", "bench")  # lowest layer first
 
 
 def module_files(root: str = ROOT, packages=PACKAGES) -> dict[str, str]:
@@ -145,6 +148,14 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
+def upward_imports(edges: dict[str, set[str]], layers=PACKAGES) -> list[str]:
+    """``"a -> b"`` for every import of a module ``b`` in a higher layer than its importer ``a``
+    (a layer is a top-level package)."""
+    rank = {pkg: i for i, pkg in enumerate(layers)}
+    return sorted(f"{a} -> {b}" for a, deps in edges.items() for b in deps
+                  if rank[b.split(".")[0]] > rank[a.split(".")[0]])
+
+
 @pytest.fixture(scope="module")
 def repo_graph():
     files = module_files()
@@ -155,6 +166,11 @@ def repo_graph():
 def test_no_import_cycle(repo_graph):
     edges, _ = repo_graph
     assert cycles(edges) == []
+
+
+def test_imports_only_go_down_the_layers(repo_graph):
+    edges, _ = repo_graph
+    assert upward_imports(edges) == []
 
 
 def test_no_private_name_imported_across_packages(repo_graph):
@@ -188,6 +204,24 @@ def test_the_walk_finds_a_lazy_cycle_and_a_private_import(tmp_path):
     assert all(u.startswith(str(tmp_path / "training" / "z.py")) for u in private_uses)
 
 
+def test_the_walk_finds_a_lazy_upward_import(tmp_path):
+    # a builder module that reaches the trainer inside a function (the shape of the filter-model
+    # job before it moved to the Makefile), beside allowed downward imports
+    _write(tmp_path, {
+        "pipelines/__init__.py": "", "pipelines/io.py": "",
+        "benchmark_builder/__init__.py": "",
+        "benchmark_builder/jobs.py": "from pipelines import io\n\ndef run():\n    from training.filter_model import ensure\n",
+        "training/__init__.py": "",
+        "training/filter_model.py": "import benchmark_builder.jobs\nfrom pipelines import io\n",
+    })
+    files = module_files(str(tmp_path), ("pipelines", "benchmark_builder", "training"))
+    edges, _ = graph(files)
+    assert upward_imports(edges, ("pipelines", "benchmark_builder", "training")) == [
+        "benchmark_builder.jobs -> training.filter_model"]
+    assert upward_imports(edges, ("pipelines", "training", "benchmark_builder")) == [
+        "training.filter_model -> benchmark_builder.jobs"]
+
+
 def test_the_walk_passes_a_layered_graph(tmp_path):
     _write(tmp_path, {
         "pipelines/__init__.py": "",
@@ -200,4 +234,4 @@ def test_the_walk_passes_a_layered_graph(tmp_path):
     files = module_files(str(tmp_path), ("pipelines", "training"))
     edges, private_uses = graph(files)
     assert edges["training.top"] == {"pipelines.sub.leaf", "pipelines.sub", "pipelines.base"}
-    assert cycles(edges) == [] and private_uses == []
+    assert cycles(edges) == [] and private_uses == [] and upward_imports(edges, ("pipelines", "training")) == []

@@ -4,6 +4,7 @@
     python -m training cil --dataset synthetic-web --method gdro --memory 200     # class-incremental
     python -m training fomo --method ema-merge --order time --tasks 10             # FoMo-in-Flux
     python -m training tic --list                                                  # TiC's protocol list
+    python -m training filter-model --data-dir ./data    # the builder's default filter model (make filter)
 
 The flags shared by the families (``--model``, ``--data-dir``, ``--run-dir``, ``--method``,
 ``--samples-per-step``, ``--batch-size``, ``--lr``, ``--warmup``, ``--seed``, ``--device auto``,
@@ -135,8 +136,13 @@ def main(argv=None) -> int:
         return cil_main(argv[1:], prog="python -m training cil")
     if family == "fomo":
         return fomo_main(argv[1:], prog="python -m training fomo")
+    if argv and argv[0] == "filter-model":  # a job, not a family: the builder's default filter model
+        from training.filter_model import main as filter_model_main  # Beam loads only for this job
+
+        return filter_model_main(argv[1:])
     if argv and not argv[0].startswith("-") and family is None:
-        print(f"error: unknown family {argv[0]!r}; one of {', '.join(FAMILIES)} (python -m training --help)", file=sys.stderr)
+        print(f"error: unknown family {argv[0]!r}; one of {', '.join(FAMILIES)}, or the job filter-model "
+              "(python -m training --help)", file=sys.stderr)
         return 2
     return tic_main(argv[1:] if family else argv)  # no family: the TiC protocols, as before the families
 

@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 
 from benchmark_builder import task_streams as ts
+from benchmark_builder.inputs import NAMED
 from pipelines import io as pio
 from pipelines.models import load_model
 from training.config import CLConfig, add_base_args, base_from_args, base_values
@@ -52,7 +53,7 @@ class CILConfig(CLConfig):
 
     def stream_dir(self) -> str:
         name = self.dataset
-        if name == "synthetic-web":
+        if name in NAMED:  # a rendered dataset: its size is part of its name
             name += "-{}x{}".format(*self.synthetic_per_class)
         return pio.join(self.data_dir, "streams", f"{name}-{self.kind}-T{self.tasks}-s{self.seed}")
 
@@ -131,7 +132,7 @@ def train_run(cfg: CILConfig) -> dict:
 def parser(prog: str = "python -m training cil", doc: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     d = CILConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=["synthetic-web", "cifar100", "domainnet", "imagenet", "imagefolder"])
+    p.add_argument("--dataset", default=d.dataset, choices=[*NAMED, "cifar100", "domainnet", "imagenet", "imagefolder"])
     p.add_argument("--data", default="", help="dataset path (not needed for synthetic-web)")
     p.add_argument("--kind", default=d.kind, choices=["cil", "dil"])
     p.add_argument("--tasks", type=int, default=d.tasks)

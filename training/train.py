@@ -129,15 +129,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     distributed.check_shared_dir(cfg.run_dir, info)
     run = ckpt.RunDir(cfg.run_dir)
     if info.is_main:
-        existing = run.config()
-        if existing and not resume and run.completed_steps():
-            raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-        free = ("device", "config_file", "threads")
-        if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k not in free} != {
-            k: v for k, v in cfg.to_json().items() if k not in free
-        }:
-            raise ValueError(f"{cfg.run_dir}: --resume with a different configuration than the run was started with")
-        run.write_config(cfg.to_json(), [s.name for s in sources], cfg.config_file)
+        _claim_run_dir(cfg, run, sources, resume)
     distributed.barrier(info)
 
     device = info.device
@@ -145,26 +137,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
     if not device.startswith("cuda"):
         torch.set_num_threads(compute_threads(cfg.threads, workers))
     _seed_everything(cfg.seed)
-    loaded = load_model(cfg.model, device=device)
-    model = precision.prepare(loaded.model)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    image_size = loaded.image_size
-    clip_loss = open_clip.ClipLoss(
-        local_loss=info.distributed if cfg.local_loss is None else cfg.local_loss,
-        gather_with_grad=info.distributed if cfg.gather_with_grad is None else cfg.gather_with_grad,
-        cache_labels=True, rank=info.rank, world_size=info.world_size)
-    summary = run.summary() if resume else {"protocol": cfg.protocol, "steps": []}
-    done = set(run.completed_steps()) if resume else set()
-    state = None
-    if resume:
-        state = run.latest()
-        last_done = max(done) if done else None
-        if last_done is not None and (state is None or state["step"] <= last_done):
-            state = None
-            prev = run.load_step(last_done)
-            model.load_state_dict(prev["state_dict"])
-            method.load_state_dict(prev.get("method", {}))
+    loaded, model, clip_loss = _model_and_loss(cfg, info, precision)
+    summary, done, state = _resume_point(cfg, run, model, method, resume)
     if info.is_main:
         accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
         print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
@@ -191,31 +165,14 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
         method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
 
-        params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-        )
+        optimizer = _optimizer(cfg, model)
         start_it = 0
         if state is not None and state["step"] == t:
-            model.load_state_dict(state["state_dict"])
-            optimizer.load_state_dict(state["optimizer"])
-            method.load_state_dict(state.get("method", {}))
-            ckpt.restore_rng(state["rng"])
-            start_it = int(state["iteration"])
-            if ctx.prev_model is not None and t > 0:
-                ctx.prev_model.load_state_dict(run.load_step(t - 1)["state_dict"])
+            start_it = _resume_iteration(state, run, model, optimizer, method, ctx)
             state = None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
         forward_model = torch.compile(ddp) if cfg.torchcompile else ddp
-        stream = loader(StreamConfig(
-            sources=step_sources, batch_size=batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
-            world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text,
-            skip_batches=start_it * cfg.accum_freq,
-            image_size=image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
-        ))
+        stream = _step_stream(cfg, info, loaded, step_sources, t, batch_size, workers, skip_batches=start_it * cfg.accum_freq)
         scaler = precision.scaler()
         backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
         macs_per_iter = None
@@ -228,23 +185,11 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         progress = _progress(info, iterations, start_it, f"step {t} ({sources[t].name})")
         while it < iterations:
             t_iter = time.time()
-            micro = []
-            for _ in range(cfg.accum_freq):
-                images, tokens, ids, _src = next(batches)
-                micro.append((images.to(device, dtype=precision.input_dtype, non_blocking=True),
-                              tokens.to(device, non_blocking=True), ids))
+            micro = _micro_batches(batches, cfg.accum_freq, device, precision)
             data_wait = time.time() - t_iter
-            counter = None
-            if macs_per_iter is None and not counted_in_the_iteration(method, cfg):
-                macs_per_iter = measure_macs(method, ctx, ddp, micro, precision) * info.world_size
-            elif macs_per_iter is None:  # counted once per run and iteration shape (macs_cache)
-                key = macs_key(method, ctx, model, micro, precision)
-                if key in macs_cache:
-                    macs_per_iter = macs_cache[key]
-                else:
-                    from torch.utils.flop_counter import FlopCounterMode
-
-                    counter = FlopCounterMode(display=False)
+            counter = key = None
+            if macs_per_iter is None:
+                macs_per_iter, counter, key = _macs_or_counter(method, ctx, cfg, ddp, model, micro, precision, info, macs_cache)
             lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
                        meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
                        cooldown_steps=cfg.cooldown)
@@ -255,17 +200,7 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
                 loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
             if counter is not None:
                 macs_per_iter = macs_cache[key] = counter.get_total_flops() / 2 * info.world_size
-            if scaler:
-                scaler.unscale_(optimizer)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            if scaler:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            with torch.no_grad():  # open_clip clamps the learned temperature at 100
-                model.logit_scale.clamp_(0, math.log(100))
+            _apply_gradients(cfg, model, optimizer, scaler)
             if cfg.log_ids:
                 ids_seen.extend(m[2] for m in micro)
             it += 1
@@ -275,17 +210,13 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
             seconds_it = max(time.time() - t_iter, 1e-9)
             runlog.log({"step": t, "name": sources[t].name, "iteration": it, "samples": samples_before + it * step_batch,
                         "loss": loss_value, **{k: float(v) for k, v in logs.items()}, "lr": lr,
-                        "samples_per_s": step_batch / seconds_it, "samples_per_s_per_device": step_batch / seconds_it / info.world_size,
-                        "data_wait": data_wait / seconds_it, "logit_scale": float(model.logit_scale.detach().float().exp())})
+                        **_speed(step_batch, seconds_it, data_wait, info.world_size),
+                        "logit_scale": float(model.logit_scale.detach().float().exp())})
             if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
                 run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
         progress.close()
-        fisher_batches, n_extra = None, 0
-        if overhead:
-            n_extra = max(1, math.ceil(overhead / global_batch))
-            fisher_batches = [(b[0].to(device, dtype=precision.input_dtype), b[1].to(device))
-                              for b, _ in zip(batches, range(n_extra))]
-        end_macs = measure_end_step(method, ctx, model, fisher_batches) * info.world_size
+        n_extra = max(1, math.ceil(overhead / global_batch)) if overhead else 0
+        end_macs = _end_step(method, ctx, model, batches, n_extra, precision) * info.world_size
         seconds = time.time() - t0
         if cfg.log_ids:
             run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
@@ -307,13 +238,147 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         del stream, batches
     runlog.close()
     if info.is_main:
-        run.remove_latest()
-        summary["total_samples_seen"] = sum(s["samples_seen"] for s in summary["steps"])
-        summary["total_macs"] = sum(s["macs"] for s in summary["steps"])
-        summary["per_step_samples"] = cfg.samples_per_step
-        run.write_summary(summary)
-        print(format_summary(summary))
+        _finish_run(cfg, run, summary)
     return summary
+
+
+def _step_stream(cfg: TrainConfig, info: distributed.DistInfo, loaded, step_sources, t: int, batch_size: int,
+                 workers: int, skip_batches: int):
+    """This rank's batches of time step ``t`` (a function of the seed and ``t``), past the first ``skip_batches``."""
+    return loader(StreamConfig(
+        sources=step_sources, batch_size=batch_size, seed=cfg.seed * 1000 + t, rank=info.rank,
+        world_size=info.world_size, workers=workers, buffer=cfg.buffer, text=cfg.text, skip_batches=skip_batches,
+        image_size=loaded.image_size, transform=loaded.preprocess_train, tokenizer=loaded.tokenizer,
+    ))
+
+
+def _speed(step_batch: int, seconds: float, data_wait: float, world_size: int) -> dict:
+    """An iteration's throughput and the share of it spent waiting for data."""
+    return {"samples_per_s": step_batch / seconds, "samples_per_s_per_device": step_batch / seconds / world_size,
+            "data_wait": data_wait / seconds}
+
+
+def _model_and_loss(cfg: TrainConfig, info: distributed.DistInfo, precision):
+    """(the loaded model spec, the model to train in ``precision``, open_clip's contrastive loss over the ranks)."""
+    loaded = load_model(cfg.model, device=info.device)
+    model = precision.prepare(loaded.model)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    clip_loss = open_clip.ClipLoss(
+        local_loss=info.distributed if cfg.local_loss is None else cfg.local_loss,
+        gather_with_grad=info.distributed if cfg.gather_with_grad is None else cfg.gather_with_grad,
+        cache_labels=True, rank=info.rank, world_size=info.world_size)
+    return loaded, model, clip_loss
+
+
+def _micro_batches(batches, accum_freq: int, device, precision) -> list:
+    """The next ``accum_freq`` (images, tokens, ids) batches of the stream, on the device."""
+    micro = []
+    for _ in range(accum_freq):
+        images, tokens, ids, _src = next(batches)
+        micro.append((images.to(device, dtype=precision.input_dtype, non_blocking=True),
+                      tokens.to(device, non_blocking=True), ids))
+    return micro
+
+
+def _end_step(method, ctx: StepContext, model, batches, n_extra: int, precision) -> float:
+    """The method's end of step (e.g. a Fisher pass over ``n_extra`` further batches of the
+    stream); its MACs on this rank."""
+    fisher_batches = None
+    if n_extra:
+        fisher_batches = [(b[0].to(ctx.device, dtype=precision.input_dtype), b[1].to(ctx.device))
+                          for b, _ in zip(batches, range(n_extra))]
+    return measure_end_step(method, ctx, model, fisher_batches)
+
+
+def _macs_or_counter(method, ctx, cfg, ddp, model, micro, precision, info, macs_cache: dict):
+    """(MACs of one iteration over all ranks, None, None) when known without running it: measured
+    apart, or cached for this iteration shape; else (None, a FLOP counter to run the iteration
+    under, the cache key to store its count at)."""
+    if not counted_in_the_iteration(method, cfg):
+        return measure_macs(method, ctx, ddp, micro, precision) * info.world_size, None, None
+    key = macs_key(method, ctx, model, micro, precision)  # counted once per run and iteration shape
+    if key in macs_cache:
+        return macs_cache[key], None, None
+    from torch.utils.flop_counter import FlopCounterMode
+
+    return None, FlopCounterMode(display=False), key
+
+
+def _claim_run_dir(cfg: TrainConfig, run: ckpt.RunDir, sources, resume: bool) -> None:
+    """Refuse a run dir that holds another run (or, with ``resume``, a different config); record this one's."""
+    existing = run.config()
+    if existing and not resume and run.completed_steps():
+        raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+    free = ("device", "config_file", "threads")
+    if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k not in free} != {
+        k: v for k, v in cfg.to_json().items() if k not in free
+    }:
+        raise ValueError(f"{cfg.run_dir}: --resume with a different configuration than the run was started with")
+    run.write_config(cfg.to_json(), [s.name for s in sources], cfg.config_file)
+
+
+def _resume_point(cfg: TrainConfig, run: ckpt.RunDir, model, method, resume: bool) -> tuple[dict, set, dict | None]:
+    """(summary so far, finished steps, mid-step state to continue from). Without a mid-step state
+    newer than the last finished step, the model and method are those of the last finished step."""
+    summary = run.summary() if resume else {"protocol": cfg.protocol, "steps": []}
+    done = set(run.completed_steps()) if resume else set()
+    state = None
+    if resume:
+        state = run.latest()
+        last_done = max(done) if done else None
+        if last_done is not None and (state is None or state["step"] <= last_done):
+            state = None
+            prev = run.load_step(last_done)
+            model.load_state_dict(prev["state_dict"])
+            method.load_state_dict(prev.get("method", {}))
+    return summary, done, state
+
+
+def _optimizer(cfg: TrainConfig, model) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; no weight decay on gains, biases and the temperature."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+    )
+
+
+def _resume_iteration(state: dict, run: ckpt.RunDir, model, optimizer, method, ctx: StepContext) -> int:
+    """Restore a mid-step checkpoint (model, optimizer, method, RNG, previous model); its iteration."""
+    model.load_state_dict(state["state_dict"])
+    optimizer.load_state_dict(state["optimizer"])
+    method.load_state_dict(state.get("method", {}))
+    ckpt.restore_rng(state["rng"])
+    if ctx.prev_model is not None and ctx.t > 0:
+        ctx.prev_model.load_state_dict(run.load_step(ctx.t - 1)["state_dict"])
+    return int(state["iteration"])
+
+
+def _apply_gradients(cfg: TrainConfig, model, optimizer, scaler) -> None:
+    """Unscale, clip, step; then clamp the learned temperature at 100 as open_clip does."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, math.log(100))
+
+
+def _finish_run(cfg: TrainConfig, run: ckpt.RunDir, summary: dict) -> None:
+    run.remove_latest()
+    summary["total_samples_seen"] = sum(s["samples_seen"] for s in summary["steps"])
+    summary["total_macs"] = sum(s["macs"] for s in summary["steps"])
+    summary["per_step_samples"] = cfg.samples_per_step
+    run.write_summary(summary)
+    print(format_summary(summary))
 
 
 def _progress(info, total, initial, desc):

@@ -28,7 +28,6 @@ file, so a command can print ``error: ...`` and exit 2.
 """
 from __future__ import annotations
 
-import collections
 import io
 import json
 import os
@@ -143,14 +142,25 @@ def read_pool_images(shard: PoolShard) -> tuple[dict[str, dict], str | None]:
 
 # ---------------------------------------------------------------- TiC's released uid files
 
-def uid_array(data: bytes, source: str) -> np.ndarray:
+def uid_array(data, source: str) -> np.ndarray:
+    """A released uid file (its bytes, or a local path, memory-mapped) as a sorted ``u8,u8`` array.
+    The files are released sorted, so a local one stays on disk (the yearly files index
+    DataComp's 12.8B-sample pool); an unsorted one is sorted in memory."""
     try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
+        if isinstance(data, (bytes, bytearray)):
+            arr = np.load(io.BytesIO(data), allow_pickle=False)
+        else:
+            arr = np.load(data, mmap_mode="r", allow_pickle=False)
     except Exception as e:
         raise InputError(f"{source}: not a readable .npy uid file ({type(e).__name__})") from None
     if arr.dtype != uidcodec.UID_DTYPE:
         raise InputError(f"{source}: expected DataComp's uid dtype u8,u8, got {arr.dtype}")
-    return np.sort(arr)
+    return arr if uidcodec.is_sorted(arr) else np.sort(arr)
+
+
+def read_uid_file(path: str) -> np.ndarray:
+    """``uid_array`` of a file: memory-mapped when local, read whole from a store."""
+    return uid_array(pio.local_path(path) if pio.is_local(path) else pio.read_bytes(path), path)
 
 
 def _uids_dir(tic_uids: str, sub: str) -> str:
@@ -158,16 +168,17 @@ def _uids_dir(tic_uids: str, sub: str) -> str:
     return d if pio.exists(d) else tic_uids
 
 
-def read_yearly_uids(tic_uids: str, years=TIC_YEARS) -> dict[int, collections.Counter]:
-    """year -> Counter(uid hex -> repeats) from ``YYYY.npy`` (under ``tic-datacomp_training_yearly_noeval/``
-    or ``tic_uids`` itself). A missing or unreadable file is an InputError naming it."""
+def read_yearly_uids(tic_uids: str, years=TIC_YEARS) -> dict[int, np.ndarray]:
+    """year -> sorted ``u8,u8`` array (a repeated uid repeats) from ``YYYY.npy`` (under
+    ``tic-datacomp_training_yearly_noeval/`` or ``tic_uids`` itself). A missing or unreadable file
+    is an InputError naming it."""
     d = _uids_dir(tic_uids, YEARLY_DIR)
     out = {}
     for y in years:
         path = pio.join(d, f"{y}.npy")
         if not pio.exists(path):
             raise InputError(f"{path}: yearly uid file missing (TiC-DataComp releases {TIC_YEARS[0]}.npy..{TIC_YEARS[-1]}.npy)")
-        out[y] = collections.Counter(uidcodec.decode(uid_array(pio.read_bytes(path), path)))
+        out[y] = read_uid_file(path)
     return out
 
 
@@ -184,11 +195,11 @@ def read_sizes(tic_uids: str, sub: str = YEARLY_DIR) -> dict[str, int] | None:
 _MONTH_FILE = re.compile(r"(?:.*/)?(\d{4})(\d{2})\.npy")
 
 
-def read_monthly_uids(tic_uids: str, years=TIC_YEARS) -> dict[tuple[int, int], collections.Counter]:
-    """(year, month) -> Counter(uid -> repeats) from ``YYYY.tar`` (members ``YYYY/YYYYMM.npy``) or
+def read_monthly_uids(tic_uids: str, years=TIC_YEARS) -> dict[tuple[int, int], np.ndarray]:
+    """(year, month) -> sorted ``u8,u8`` array from ``YYYY.tar`` (members ``YYYY/YYYYMM.npy``) or
     the extracted ``YYYY/YYYYMM.npy`` (under ``tic-datacomp_training_monthly/`` or ``tic_uids``)."""
     d = _uids_dir(tic_uids, MONTHLY_DIR)
-    out: dict[tuple[int, int], collections.Counter] = {}
+    out: dict[tuple[int, int], np.ndarray] = {}
     for y in years:
         tar_path, sub = pio.join(d, f"{y}.tar"), pio.join(d, str(y))
         found = {}
@@ -205,13 +216,13 @@ def read_monthly_uids(tic_uids: str, years=TIC_YEARS) -> dict[tuple[int, int], c
             for path in pio.glob(pio.join(sub, "*.npy")):
                 hit = _MONTH_FILE.fullmatch(path)
                 if hit:
-                    found[(int(hit[1]), int(hit[2]))] = (pio.read_bytes(path), path)
+                    found[(int(hit[1]), int(hit[2]))] = (pio.local_path(path) if pio.is_local(path) else pio.read_bytes(path), path)
         if not found:
             raise InputError(f"{tar_path}: monthly uid archive missing (or {sub}/YYYYMM.npy)")
         for (fy, m), (data, source) in sorted(found.items()):
             if fy != y or not 1 <= m <= 12:
                 raise InputError(f"{source}: month file of {fy}-{m:02d} inside year {y}'s archive")
-            out[(y, m)] = collections.Counter(uidcodec.decode(uid_array(data, source)))
+            out[(y, m)] = uid_array(data, source)
     return out
 
 

@@ -48,6 +48,9 @@ def empty_index(tmp_path_factory):
     (["build", "--year", "1999"], ["1999", "2014-2022"]),  # a year outside the benchmark
     (["sql", "select 1"], ["{tmp}/tic-datacomp/index.duckdb", "does not exist"]),  # a missing index
     (["filter", "--variants", "clip_score,sharpest"], ["sharpest"]),
+    # CLIP variants without --model and no trained default: the builder names the trainer's job, never runs it
+    (["filter"], ["no filter model", "python -m training filter-model --data-dir {tmp}"]),
+    (["build", "--year", "2016", "--filter", "basic,bestpool"], ["no filter model", "python -m training filter-model"]),
 ])
 def test_builder_user_errors_are_one_line(tmp_path, args, fragments):
     tmp = str(tmp_path)

@@ -102,3 +102,28 @@ def test_build_rejects_a_bad_language_id_model_before_any_work(tmp_path):
                         "--data-dir", str(data), "--lid-model", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "is not a fastText model" in r.stderr and "Traceback" not in r.stderr
     assert not data.exists()
+
+
+def test_the_builder_finds_the_default_filter_model_where_the_trainer_caches_it(tmp_path):
+    import hashlib
+    import json
+
+    from benchmark_builder.filtering import ClipFilterConfig, default_filter_model
+    from pipelines.safe_inputs import InputError
+    from training.filter_model import filter_model_config
+
+    data = str(tmp_path)
+    cfg = ClipFilterConfig(data_dir=data, benchmark="tic-yfcc", seed=3, filter_model_samples=64)
+    with pytest.raises(InputError, match="python -m training filter-model"):
+        default_filter_model(cfg)
+    # the cache key hashes the trainer's command line for this job (so models cached by earlier
+    # versions are found again); written out here by hand
+    argv = ["--protocol", "sequential", "--max-steps", "1", "--samples-per-step", "64", "--model", "tic-tiny-32",
+            "--seed", "3", "--data-dir", data, "--benchmark", "tic-yfcc"]
+    key = hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:12]
+    train_cfg, train_key = filter_model_config(data, "tic-yfcc", 3, 64)
+    assert train_key == key and train_cfg.run_dir == f"{data}/tic-yfcc/filter-model/{key}"
+    ckpt = tmp_path / "tic-yfcc" / "filter-model" / key / "checkpoints" / "step_0.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"")
+    assert default_filter_model(cfg) == f"tic-tiny-32:{ckpt}"

@@ -13,6 +13,7 @@ import pickle
 import shutil
 import tarfile
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -85,6 +86,15 @@ def test_status_rows_equal_pool_samples(yearly):
             assert s["reason"] == "not_downloaded:failed_to_download" and s["year"] == t["year"]
         else:
             assert s["year"] == t["year"]
+    # the index as a user queries it: status rows = candidates = the pool's samples of each year
+    want = collections.Counter(None if truth[u]["role"] == "unlisted" else truth[u]["year"] for u in pool_uids)
+    con = duckdb.connect(os.path.join(yearly["root"], "index.duckdb"), read_only=True)
+    try:
+        by_year = {t: dict(con.execute(f"select year, count(*) from {t} group by 1").fetchall()) for t in ("status", "candidates")}
+        assert con.execute("select count(*) from candidates c join status s using (uid)").fetchone()[0] == len(pool_uids)
+    finally:
+        con.close()
+    assert by_year["status"] == by_year["candidates"] == dict(want)
 
 
 def test_training_uids_per_year_are_the_uid_file_minus_eval_uids(yearly):

@@ -102,19 +102,6 @@ def test_classification_top_k_capping_and_mean_per_class():
     assert set(classification_metrics(torch.eye(5), logits, labels)) == {"acc1", "acc5"}
 
 
-@pytest.fixture(scope="module")
-def tiny_clip():
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(
-        embed_dim=32,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=16, vocab_size=49408, width=32, heads=2, layers=1),
-    ).eval()
-    return model, lambda texts: open_clip.tokenize(texts, context_length=16)
-
-
 def test_zero_shot_classifier_matches_per_class_reference(tiny_clip):
     model, tokenizer = tiny_clip
     classnames = ["cat", "dog", "red car"]
@@ -132,7 +119,7 @@ def test_zero_shot_classifier_matches_per_class_reference(tiny_clip):
     finally:
         del model.encode_text
     assert batches == [4, 4, 1]  # 9 texts batched across classes, not one call per class
-    assert W.shape == (32, 3) and not W.requires_grad
+    assert W.shape == (16, 3) and not W.requires_grad  # tiny_clip's embedding width
     assert torch.allclose(W.norm(dim=0), torch.ones(3), atol=1e-6)
     with torch.no_grad():
         for j, c in enumerate(classnames):
@@ -157,3 +144,23 @@ def test_zero_shot_classifier_agrees_with_open_clip(tiny_clip):
     labels = torch.arange(4)
     m = classification_metrics(ours.T, ours, labels, topk=(1,))  # each class's own embedding as image feature
     assert m["acc1"] == 1.0
+
+
+def test_a_steps_years_pooled_into_one_gallery():
+    """TiC-YFCC's recipe evaluates one test set per step: two years whose single pair each is
+    trivially found (recall@1 100% alone) miss each other's images once pooled, and a third set's
+    text-to-image indices shift by the images before it."""
+    from eval.dynamic import pooled_features
+
+    a = {"image": torch.tensor([[1.0, 0.0]]), "text": torch.tensor([[0.0, 1.0]]), "text_to_image": torch.tensor([0])}
+    b = {"image": torch.tensor([[0.0, 1.0]]), "text": torch.tensor([[1.0, 0.0]]), "text_to_image": torch.tensor([0])}
+    c = {"image": torch.tensor([[0.6, 0.8], [0.8, 0.6]]), "text": torch.tensor([[0.8, 0.6], [0.6, 0.8], [0.6, 0.8]]),
+         "text_to_image": torch.tensor([1, 0, 0])}
+    for f in (a, b):
+        assert retrieval_metrics(f["image"], f["text"], f["text_to_image"])["mean_recall@1"] == 1.0
+    ab = pooled_features([a, b])
+    assert ab["text_to_image"].tolist() == [0, 1]
+    assert retrieval_metrics(ab["image"], ab["text"], ab["text_to_image"])["mean_recall@1"] == 0.0
+    abc = pooled_features([a, b, c])
+    assert abc["image"].shape == (4, 2) and abc["text"].shape == (5, 2)
+    assert abc["text_to_image"].tolist() == [0, 1, 3, 2, 2]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import email.message
+import functools
 import io
 import threading
 import time
@@ -52,6 +53,15 @@ ROUTES = {
 hits: dict[str, int] = {}
 
 
+@functools.lru_cache(maxsize=1)
+def _huge_png() -> bytes:
+    """Drawn once, before the server answers (the fixture asks for it): drawn inside a request it
+    took 1.8 s on a busy machine, past the tests' 1 s deadline."""
+    buf = io.BytesIO()
+    Image.new("L", (9000, 7000)).save(buf, "PNG", compress_level=1)
+    return buf.getvalue()
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -71,9 +81,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             code, headers, body = ROUTES.get(self.path, (404, [], b""))
             if self.path == "/huge.png":
-                buf = io.BytesIO()
-                Image.new("L", (9000, 7000)).save(buf, "PNG", compress_level=1)
-                body = buf.getvalue()
+                body = _huge_png()
         try:
             self.send_response(code)
             for k, v in headers:
@@ -87,6 +95,7 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
+    _huge_png()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     t = threading.Thread(target=httpd.serve_forever, daemon=True)

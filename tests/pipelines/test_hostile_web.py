@@ -247,3 +247,32 @@ def test_own_time_between_redirect_hops_never_counts(web, guard, monkeypatch):
     res, secs = _timed(f, web.base + "/stall.jpg")
     assert res.reason == "timeout" and 0.9 <= secs < 2.0, secs
     assert guard == []
+
+
+def test_a_thread_starved_inside_a_receive_is_not_charged_for_it(web, guard, monkeypatch):
+    """The kernel stamps each packet's arrival: a receive counts until its data arrived, not until
+    this thread got the CPU back. Here every receive returns 2 s late (as a thread waiting for the
+    GIL would) on an answer dripped a byte per 20 ms, against a 1.5 s deadline: each receive alone
+    is longer than the deadline, the server's time is about 0.2 s."""
+    import socket as socketmod
+
+    body = b"\xff\xd8 tiny\xff\xd9"
+    url = web.add_script({"status": 200, "headers": [("Content-Type", "image/jpeg")], "body": body, "mode": "drip"})
+
+    def late(receive):
+        def call(self, *a, **kw):
+            out = receive(self, *a, **kw)
+            if self.getsockname()[1] != web.port:  # the client's receives only, not the server's
+                time.sleep(2.0)
+            return out
+        return call
+
+    for name in ("recv_into", "recvmsg_into"):
+        monkeypatch.setattr(socketmod.socket, name, late(getattr(socketmod.socket, name)))
+    res, secs = _timed(Fetcher(FetchConfig(timeout=1.5, retries=0, allow_loopback=True)), url)
+    assert res.ok and res.body == body and secs > 4.0, (res.reason, res.error_message, secs)  # two receives at least
+    monkeypatch.undo()  # a thread that gets the CPU back at once: the drip's own pace decides
+    slow = web.add_script({"status": 200, "headers": [("Content-Type", "image/jpeg")], "body": b"x" * 60, "mode": "drip"})
+    res, secs = _timed(Fetcher(FetchConfig(timeout=0.5, retries=0, allow_loopback=True)), slow)
+    assert res.reason == "timeout", (res.reason, secs)  # 60 bytes at 20 ms: 1.2 s of the server's time
+    assert guard == []

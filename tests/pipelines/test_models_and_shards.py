@@ -15,21 +15,8 @@ from pipelines.models.encode import encode_images, encode_texts, fill, zero_shot
 from pipelines.sinks import webdataset as wds
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    import open_clip
-
-    torch.manual_seed(0)
-    model = open_clip.model.CLIP(
-        embed_dim=16,
-        vision_cfg=open_clip.model.CLIPVisionCfg(layers=1, width=16, patch_size=8, image_size=16, head_width=8),
-        text_cfg=open_clip.model.CLIPTextCfg(context_length=12, vocab_size=49408, width=16, heads=2, layers=1),
-    ).eval()
-    return model, lambda texts: open_clip.tokenize(texts, context_length=12)
-
-
-def test_encode_images_batches_and_normalises_each_image_as_alone(tiny):
-    model, _ = tiny
+def test_encode_images_batches_and_normalises_each_image_as_alone(tiny_clip):
+    model, _ = tiny_clip
     images = [torch.rand(3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(7)]
     got = encode_images(model, images, batch_size=3)
     with torch.no_grad():
@@ -43,8 +30,8 @@ def test_encode_images_batches_and_normalises_each_image_as_alone(tiny):
     assert encode_images(model, []).shape == (0, 0)
 
 
-def test_encode_texts_matches_one_text_at_a_time(tiny):
-    model, tokenizer = tiny
+def test_encode_texts_matches_one_text_at_a_time(tiny_clip):
+    model, tokenizer = tiny_clip
     texts = ["a red circle", "two blue squares", "", "a photo of a cat."]
     got = encode_texts(model, tokenizer, texts, batch_size=3)
     with torch.no_grad():
@@ -53,17 +40,17 @@ def test_encode_texts_matches_one_text_at_a_time(tiny):
             assert torch.allclose(got[i], e / e.norm(), atol=1e-5)
 
 
-def test_one_template_format(tiny):
+def test_one_template_format(tiny_clip):
     assert fill("a photo of a {c}.", "red car") == "a photo of a red car."
     with pytest.raises(ValueError, match=r"\{c\}"):
         fill("a photo of a {}.", "cat")  # the other format is refused with what to write instead
-    model, tokenizer = tiny
+    model, tokenizer = tiny_clip
     with pytest.raises(ValueError):
         zero_shot_classifier(model, tokenizer, ["cat"], ["a photo of a {}."])
 
 
-def test_zero_shot_classifier_is_the_mean_of_normalised_template_embeddings(tiny):
-    model, tokenizer = tiny
+def test_zero_shot_classifier_is_the_mean_of_normalised_template_embeddings(tiny_clip):
+    model, tokenizer = tiny_clip
     W = zero_shot_classifier(model, tokenizer, ["cat", "dog"], ["a {c}.", "art of a {c}"], batch_size=3)
     with torch.no_grad():
         for j, c in enumerate(["cat", "dog"]):
@@ -78,9 +65,9 @@ def test_no_pretrained_warning_said_once_with_its_meaning():
     def record(msg):
         return logging.LogRecord("root", logging.WARNING, __file__, 1, msg, (), None)
 
-    first = record(f"{NO_PRETRAINED} for model 'tic-tiny-32'. Model initialized randomly.")
+    first = record(f"{NO_PRETRAINED} for model 'tic-tiny_clip-32'. Model initialized randomly.")
     assert once.filter(first) and "checkpoint" in first.getMessage() and "once" in first.getMessage()
-    assert not once.filter(record(f"{NO_PRETRAINED} for model 'tic-tiny-32'. Model initialized randomly."))
+    assert not once.filter(record(f"{NO_PRETRAINED} for model 'tic-tiny_clip-32'. Model initialized randomly."))
     other = record("something else")
     assert once.filter(other) and other.getMessage() == "something else"
     assert any(isinstance(f, OncePerProcess) for f in logging.getLogger().filters)  # installed on import

@@ -50,3 +50,29 @@ def test_load_rejects_wrong_dtype(tmp_path):
     np.save(p, np.arange(3))
     with pytest.raises(ValueError, match="u8,u8"):
         uid.load(str(p))
+
+
+def test_counts_and_is_sorted_on_a_memory_mapped_uid_file(tmp_path):
+    """A released uid file with repeats, read as a memory map: counts per query uid equal a
+    Counter over DataComp's own encoding; order checks agree with Python's sort of the pairs."""
+    from collections import Counter
+
+    from pipelines.sources import datacomp as dc
+
+    listed = [uid.make_uid(f"http://example.com/{i}.jpg", "t") for i in range(300)]
+    listed += listed[:7] + listed[:2]  # two uids three times, five twice
+    path = tmp_path / "2016.npy"
+    np.save(path, np.sort(datacomp_encode(listed)))
+    arr = dc.read_uid_file(str(path))
+    assert isinstance(arr, np.memmap)  # stays on disk
+    query = listed[:10] + [uid.make_uid("http://example.com/none.jpg", "t")]
+    want = Counter(listed)
+    assert uid.counts(arr, datacomp_encode(query)).tolist() == [want[u] for u in query]
+    assert uid.counts(uid.encode([]), datacomp_encode(query)).tolist() == [0] * len(query)
+    pairs = [(int(u[:16], 16), int(u[16:32], 16)) for u in listed]
+    for order in (sorted(pairs), pairs, sorted(pairs, reverse=True)):
+        a = np.array(order, np.dtype("u8,u8"))
+        assert uid.is_sorted(a, chunk=16) == (order == sorted(order))
+    unsorted = tmp_path / "unsorted.npy"
+    np.save(unsorted, datacomp_encode(listed))  # not in DataComp's order: sorted on read
+    assert uid.decode(dc.read_uid_file(str(unsorted))) == sorted(listed)

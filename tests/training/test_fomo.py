@@ -211,3 +211,15 @@ def test_default_base_is_the_filter_model_the_layout_names(tmp_path):
     with pytest.raises(FileNotFoundError):  # another benchmark's model is not this one's
         resolve_base(FomoConfig(data_dir=str(tmp_path)))
     assert resolve_base(FomoConfig(data_dir=str(tmp_path), model="ViT-B-32:openai")) == "ViT-B-32:openai"
+
+
+def test_pool_years_are_spelled_years_first_last():
+    from training.fomo.__main__ import parse
+
+    assert parse([])[0].pool_years == (2014, 2015, 2016)  # the base model's pretraining years
+    assert parse(["--years", "2015-2017"])[0].pool_years == (2015, 2016, 2017)
+    assert parse(["--years", "2018"])[0].pool_years == (2018,)
+    for bad in (["--years", "2015,2016"], ["--pool-years", "2014,2015"]):
+        with pytest.raises(SystemExit) as e:
+            parse(bad)
+        assert e.value.code == 2

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+from benchmark_builder.specs import format_years, parse_years
 from pipelines.models import load_model
 from training.config import add_base_args, base_from_args
 from training.fomo.mixture import parse_shares
@@ -32,7 +33,8 @@ def parse(argv=None, prog: str = "python -m training fomo"):
                          "run_dir": "default: runs/fomo-<method>-<order>-T<tasks>", "warmup": "warmup iterations of every task",
                          "options": "method option, e.g. rank=8 decay=0.7"})
     p.add_argument("--base-model", dest="model", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--pool-years", default=",".join(map(str, d.pool_years)), help="years of the pretraining pool")
+    p.add_argument("--years", default=format_years(d.pool_years), help="FIRST-LAST: the years of the pretraining pool "
+                   "(default: %(default)s, the base model's)")
     p.add_argument("--holdout", type=int, default=d.holdout, help="concepts kept out of the stream for retention")
     p.add_argument("--mixture", default=",".join(map(str, d.shares)), help="shares pool,current,replay")
     p.add_argument("--buffer-size", type=int, default=d.buffer_size, help="replay buffer cap in samples (0: all)")
@@ -45,13 +47,17 @@ def parse(argv=None, prog: str = "python -m training fomo"):
     p.add_argument("--methods", default="full-ft,lora,ewc,ema-merge", help="methods of --budget-only")
     p.add_argument("--stream-only", action="store_true", help="print the stream and stop")
     a = p.parse_args(argv)
+    try:
+        pool_years = parse_years(a.years)
+    except ValueError as e:
+        p.error(str(e))
     base = base_from_args(p, a)
     try:  # a bad option value (e.g. operator=tie) fails here, with the method's message
         get_method(a.method, base["options"], family="fomo")
     except ValueError as e:
         p.error(str(e))
     cfg = FomoConfig(
-        **base, method=a.method, order=a.order, tasks=a.tasks, pool_years=tuple(int(y) for y in a.pool_years.split(",") if y),
+        **base, method=a.method, order=a.order, tasks=a.tasks, pool_years=pool_years,
         holdout=a.holdout, shares=parse_shares(a.mixture), buffer_size=a.buffer_size, full_ft_steps=a.full_ft_steps,
         maf_budget=a.maf_budget, steps_per_task=a.steps_per_task,
     )

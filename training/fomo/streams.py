@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from benchmark_builder.classes import class_list, class_words
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.models.encode import encode_images, encode_texts, fill, zero_shot_classifier
@@ -92,16 +93,6 @@ class ConceptIndex:
         return rows if item.year is None else [r for r in rows if r[1] == item.year]
 
 
-def concept_words(dataset: str, classnames) -> dict[str, tuple[str, ...]]:
-    """Words a caption may use for each class: the embedded web's synonyms, else the class name."""
-    words = {c: (c,) for c in classnames}
-    if dataset == "synthetic-web":
-        from benchmark_builder.synthetic_web.concepts import OBJECTS
-
-        words.update({o.name: tuple(dict.fromkeys((o.name,) + o.words)) for o in OBJECTS if o.name in words})
-    return words
-
-
 def _matcher(words: dict[str, tuple[str, ...]]):
     pats = {c: re.compile(r"\b(?:" + "|".join(re.escape(w) for w in ws) + r")(?:s|es)?\b", re.I) for c, ws in words.items()}
 
@@ -114,10 +105,8 @@ def _matcher(words: dict[str, tuple[str, ...]]):
 def build_index(data_dir: str, variant: str = "basic", benchmark: str = "tic-datacomp", dataset: str = "synthetic-web",
                 pool_years=DEFAULT_POOL_YEARS) -> ConceptIndex:
     """Scan the variant's training shards (JSON members only) and assign each sample to the concept its caption names."""
-    from benchmark_builder.classes import class_list
-
     classnames, templates = class_list(dataset)
-    match = _matcher(concept_words(dataset, classnames))
+    match = _matcher(class_words(dataset, classnames))
     layout = Layout(data_dir, benchmark)
     samples: dict[str, list] = {c: [] for c in classnames}
     unmatched = ambiguous = 0
