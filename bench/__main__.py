@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -31,11 +30,11 @@ def bench_build(argv=None) -> dict:
         seconds = time.time() - t
     finally:
         shutil.rmtree(data, ignore_errors=True)
-    print(f"end-to-end build of 2014..2019 (6 years of the embedded default) on a fresh data dir: {seconds:.1f} s")
+    from bench import report
+
+    report.table(["what", "seconds"], [["build 2014..2019 (6 years of the embedded default), fresh data dir", seconds]])
     result = {"benchmark": "build_2019", "seconds": seconds}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "build.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("build", result)
     return result
 
 
@@ -120,13 +119,13 @@ def main(argv=None) -> int:
         print(f"near-dup scaling exponent 100k -> 1M: {results['dedup']['exponent']:.3f}, "
               f"{results['dedup']['large']['rows_per_s']:,.0f} rows/s at 1M")
     if "train" in results:
-        print(f"training throughput vs open_clip_train: {results['train']['ratio']:.2f}x")
+        print(f"training throughput vs open_clip_train: {results['train']['spread']}")
     if "eval" in results:
         print(f"evaluation embedding vs plain torch loop: {results['eval']['ratio']:.2f}x")
     if "score" in results:
         for stage in ("clip_score", "caption"):
             if stage in results["score"]:
-                print(f"RunInference {stage} vs plain batched torch loop: {results['score'][stage]['ratio']:.2f}x")
+                print(f"RunInference {stage} vs plain batched torch loop: {results['score'][stage]['spread']}")
     if "sql" in results:
         q = results["sql"]["queries"]
         print(f"SQL on {results['sql']['rows']:,} rows: uid lookup {q['lookup']['ours']['median_ms']:.1f} ms "

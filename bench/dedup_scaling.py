@@ -8,16 +8,13 @@ planted copies.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 
 import numpy as np
 
+from bench import report
 from pipelines import neardup as nd
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_items(n: int, cfg: nd.NearDupConfig, seed: int = 0):
@@ -51,15 +48,12 @@ def main(argv=None) -> dict:
     cfg = nd.NearDupConfig()
     small, large = run(100_000, cfg), run(1_000_000, cfg)
     exponent = math.log(large["seconds"] / small["seconds"]) / math.log(large["rows"] / small["rows"])
-    for r in (small, large):
-        print(f"{r['rows']:>9,} hashes: {r['seconds']:6.1f} s, {r['rows_per_s']:9,.0f} rows/s, "
-              f"recall of planted copies {r['recall']:.4f}, false matches {r['false_matches']}")
+    report.table(["hashes", "seconds", "rows/s", "recall of planted copies", "false matches"],
+                 [[r["rows"], r["seconds"], r["rows_per_s"], f"{r['recall']:.4f}", r["false_matches"]] for r in (small, large)])
     print(f"scaling exponent 100k -> 1M: {exponent:.3f} (target <= 1.15)")
     result = {"benchmark": "dedup_scaling", "small": small, "large": large, "exponent": exponent,
               "config": {"tables": cfg.tables, "bits_per_table": cfg.bits_per_table, "threshold": cfg.threshold}}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "dedup_scaling.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("dedup_scaling", result)
     return result
 
 

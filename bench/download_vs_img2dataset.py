@@ -9,7 +9,6 @@ with one download DoFn whose thread pool decodes with Pillow outside the GIL.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
@@ -132,17 +131,19 @@ def main(argv=None) -> dict:
                     secs = fn(out)
                     n = _count_tar_samples(out)
                     rows.append({"engine": name, "run": r, "seconds": secs, "images": n, "images_per_s": n / secs})
-                    print(f"  {name:<14} run {r}: {n} images in {secs:.2f} s = {n / secs:.0f} images/s")
         finally:
             server.terminate()
         best = {e: max(r["images_per_s"] for r in rows if r["engine"] == e) for e in ("img2dataset", "this pipeline")}
         ratio = best["this pipeline"] / best["img2dataset"]
-        print(f"\ndownload+resize+write: this pipeline {best['this pipeline']:.0f} images/s, img2dataset {best['img2dataset']:.0f} images/s"
-              f" -> ratio {ratio:.2f}x (target >= 1.5x, best of {args.repeats} runs each)")
-        result = {"benchmark": "download_vs_img2dataset", "images": args.images, "runs": rows, "best_images_per_s": best, "ratio": ratio}
-        os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-        with open(os.path.join(REPO, "bench", "out", "download.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        report.table(["engine", "run", "images", "seconds", "images/s"],
+                     [[r["engine"], r["run"], r["images"], r["seconds"], r["images_per_s"]] for r in rows],
+                     title="download+resize+write, runs alternating")
+        paired = [a["images_per_s"] / b["images_per_s"] for a, b in zip(rows[1::2], rows[::2])]
+        print(f"this pipeline {best['this pipeline']:.0f} images/s, img2dataset {best['img2dataset']:.0f} images/s (best of "
+              f"{args.repeats} each) -> {ratio:.2f}x; paired runs {report.spread(paired)} (target >= 2x)")
+        result = {"benchmark": "download_vs_img2dataset", "images": args.images, "runs": rows, "best_images_per_s": best,
+                  "ratio": ratio, "paired_ratios": paired}
+        report.save("download", result)
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

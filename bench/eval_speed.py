@@ -8,7 +8,6 @@ the decoded tar. Figure: evaluator images/s / plain loop images/s (target >= 0.9
 from __future__ import annotations
 
 import io
-import json
 import os
 import tarfile
 import time
@@ -66,11 +65,12 @@ def main(argv=None, data_dir: str = os.path.join(REPO, "data")) -> dict:
         n, s = plain_loop(loaded, es.files())
         best["plain"] = max(best["plain"], n / s)
     ratio = best["ours"] / best["plain"]
-    print(f"evaluation embedding ({es.name}, {f['image'].shape[0]} images + captions): evaluator {best['ours']:.0f} img/s "
-          f"(exact decoding; {best['ours_draft']:.0f} img/s with --draft-decode), "
-          f"plain batched torch loop {best['plain']:.0f} img/s -> {ratio:.2f}x (target >= 0.9)")
+    from bench import report
+
+    report.table(["side", "img/s (best of 3)", "vs plain loop"],
+                 [["evaluator (exact decoding)", best["ours"], ratio], ["evaluator --draft-decode", best["ours_draft"], best["ours_draft"] / best["plain"]],
+                  ["plain batched torch loop", best["plain"], 1.0]],
+                 title=f"evaluation embedding, {es.name}: {f['image'].shape[0]} images + captions (target >= 0.9x)")
     result = {"benchmark": "eval_speed", "images_per_s": best, "ratio": ratio, "draft_speedup": best["ours_draft"] / best["ours"]}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "eval_speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("eval_speed", result)
     return result

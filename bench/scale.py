@@ -28,6 +28,8 @@ import tempfile
 import threading
 import time
 
+from bench import report
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 YEAR = 2014
 BEAM = ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]
@@ -125,11 +127,8 @@ def main(argv=None) -> dict:
         results.append(r)
         print(f"\n{n:>7,} pairs: {r['candidates']:,} candidates, command {r['wall_s']:.1f} s, build job {r['job_s']:.1f} s, "
               f"peak memory {r['peak_pss_bytes'] / 2**30:.2f} GiB PSS (largest process {r['peak_rss_bytes'] / 2**30:.2f} GiB RSS)")
-        print(f"  {'stage':<11}{'in':>9}{'seconds':>9}{'rows/s':>9}")
-        for s in r["stages"]:
-            secs = s.get("seconds")
-            rate = f"{s['in'] / secs:>9.0f}" if secs else f"{'':>9}"
-            print(f"  {s['stage']:<11}{s['in']:>9}{(f'{secs:.1f}' if secs is not None else ''):>9}{rate}")
+        report.table(["stage", "in", "seconds", "rows/s"],
+                     [[s["stage"], s["in"], s.get("seconds"), s["in"] / s["seconds"] if s.get("seconds") else None] for s in r["stages"]])
     result = {"benchmark": "scale", "year": YEAR, "beam_args": BEAM, "sizes": results}
     if len(results) >= 2:
         a, b = results[0], results[-1]
@@ -138,9 +137,7 @@ def main(argv=None) -> dict:
         print(f"\nscaling exponent {a['pairs']:,} -> {b['pairs']:,} pairs: build job {result['exponent_job']:.3f}, "
               f"whole command {result['exponent_wall']:.3f} (target <= 1.1)")
     print(f"peak memory at {results[-1]['pairs']:,} pairs: {results[-1]['peak_pss_bytes'] / 2**30:.2f} GiB PSS (target < 4 GiB at 100k)")
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "scale.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("scale", result)
     return result
 
 

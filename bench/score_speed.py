@@ -9,21 +9,23 @@
   so the figure is the stage's overhead, not a real captioner's speed) against a bare loop
   calling ``generate`` per batch; both greedy, ``--caption-tokens`` new tokens.
 
-Images are the embedded web's pictures (benchmark_builder/synthetic_web), JPEG-encoded. Each side
-runs on ``N1`` and ``N2`` images, in alternation, ``--repeat`` times; the marginal rate
-(N2 - N1) / (t2 - t1) removes start-up (pipeline construction, model load) from both sides. The
-figure is the median over repeats of ours / plain (target >= 0.9), with its spread.
+Images are the embedded web's pictures (benchmark_builder/synthetic_web), JPEG-encoded, in one
+file that both sides read (the pipeline from a one-element ``Create`` of its path, as the build's
+stages read pool shards; never the samples themselves in a ``Create``, which Beam serialises into
+the pipeline's graph at a cost that grows with N and does not cancel). After one uncounted run of
+each side (imports, lazy set-up of this process), each side
+runs on ``N1`` and ``N2`` images, alternating, ``--repeat`` times; the marginal rate
+(N2 - N1) / (t2 - t1) removes start-up (pipeline construction, model load) from both sides
+(``bench.report.paired_marginal``). The figure is the median over repeats of ours / plain
+(target >= 0.9), with its spread.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
+import pickle
 import tempfile
 import time
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def make_samples(n: int, seed: int = 0) -> list[dict]:
@@ -41,7 +43,20 @@ def make_samples(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def _beam(samples: list[dict], handler) -> float:
+def write_samples(samples: list[dict], path: str) -> str:
+    with open(path, "wb") as f:
+        pickle.dump(samples, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return path
+
+
+def read_samples(path: str, n: int) -> list[dict]:
+    """The first ``n`` samples of the file: what both sides read, as the build's stages read pool
+    shards (the samples never travel inside the pipeline's graph, whose size would grow with n)."""
+    with open(path, "rb") as f:
+        return pickle.load(f)[:n]
+
+
+def _beam(path: str, n: int, handler) -> float:
     import apache_beam as beam
     from apache_beam.ml.inference.base import RunInference
 
@@ -50,8 +65,8 @@ def _beam(samples: list[dict], handler) -> float:
     t = time.perf_counter()
     with pipeline_options(RunnerConfig()) as opts:
         with beam.Pipeline(options=opts) as p:
-            _ = (p | beam.Create(samples) | RunInference(handler)
-                 | beam.combiners.Count.Globally() | beam.Map(lambda n, want=len(samples): _check(n, want)))
+            _ = (p | beam.Create([(path, n)]) | beam.FlatMapTuple(read_samples) | RunInference(handler)
+                 | beam.combiners.Count.Globally() | beam.Map(lambda got, want=n: _check(got, want)))
     return time.perf_counter() - t
 
 
@@ -60,7 +75,7 @@ def _check(n: int, want: int) -> None:
         raise RuntimeError(f"RunInference gave {n} results for {want} samples")
 
 
-def plain_clip(samples: list[dict], spec: str, batch: int) -> float:
+def plain_clip(path: str, n: int, spec: str, batch: int) -> float:
     import io
 
     import torch
@@ -70,6 +85,7 @@ def plain_clip(samples: list[dict], spec: str, batch: int) -> float:
     from pipelines.models import load_model
 
     t = time.perf_counter()
+    samples = read_samples(path, n)
     loaded = load_model(spec)
     model = loaded.model.eval()
     size = loaded.image_size
@@ -88,34 +104,23 @@ def plain_clip(samples: list[dict], spec: str, batch: int) -> float:
     return time.perf_counter() - t
 
 
-def plain_caption(samples: list[dict], folder: str, batch: int, max_new_tokens: int) -> float:
+def plain_caption(path: str, n: int, folder: str, batch: int, max_new_tokens: int) -> float:
     from pipelines.models import load_captioner
     from pipelines.transforms.caption import caption_images
 
     t = time.perf_counter()
+    samples = read_samples(path, n)
     loaded = load_captioner(folder)
     for i in range(0, len(samples), batch):
         caption_images(loaded, [s["jpg"] for s in samples[i:i + batch]], max_new_tokens=max_new_tokens)
     return time.perf_counter() - t
 
 
-def compare(name: str, samples: list[dict], ours, plain, n1: int, n2: int, repeat: int) -> dict:
-    ratios, rates = [], {"ours": [], "plain": []}
-    for _ in range(repeat):
-        t = {}
-        for who, fn in (("ours", ours), ("plain", plain)):
-            t[(who, n1)] = fn(samples[:n1])
-            t[(who, n2)] = fn(samples[:n2])
-        r = {who: (n2 - n1) / max(t[(who, n2)] - t[(who, n1)], 1e-9) for who in ("ours", "plain")}
-        rates["ours"].append(r["ours"])
-        rates["plain"].append(r["plain"])
-        ratios.append(r["ours"] / r["plain"])
-    result = {"stage": name, "n1": n1, "n2": n2, "ratios": ratios, "ratio": statistics.median(ratios),
-              "images_per_s": {k: statistics.median(v) for k, v in rates.items()}}
-    print(f"{name:<10} RunInference {result['images_per_s']['ours']:7.0f} img/s, plain loop "
-          f"{result['images_per_s']['plain']:7.0f} img/s -> {result['ratio']:.2f}x "
-          f"(median of {repeat}; {min(ratios):.2f}-{max(ratios):.2f}) (target >= 0.9)")
-    return result
+def compare(name: str, ours, plain, n1: int, n2: int, repeat: int) -> dict:
+    from bench import report
+
+    m = report.paired_marginal({"ours": ours, "plain": plain}, n1, n2, repeat, warmup=True)
+    return {"stage": name, **m, "images_per_s": m["per_s"]}
 
 
 def main(argv=None) -> dict:
@@ -133,26 +138,30 @@ def main(argv=None) -> dict:
     from pipelines.transforms.caption import HFCaptionHandler
     from pipelines.transforms.clip_score import ClipModelHandler
 
-    samples = make_samples(max(a.n2, a.caption_n2))
     results = {}
     stages = a.stages.split(",")
-    if "clip_score" in stages:
-        handler = ClipModelHandler("tic-tiny-32", batch_size=a.batch)
-        results["clip_score"] = compare("clip_score", samples, lambda s: _beam(s, handler),
-                                        lambda s: plain_clip(s, "tic-tiny-32", a.batch), a.n1, a.n2, a.repeat)
-    if "caption" in stages:
-        from tests.pipelines.tiny_captioners import make_captioner
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_samples(make_samples(max(a.n2, a.caption_n2)), os.path.join(tmp, "samples.pkl"))
+        if "clip_score" in stages:
+            handler = ClipModelHandler("tic-tiny-32", batch_size=a.batch)
+            results["clip_score"] = compare("clip_score", lambda n: _beam(path, n, handler),
+                                            lambda n: plain_clip(path, n, "tic-tiny-32", a.batch), a.n1, a.n2, a.repeat)
+        if "caption" in stages:
+            from tests.pipelines.tiny_captioners import make_captioner
 
-        with tempfile.TemporaryDirectory() as folder:
+            folder = os.path.join(tmp, "captioner")
             make_captioner("blip", folder)
             handler = HFCaptionHandler(folder, batch_size=min(64, a.batch), max_new_tokens=a.caption_tokens)
-            results["caption"] = compare("caption", samples, lambda s: _beam(s, handler),
-                                         lambda s: plain_caption(s, folder, min(64, a.batch), a.caption_tokens),
+            results["caption"] = compare("caption", lambda n: _beam(path, n, handler),
+                                         lambda n: plain_caption(path, n, folder, min(64, a.batch), a.caption_tokens),
                                          a.caption_n1, a.caption_n2, a.repeat)
+    from bench import report
+
+    report.table(["stage", "RunInference img/s", "plain loop img/s", "RunInference / plain loop", "n1 -> n2"],
+                 [[k, r["per_s"]["ours"], r["per_s"]["plain"], r["spread"], f"{r['n1']} -> {r['n2']}"]
+                  for k, r in results.items()], title="marginal rates, medians over the repeats (target >= 0.9x)")
     result = {"benchmark": "score_speed", **results}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "score_speed.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("score_speed", result)
     return result
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import shutil
 import statistics
@@ -29,7 +28,8 @@ import time
 import numpy as np
 import pyarrow as pa
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench import report
+
 YEARS = tuple(range(2014, 2023))
 QUERIES = {
     "lookup": "select * from metadata where uid = '{uid}'",
@@ -149,17 +149,15 @@ def main(argv=None) -> dict:
     print(f"{result['rows']:,} metadata + {result['rows']:,} status rows in {result['files_per_table']} Parquet files each: "
           f"written in {result['write_s']:.1f} s, index built in {result['index_s']:.1f} s ({result['index_mb']:.0f} MB); "
           f"opening the index {result['open']['median_ms']:.1f} ms")
-    print(f"{'query':<10}{'ours ms':>10}{'(min-max)':>16}{'raw DuckDB ms':>15}{'(min-max)':>18}{'speedup':>9}")
-    for name, f in result["queries"].items():
-        o, p = f["ours"], f["raw_duckdb_unsorted_parquet"]
-        spread_o, spread_p = f"({o['min_ms']:.1f}-{o['max_ms']:.1f})", f"({p['min_ms']:.1f}-{p['max_ms']:.1f})"
-        print(f"{name:<10}{o['median_ms']:>10.1f}{spread_o:>16}{p['median_ms']:>15.1f}{spread_p:>18}{f['speedup']:>8.1f}x")
+    report.table(["query", "ours ms", "(min-max)", "raw DuckDB ms", "(min-max)", "speedup"],
+                 [[name, f"{o['median_ms']:.1f}", f"({o['min_ms']:.1f}-{o['max_ms']:.1f})", f"{p['median_ms']:.1f}",
+                   f"({p['min_ms']:.1f}-{p['max_ms']:.1f})", f"{f['speedup']:.1f}x"]
+                  for name, f in result["queries"].items()
+                  for o, p in [(f["ours"], f["raw_duckdb_unsorted_parquet"])]])
     result["targets_met"] = (result["queries"]["lookup"]["ours"]["median_ms"] < 20
                              and result["queries"]["aggregate"]["ours"]["median_ms"] < 50)
     print(f"targets (lookup < 20 ms, year aggregate < 50 ms, medians): {'met' if result['targets_met'] else 'NOT met'}")
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "sql.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    report.save("sql", result)
     return result
 
 

@@ -11,7 +11,6 @@ the figure is the median over ``--repeat`` repeats of ours / open_clip_train, wi
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -54,39 +53,36 @@ def open_clip_train(shards: list[str], n: int, tmp: str, env) -> float:
 
 def main(argv=None, data_dir: str = os.path.join(REPO, "data")) -> dict:
     import argparse
-    import statistics
 
+    from bench import report
     from training.data import time_step_sources
 
     ap = argparse.ArgumentParser(prog="python -m bench train")
     ap.add_argument("--n1", type=int, default=N1)
     ap.add_argument("--n2", type=int, default=N2)
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="OMP_NUM_THREADS for both sides (0: each side's own default: ours the cores minus its "
+                         "loader worker, open_clip_train torch's one per core)")
     a = ap.parse_args(argv)
-    n1, n2 = a.n1, a.n2
     src = time_step_sources(data_dir, "basic")[0]
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    runs, ratios = [], []
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"WANDB_MODE": "disabled"}
+    if a.threads:
+        env["OMP_NUM_THREADS"] = str(a.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.repeat):
-            t = {}
-            for n in (n1, n2):
-                t[("ours", n)] = ours(data_dir, n, os.path.join(tmp, str(r)), env)
-                t[("open_clip_train", n)] = open_clip_train(list(src.shards), n, os.path.join(tmp, str(r)), env)
-            rate = {k: (n2 - n1) / (t[(k, n2)] - t[(k, n1)]) for k in ("ours", "open_clip_train")}
-            ratios.append(rate["ours"] / rate["open_clip_train"])
-            runs.append({"samples_per_s": rate, "ratio": ratios[-1], "seconds": {f"{k}-{n}": v for (k, n), v in t.items()}})
-            for k in rate:
-                print(f"{k:>16}: {t[(k, n1)]:.1f} s for {n1}, {t[(k, n2)]:.1f} s for {n2} samples -> {rate[k]:.0f} samples/s marginal")
-            print(f"repeat {r + 1}/{a.repeat}: ours / open_clip_train {ratios[-1]:.2f}x")
-    ratio = statistics.median(ratios)
-    print(f"training throughput, ours / open_clip_train: {ratio:.2f}x (median of {a.repeat}: {', '.join(f'{x:.2f}' for x in ratios)}; "
-          f"tic-tiny-32, batch {BATCH}, CPU, same shards)")
-    result = {"benchmark": "train_vs_open_clip", "n1": n1, "n2": n2, "ratio": ratio, "ratios": ratios, "runs": runs,
-              "samples_per_s": {k: statistics.median(r["samples_per_s"][k] for r in runs) for k in ("ours", "open_clip_train")}}
-    os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
-    with open(os.path.join(REPO, "bench", "out", "train_vs_open_clip.json"), "w") as f:
-        json.dump(result, f, indent=2)
+        runs = iter(range(10**9))  # a fresh run dir per run
+        m = report.paired_marginal({
+            "ours": lambda n: ours(data_dir, n, os.path.join(tmp, str(next(runs))), env),
+            "open_clip_train": lambda n: open_clip_train(list(src.shards), n, os.path.join(tmp, str(next(runs))), env),
+        }, a.n1, a.n2, a.repeat)
+    report.table(["side", "samples/s (marginal, median)"] + [f"repeat {i + 1}" for i in range(a.repeat)],
+                 [[k, m["per_s"][k]] + [r["per_s"][k] for r in m["runs"]] for k in m["per_s"]],
+                 title=f"training throughput, tic-tiny-32, batch {BATCH}, 1 worker, CPU, same shards, {a.n1} -> {a.n2} samples, "
+                       f"compute threads: {a.threads or 'each side its default'}")
+    print(f"ours / open_clip_train: {m['spread']}")
+    result = {"benchmark": "train_vs_open_clip", **m, "samples_per_s": m["per_s"], "batch": BATCH,
+              "threads": a.threads or "default"}
+    report.save("train_vs_open_clip", result)
     return result
 
 

@@ -48,6 +48,7 @@ class CLConfig:
     # data loading
     text: str = "alt"  # alt | generated | both
     workers: int = -1  # DataLoader workers per rank; -1: by core count
+    threads: int = 0  # CPU compute (intra-op) threads per rank; 0: its cores minus its workers (training.data.compute_threads)
     buffer: int = 1000  # shuffle buffer per source
     checkpoint_every: int = 25  # iterations between mid-step checkpoints (0: only one per step)
     # reproducibility and placement
@@ -85,6 +86,8 @@ _FLAGS = [
     ("--meta-schedule", "meta_schedule", str, "peak LR across steps"),
     ("--text", "text", str, "caption trained on"),
     ("--workers", "workers", int, "DataLoader workers per rank (-1: by core count)"),
+    ("--threads", "threads", int, "CPU compute threads per rank (0: OMP_NUM_THREADS if set, else the rank's cores "
+                                  "minus its DataLoader workers, at least 1)"),
     ("--shuffle-buffer", "buffer", int, "samples per source in the shuffle buffer"),
     ("--checkpoint-every", "checkpoint_every", int, "iterations between mid-step checkpoints (0: none)"),
     ("--seed", "seed", int, "seed of every random choice"),

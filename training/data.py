@@ -254,3 +254,26 @@ def loader(cfg: StreamConfig) -> torch.utils.data.DataLoader:
 
 def default_workers() -> int:
     return 1 if (os.cpu_count() or 1) <= 2 else 2
+
+
+def rank_cores() -> int:
+    """The cores this process may run on, shared among the ranks torchrun started on this node."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+def compute_threads(threads: int, workers: int) -> int:
+    """Intra-op threads of a CPU rank: ``threads`` when > 0, else ``OMP_NUM_THREADS`` when set, else
+    the rank's cores minus its DataLoader workers (at least 1). torch's default, one thread per
+    core, puts an OpenMP team as wide as the machine beside the loader workers: the cores are
+    oversubscribed and the team's threads wait on each other at every operator's barrier, which
+    costs more than the second thread gains on small operators (``python -m bench train``)."""
+    if threads > 0:
+        return threads
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, rank_cores() - workers)

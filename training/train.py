@@ -30,7 +30,7 @@ from training import checkpoint as ckpt
 from training import distributed
 from training import scale
 from training.config import CLConfig
-from training.data import StreamConfig, default_workers, loader, time_step_sources
+from training.data import StreamConfig, compute_threads, default_workers, loader, time_step_sources
 from training.methods import get_method
 from training.methods.base import StepContext, frozen_copy
 from training.runlog import RunLog
@@ -108,9 +108,11 @@ def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> 
     """``sources`` (one per task) and ``method`` (an instance) replace the benchmark's time steps
     and ``cfg.protocol``'s method when given: concept streams (training.fomo) use both."""
     info = distributed.init(cfg.device)
+    threads = torch.get_num_threads()
     try:
         return _train(cfg, info, resume, sources, method)
     finally:
+        torch.set_num_threads(threads)  # the caller's setting again (in-process runs: tests, FoMo, CIL)
         distributed.shutdown(info)
 
 
@@ -134,6 +136,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
 
     device = info.device
     workers = default_workers() if cfg.workers < 0 else cfg.workers
+    if not device.startswith("cuda"):
+        torch.set_num_threads(compute_threads(cfg.threads, workers))
     _seed_everything(cfg.seed)
     loaded, model, clip_loss = _model_and_loss(cfg, info, precision)
     summary, done, state = _resume_point(cfg, run, model, method, resume)
@@ -141,7 +145,8 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
         print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
               f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
-              f"device {device}, precision {precision.name}")
+              f"device {device}, precision {precision.name}"
+              + ("" if device.startswith("cuda") else f", {torch.get_num_threads()} compute thread(s)"))
     point = None  # where a resumed run continues: (step, iteration) of its checkpoint
     if resume:
         point = (state["step"], int(state["iteration"])) if state is not None else (max(done), math.inf) if done else (-1, math.inf)
@@ -312,7 +317,7 @@ def _claim_run_dir(cfg: TrainConfig, run: ckpt.RunDir, sources, resume: bool) ->
     existing = run.config()
     if existing and not resume and run.completed_steps():
         raise FileExistsError(f"{cfg.run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
-    free = ("device", "config_file")
+    free = ("device", "config_file", "threads")
     if existing and resume and {k: v for k, v in {**TrainConfig().to_json(), **existing}.items() if k not in free} != {
         k: v for k, v in cfg.to_json().items() if k not in free
     }:

@@ -25,6 +25,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
 
 from pipelines import io as pio
+from pipelines.transforms.clip_score import fixed_batches
 from pipelines.transforms.pool import pool_samples, update_metadata
 
 STAGE = "caption"
@@ -54,7 +55,7 @@ class HFCaptionHandler(ModelHandler[dict, PredictionResult, Any]):
             yield PredictionResult(r, {"caption_generated": t})
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+        return fixed_batches(self.batch_size)
 
     def share_model_across_processes(self) -> bool:
         return self.share

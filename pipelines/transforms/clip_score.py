@@ -29,6 +29,13 @@ from pipelines.transforms.pool import pool_samples, update_metadata
 STAGE = "clip_score"
 
 
+def fixed_batches(size: int) -> dict:
+    """Beam's batching for a model stage: every batch ``size`` elements but a bundle's last. Beam's
+    default (``min_batch_size`` 1) starts each DoFn at batches of 1, 1, 2, 4, ... and keeps
+    adapting them to its timing: small forward passes that cost the same per call as full ones."""
+    return {"min_batch_size": size, "max_batch_size": size}
+
+
 class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
     def __init__(self, spec: str, device: str = "cpu", batch_size: int = 256, share_across_processes: bool = False):
         self.spec, self.device, self.batch_size, self.share = spec, device, batch_size, share_across_processes
@@ -63,7 +70,7 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
                                        "clip_score": float(scores[i])})
 
     def batch_elements_kwargs(self):
-        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+        return fixed_batches(self.batch_size)
 
     def share_model_across_processes(self) -> bool:
         return self.share
