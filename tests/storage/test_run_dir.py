@@ -22,21 +22,15 @@ from pipelines import io as pio
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 10 iterations per time step, a checkpoint every 2: the kill lands well inside step 1
 TRAIN = ["--protocol", "sequential", "--model", "tic-tiny-32", "--samples-per-step", "160", "--batch-size", "16",
-         "--workers", "0", "--warmup", "2", "--checkpoint-every", "2", "--max-steps", "2", "--device", "cpu"]
+         "--workers", "0", "--warmup", "2", "--checkpoint-every", "2", "--max-steps", "2", "--device", "cpu",
+         "--threads", "1"]  # one compute thread in every run: CPU float sums in the same order, weights comparable exactly
 TIMING = ("samples_per_s", "samples_per_s_per_device", "data_wait")  # wall-clock figures of a row
 
 
 def _train(data: str, run_dir: str, *extra: str) -> None:
-    """In this process, on one thread as the killed run (OMP_NUM_THREADS=1): CPU float sums then
-    run in the same order, so the weights can be compared exactly."""
     from training.__main__ import main
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main([*TRAIN, "--data-dir", data, "--run-dir", run_dir, *extra]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main([*TRAIN, "--data-dir", data, "--run-dir", run_dir, *extra]) == 0
 
 
 def _evaluate(data: str, run_dir: str) -> dict:
