@@ -13,6 +13,26 @@ os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 import pytest  # noqa: E402
 
 
+def kill_when(cmd: list[str], ready, what: str, timeout: float, poll: float = 0.1, **popen) -> None:
+    """Start ``cmd`` in its own session, wait until ``ready()`` holds, then SIGKILL its whole process
+    group. Fails if the command ends first or ``ready()`` does not hold within ``timeout`` s
+    (``what`` names the awaited state in that message)."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, **popen)
+    t0 = time.time()
+    try:
+        while not ready():
+            assert proc.poll() is None, f"the command ended before {what}: {cmd[2:4]}"
+            assert time.time() - t0 < timeout, f"no {what} after {timeout:.0f} s"
+            time.sleep(poll)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def tree_sha256(root: str) -> dict[str, str]:
     """Every file under ``root`` (path relative to it) -> sha256 of its bytes."""
     import hashlib

@@ -12,15 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
+from tests.conftest import kill_when
 
 
 
@@ -156,19 +155,10 @@ def test_bucket_data_dir_matches_a_local_build_with_kill_and_resume(bucket, loca
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     shutil.copytree(os.path.join(local["data"], "synthetic-web"), layout.web)
 
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "benchmark_builder", *BUILD, "--data-dir", data], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": REPO})
     shard_2015 = pio.join(layout.pool(2015), "status", "*.parquet")  # a finished 2015 pool shard
-    try:
-        while not pio.glob(shard_2015):  # killed while the pool downloads
-            assert proc.poll() is None, "the build ended before it could be killed"
-            assert time.time() - t0 < 600, "no finished 2015 pool shard after 600 s"
-            time.sleep(0.2)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kill_when([sys.executable, "-m", "benchmark_builder", *BUILD, "--data-dir", data],  # killed while the pool downloads
+              lambda: pio.glob(shard_2015), "finished 2015 pool shard", 600, poll=0.2, cwd=REPO,
+              env={**os.environ, "PYTHONPATH": REPO})
     assert not pio.exists(layout.manifest) and not pio.exists(layout.year_manifest(2015))  # killed before the end
     # a pool shard is finished once its status file exists (the tar is written first)
     done = {f: pio.stamp(f) for f in pio.glob(pio.join(layout.root, "pool", "*", "shards", "*.tar"))

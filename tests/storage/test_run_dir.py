@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import io
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from pipelines import io as pio
+from tests.conftest import kill_when
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 10 iterations per time step, a checkpoint every 2: the kill lands well inside step 1
@@ -78,19 +76,11 @@ def local(data, tmp_path_factory):
 @pytest.mark.timeout(600)  # a hang bound
 def test_run_dir_on_a_bucket_killed_resumed_and_evaluated(bucket, data, local):
     run = f"{bucket}/runs/seq"
-    proc = subprocess.Popen([sys.executable, "-m", "training", *TRAIN, "--data-dir", data, "--run-dir", run], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
     latest, step0, step1 = (pio.join(run, "checkpoints", n) for n in ("latest.pt", "step_0.pt", "step_1.pt"))
-    t0 = time.time()
-    try:  # killed once a checkpoint inside step 1 is on the bucket
-        while not (pio.exists(step0) and _step_of(latest) == 1):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.time() - t0 < 300, "no checkpoint inside step 1 after 300 s"
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    # killed once a checkpoint inside step 1 is on the bucket
+    kill_when([sys.executable, "-m", "training", *TRAIN, "--data-dir", data, "--run-dir", run],
+              lambda: pio.exists(step0) and _step_of(latest) == 1, "checkpoint inside step 1", 300, cwd=REPO,
+              env={**os.environ, "PYTHONPATH": REPO, "OMP_NUM_THREADS": "1"})
     assert not pio.exists(step1), "the run finished step 1 before it could be killed"
     killed_at = torch.load(io.BytesIO(pio.read_bytes(latest)), weights_only=True)["iteration"]
     before = _rows(run)  # the log as the killed run left it: rewritten before each checkpoint
