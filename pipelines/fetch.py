@@ -30,9 +30,10 @@ block for 127.0.0.0/8 and ::1 only (not for their IPv4-mapped form ``::ffff:127.
 Deadlines: ``timeout`` bounds a whole attempt (DNS excepted: connect, TLS, every redirect hop,
 headers, body): every socket read and write runs with the time left as its timeout and fails
 once it is spent, so a server dripping a byte a second cannot hold a download longer. The time
-counted is the server's: time inside socket calls. This process's own time between them (parsing,
-a thread starved of CPU on a busy machine, waiting for a host slot before a redirect hop) moves
-the deadlines instead, so a prompt answer, or a prompt redirect chain, never times out because
+counted is the server's: the kernel's waits inside socket calls (a receive until its packet
+arrived, by the kernel's timestamp on Linux; a connect or send the kernel completed at once counts
+nothing). This process's own time (parsing, a thread starved of CPU or waiting for the GIL on a busy
+machine, waiting for a host slot before a redirect hop) moves the deadlines instead, so a prompt answer, or a prompt redirect chain, never times out because
 the machine was busy; the shard's watchdog bounds the wall time. All attempts together (backoff
 sleeps included) use at most ``timeout x (retries + 1)`` of it. A download waits for its host's
 slot (``max_per_host`` concurrent requests per host name) before its clock starts.
