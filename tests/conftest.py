@@ -94,6 +94,25 @@ def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_ye
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_under_basetemp(tmp_path_factory):
+    """Every temporary file of the session, in this process and in the commands it starts
+    (``tempfile`` honours ``TMPDIR``), lies under pytest's basetemp, which the retention policy
+    removes: a SIGKILLed upload's spool file or a Beam temp dir cannot pile up in /tmp."""
+    import tempfile
+
+    d = str(tmp_path_factory.mktemp("tmp"))
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = d
+    tempfile.tempdir = None
+    yield d
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+
+
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory):
     return write_tiny_benchmark(str(tmp_path_factory.mktemp("tiny-benchmark")))
