@@ -15,8 +15,9 @@ import pytest  # noqa: E402
 
 def kill_when(cmd: list[str], ready, what: str, timeout: float, poll: float = 0.1, **popen) -> None:
     """Start ``cmd`` in its own session, wait until ``ready()`` holds, then SIGKILL its whole process
-    group. Fails if the command ends first or ``ready()`` does not hold within ``timeout`` s
-    (``what`` names the awaited state in that message)."""
+    group. Fails if the command ends first (also when it ended as ``ready()`` came to hold: then
+    nothing was killed) or ``ready()`` does not hold within ``timeout`` s (``what`` names the
+    awaited state in that message)."""
     import signal
     import subprocess
     import time
@@ -28,6 +29,7 @@ def kill_when(cmd: list[str], ready, what: str, timeout: float, poll: float = 0.
             assert proc.poll() is None, f"the command ended before {what}: {cmd[2:4]}"
             assert time.time() - t0 < timeout, f"no {what} after {timeout:.0f} s"
             time.sleep(poll)
+        assert proc.poll() is None, f"the command ended before it could be killed at {what}: {cmd[2:4]}"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
