@@ -36,7 +36,7 @@ def _run(cmd, **kw):
     return r, time.time() - t
 
 
-def main(argv=None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.gpu_check")
     p.add_argument("--work", default="/tmp/tic-gpu-check")
     p.add_argument("--per-year", type=int, default=2048, help="synthetic training samples per year (5 years)")
@@ -46,7 +46,11 @@ def main(argv=None) -> dict:
     p.add_argument("--tic-samples", type=int, default=8192, help="samples per time step of the TiC protocol")
     p.add_argument("--model", default="ViT-B-32")
     p.add_argument("--device", default="cuda", help="cpu: a dry run of the script's steps (with a tiny --model)")
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    a = _parser().parse_args(argv)
     import torch
 
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -67,38 +71,11 @@ def main(argv=None) -> dict:
     runs = os.path.join(a.work, time.strftime("runs-%Y%m%d-%H%M%S"))  # fresh run dirs per invocation, data reused
     common = ["--model", a.model, "--precision", "amp_bf16", "--batch-size", str(a.batch_size), "--workers", str(a.workers),
               "--device", a.device, "--checkpoint-every", "0"]
-    run = os.path.join(runs, "ours")
-    _, out["ours_seconds"] = _run([sys.executable, "-m", "training", "tic", "--method", "sequential", "--data-dir", data,
-                                   "--run-dir", run, "--samples-per-step", str(a.samples), "--max-steps", "1", *common])
-    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
-    out["ours_samples_per_s_per_gpu"] = statistics.median(r["samples_per_s_per_device"] for r in rows[5:])
-    out["ours_data_wait"] = statistics.median(r["data_wait"] for r in rows[5:])
-
-    from training.data import time_step_sources
-
-    shards = list(time_step_sources(data, "basic")[0].shards)
-    logs = os.path.join(runs, "open_clip_train")
-    r, out["open_clip_train_seconds"] = _run(
-        [sys.executable, "-c", "import pipelines.models; " + OC_CODE, "--model", a.model, "--train-data", "::".join(shards), "--dataset-type", "webdataset",
-         "--dataset-resampled", "--train-num-samples", str(a.samples), "--batch-size", str(a.batch_size), "--epochs", "1",
-         "--workers", str(a.workers), "--lr", "5e-4", "--wd", "0.2", "--warmup", "10", "--precision", "amp_bf16",
-         "--logs", logs, "--name", f"oc-{int(time.time())}", "--save-frequency", "0", "--log-every-n-steps", "5",
-         "--device", a.device])
-    per_gpu = [float(x) for x in re.findall(r"([\d.]+)/s/gpu", r.stdout + r.stderr)]
-    out["open_clip_train_samples_per_s_per_gpu"] = statistics.median(per_gpu[1:]) if len(per_gpu) > 1 else None
+    out.update(_ours(a, data, runs, common))
+    out.update(_open_clip_train(a, data, runs))
     if out["open_clip_train_samples_per_s_per_gpu"]:
         out["ratio"] = out["ours_samples_per_s_per_gpu"] / out["open_clip_train_samples_per_s_per_gpu"]
-
-    tic = os.path.join(runs, "cumulative-all")
-    _, t_train = _run([sys.executable, "-m", "training", "tic", "--method", "cumulative-all", "--data-dir", data, "--run-dir", tic,
-                       "--samples-per-step", str(a.tic_samples), "--max-steps", "2", "--accum-freq", "2", "--grad-checkpointing", *common])
-    _, t_eval = _run([sys.executable, "-m", "eval", "tic", "run", tic, "--data-dir", data, "--device", a.device])
-    with open(os.path.join(tic, "summary.json")) as f:
-        train_summary = json.load(f)
-    with open(os.path.join(tic, "eval", "summary.json")) as f:
-        eval_summary = json.load(f)
-    out["tic"] = {"protocol": "cumulative-all", "time_steps": 2, "samples_per_step": a.tic_samples, "train_seconds": round(t_train, 1),
-                  "eval_seconds": round(t_eval, 1), "train": train_summary, "eval": eval_summary}
+    out["tic"], t_train, t_eval = _tic(a, data, runs, common)
     os.makedirs(os.path.join(REPO, "bench", "out"), exist_ok=True)
     result = os.path.join("bench", "out", "gpu.json" if a.device == "cuda" else "gpu-dry-run.json")
     with open(os.path.join(REPO, result), "w") as f:
@@ -110,6 +87,48 @@ def main(argv=None) -> dict:
           f"eval {t_eval:.0f} s -> {result}")
     return out
 
+
+def _ours(a, data: str, runs: str, common: list[str]) -> dict:
+    """The bundled trainer's throughput: one time step of ``a.samples`` samples."""
+    run = os.path.join(runs, "ours")
+    _, seconds = _run([sys.executable, "-m", "training", "tic", "--method", "sequential", "--data-dir", data,
+                       "--run-dir", run, "--samples-per-step", str(a.samples), "--max-steps", "1", *common])
+    rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
+    return {"ours_seconds": seconds,
+            "ours_samples_per_s_per_gpu": statistics.median(r["samples_per_s_per_device"] for r in rows[5:]),
+            "ours_data_wait": statistics.median(r["data_wait"] for r in rows[5:])}
+
+
+def _open_clip_train(a, data: str, runs: str) -> dict:
+    """open_clip_train's throughput on the same shards (the first time step's)."""
+    from training.data import time_step_sources
+
+    shards = list(time_step_sources(data, "basic")[0].shards)
+    logs = os.path.join(runs, "open_clip_train")
+    r, seconds = _run(
+        [sys.executable, "-c", "import pipelines.models; " + OC_CODE, "--model", a.model, "--train-data", "::".join(shards), "--dataset-type", "webdataset",
+         "--dataset-resampled", "--train-num-samples", str(a.samples), "--batch-size", str(a.batch_size), "--epochs", "1",
+         "--workers", str(a.workers), "--lr", "5e-4", "--wd", "0.2", "--warmup", "10", "--precision", "amp_bf16",
+         "--logs", logs, "--name", f"oc-{int(time.time())}", "--save-frequency", "0", "--log-every-n-steps", "5",
+         "--device", a.device])
+    per_gpu = [float(x) for x in re.findall(r"([\d.]+)/s/gpu", r.stdout + r.stderr)]
+    return {"open_clip_train_seconds": seconds,
+            "open_clip_train_samples_per_s_per_gpu": statistics.median(per_gpu[1:]) if len(per_gpu) > 1 else None}
+
+
+def _tic(a, data: str, runs: str, common: list[str]) -> tuple[dict, float, float]:
+    """cumulative-all for two time steps with accumulation and gradient checkpointing, then its evaluation:
+    (the summaries, training seconds, evaluation seconds)."""
+    tic = os.path.join(runs, "cumulative-all")
+    _, t_train = _run([sys.executable, "-m", "training", "tic", "--method", "cumulative-all", "--data-dir", data, "--run-dir", tic,
+                       "--samples-per-step", str(a.tic_samples), "--max-steps", "2", "--accum-freq", "2", "--grad-checkpointing", *common])
+    _, t_eval = _run([sys.executable, "-m", "eval", "tic", "run", tic, "--data-dir", data, "--device", a.device])
+    with open(os.path.join(tic, "summary.json")) as f:
+        train_summary = json.load(f)
+    with open(os.path.join(tic, "eval", "summary.json")) as f:
+        eval_summary = json.load(f)
+    return ({"protocol": "cumulative-all", "time_steps": 2, "samples_per_step": a.tic_samples, "train_seconds": round(t_train, 1),
+             "eval_seconds": round(t_eval, 1), "train": train_summary, "eval": eval_summary}, t_train, t_eval)
 
 if __name__ == "__main__":
     main()

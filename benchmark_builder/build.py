@@ -551,13 +551,7 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
     An empty year (no candidates, no download, nothing kept) is accounted like any other.
     ``seconds`` and ``timings`` are the job's; with ``alone`` false the job built other years
     too, and the year's table shows counts only (the job's table follows the last year)."""
-    n_candidates = len({u for f in _files(layout, "candidates", [year]) for u in pio.read_parquet(f, ["uid"]).column("uid").to_pylist()})
-    status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
-    if status.num_rows != n_candidates:
-        raise RuntimeError(f"year {year}: {n_candidates} candidates but {status.num_rows} status rows: rows were lost")
-    dupes = status.num_rows - len(set(status.column("uid").to_pylist()))
-    if dupes:
-        raise RuntimeError(f"year {year}: {dupes} candidates have more than one status row")
+    n_candidates, status = _accounted_status(layout, year)
     summaries = StageSummary.from_status_table(status, order=[timestamp.STAGE, "download", dedup.STAGE, filt.STAGE, reshard.STAGE])
     if alone:
         for s in summaries:
@@ -568,15 +562,7 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
     print(StageSummary.render_all(summaries, seconds=seconds if alone else None))
     variant_dir = layout.train_shards(cfg.default_variant, year)
     sizes = pio.read_json(pio.join(variant_dir, "sizes.json"))
-    meta = pio.read_parquet(_files(layout, "metadata", [year]), ["split", "dedup_reason"])
-    meta_rows = meta.to_pylist() if meta is not None else []  # None: no pool shard holds a downloaded image
-    splits = collections.Counter(r["split"] for r in meta_rows if not r["dedup_reason"])
-    leakage = dict(collections.Counter(
-        r["dedup_reason"].partition(":")[2] for r in meta_rows if (r["dedup_reason"] or "").startswith("eval_overlap:")
-    ).most_common())
-    print(f"split: train {splits.get('train', 0)}, eval_retrieval {splits.get('eval_retrieval', 0)}, "
-          f"eval_classification {splits.get('eval_classification', 0)}"
-          + (f"; removed as evaluation overlap: {leakage}" if leakage else ""))
+    meta_rows, splits, leakage = _year_splits(layout, year)
     kept = int(sum(1 for st in status.column("status").to_pylist() if st == "kept"))
     samples = int(sum(sizes.values()))
     if not samples:
@@ -614,6 +600,31 @@ def _finish_year(cfg: BuildConfig, layout: Layout, year: int, seconds: float, ke
     pio.write_json(layout.year_manifest(year), manifest)
     return manifest
 
+
+def _accounted_status(layout: Layout, year: int) -> tuple[int, pa.Table]:
+    """(the year's distinct candidates, its status table), checked to hold one status row per candidate."""
+    n_candidates = len({u for f in _files(layout, "candidates", [year]) for u in pio.read_parquet(f, ["uid"]).column("uid").to_pylist()})
+    status = pio.read_parquet(pio.join(layout.status(year), "part-00000.parquet"))
+    if status.num_rows != n_candidates:
+        raise RuntimeError(f"year {year}: {n_candidates} candidates but {status.num_rows} status rows: rows were lost")
+    dupes = status.num_rows - len(set(status.column("uid").to_pylist()))
+    if dupes:
+        raise RuntimeError(f"year {year}: {dupes} candidates have more than one status row")
+    return n_candidates, status
+
+
+def _year_splits(layout: Layout, year: int) -> tuple[list[dict], collections.Counter, dict]:
+    """(the year's metadata rows, samples per split, samples removed as overlap per evaluation set), printed."""
+    meta = pio.read_parquet(_files(layout, "metadata", [year]), ["split", "dedup_reason"])
+    meta_rows = meta.to_pylist() if meta is not None else []  # None: no pool shard holds a downloaded image
+    splits = collections.Counter(r["split"] for r in meta_rows if not r["dedup_reason"])
+    leakage = dict(collections.Counter(
+        r["dedup_reason"].partition(":")[2] for r in meta_rows if (r["dedup_reason"] or "").startswith("eval_overlap:")
+    ).most_common())
+    print(f"split: train {splits.get('train', 0)}, eval_retrieval {splits.get('eval_retrieval', 0)}, "
+          f"eval_classification {splits.get('eval_classification', 0)}"
+          + (f"; removed as evaluation overlap: {leakage}" if leakage else ""))
+    return meta_rows, splits, leakage
 
 def _reason_counts(status: pa.Table) -> dict:
     counts = collections.Counter(

@@ -285,29 +285,7 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
     lid = annotate.LidConfig(cfg.lid, cfg.lid_model)
     years = tuple(cfg.years)
 
-    # pass 1 (metadata and tars, no image kept): every pool sample's year, split and status
-    by_year: dict[int, dict[str, dict[str, dict]]] = collections.defaultdict(lambda: collections.defaultdict(dict))
-    statuses: dict[int | None, list[dict]] = collections.defaultdict(list)
-    candidates: dict[int | None, list[dict]] = collections.defaultdict(list)
-    seen: set[str] = set()
-    from tqdm import tqdm
-
-    for shard in tqdm(shards, desc="pool shards", unit="shard", disable=len(shards) < 20):
-        rows = dc.read_pool_metadata(shard)
-        images, problem = dc.read_pool_images(shard)
-        uids = [row["uid"] for row in rows]
-        listed, best = tic.lookup(uids), tic.in_bestpool(uids)
-        for i, row in enumerate(rows):
-            if row["uid"] in seen:
-                raise InputError(f"{shard.parquet}: uid {row['uid']} is in the pool twice")
-            seen.add(row["uid"])
-            r = assign(row, tic, listed.get(row["uid"]), images.get(row["uid"]), problem, years)
-            candidates[r["year"]].append(candidate_row(r, shard, i))
-            if not r["drop"]:
-                r = {**r, **sample_row(r, images[row["uid"]], cfg, row["uid"] in best, lid)}
-                by_year[r["year"]][shard.name][r["uid"]] = r
-            statuses[r["year"]].append(status_row(r, cfg.default_variant))
-        del images
+    by_year, statuses, candidates, seen = _first_pass(cfg, shards, tic, lid, years)
 
     # pass 2: one Beam job writes every year's shards, eval sets and metadata
     for d in (layout.table("candidates"), layout.table("status"), layout.table("metadata"), layout.years_dir,
@@ -338,6 +316,35 @@ def build_from_pool(cfg: PoolBuildConfig) -> dict:
     print(f"  shards:   {pio.display(pio.join(layout.variant(cfg.default_variant), 'train'))}")
     print(f"  index:    {pio.display(index)}")
     return manifest
+
+
+def _first_pass(cfg: PoolBuildConfig, shards, tic, lid, years: tuple[int, ...]):
+    """Pass 1 (metadata and tars, no image kept): every pool sample's year, split and status.
+    Returns (kept samples by year, pool shard and uid; status rows by year; candidate rows by
+    year; the uids seen), with year None for samples outside TiC's uid files."""
+    by_year: dict[int, dict[str, dict[str, dict]]] = collections.defaultdict(lambda: collections.defaultdict(dict))
+    statuses: dict[int | None, list[dict]] = collections.defaultdict(list)
+    candidates: dict[int | None, list[dict]] = collections.defaultdict(list)
+    seen: set[str] = set()
+    from tqdm import tqdm
+
+    for shard in tqdm(shards, desc="pool shards", unit="shard", disable=len(shards) < 20):
+        rows = dc.read_pool_metadata(shard)
+        images, problem = dc.read_pool_images(shard)
+        uids = [row["uid"] for row in rows]
+        listed, best = tic.lookup(uids), tic.in_bestpool(uids)
+        for i, row in enumerate(rows):
+            if row["uid"] in seen:
+                raise InputError(f"{shard.parquet}: uid {row['uid']} is in the pool twice")
+            seen.add(row["uid"])
+            r = assign(row, tic, listed.get(row["uid"]), images.get(row["uid"]), problem, years)
+            candidates[r["year"]].append(candidate_row(r, shard, i))
+            if not r["drop"]:
+                r = {**r, **sample_row(r, images[row["uid"]], cfg, row["uid"] in best, lid)}
+                by_year[r["year"]][shard.name][r["uid"]] = r
+            statuses[r["year"]].append(status_row(r, cfg.default_variant))
+        del images
+    return by_year, statuses, candidates, seen
 
 
 def _written_variants(cfg: PoolBuildConfig) -> tuple[str, ...]:

@@ -42,6 +42,22 @@ def _evaluate(run_dir, args):
 FAMILIES = ("tic", "cil", "fomo")
 
 
+def _add_tic_args(s: argparse.ArgumentParser, name: str) -> None:
+    """The flags of ``python -m eval tic run|compare``."""
+    s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training tic")
+    add_data_args(s)
+    s.add_argument("--variant", default="basic")
+    add_device(s)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
+    s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
+    s.add_argument("--static-root", default=None,
+                   help="folder with clip_benchmark's wds_<task> sets (DataComp's 38 tasks in eval/static_tasks.yaml)")
+    s.add_argument("--draft-decode", action="store_true",
+                   help="decode JPEGs in libjpeg draft mode (faster on large images; default: exact, as clip_benchmark)")
+    if name == "compare":
+        s.add_argument("--out", default="runs/compare")
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     named = bool(argv) and argv[0] in FAMILIES
@@ -64,20 +80,7 @@ def main(argv=None) -> int:
         args = p.parse_args(argv)
         return fomo.run_command(args.command, args)
     for name in ("run", "compare"):
-        s = sub.add_parser(name)
-        s.add_argument("runs", nargs="+", metavar="RUN_DIR", help="runs of python -m training tic")
-        add_data_args(s)
-        s.add_argument("--variant", default="basic")
-        add_device(s)
-        s.add_argument("--batch-size", type=int, default=256)
-        s.add_argument("--static-tasks", default=None, help="YAML task list (default: eval/static_tasks.yaml)")
-        s.add_argument("--years", default="", help="FIRST-LAST: the benchmark's years (default: those the data dir was built for)")
-        s.add_argument("--static-root", default=None,
-                       help="folder with clip_benchmark's wds_<task> sets (DataComp's 38 tasks in eval/static_tasks.yaml)")
-        s.add_argument("--draft-decode", action="store_true",
-                       help="decode JPEGs in libjpeg draft mode (faster on large images; default: exact, as clip_benchmark)")
-        if name == "compare":
-            s.add_argument("--out", default="runs/compare")
+        _add_tic_args(sub.add_parser(name), name)
     args = p.parse_args(argv)
     from pipelines import credentials
 

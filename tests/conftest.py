@@ -17,8 +17,9 @@ import pytest  # noqa: E402
 
 def kill_when(cmd: list[str], ready, what: str, timeout: float, poll: float = 0.1, **popen) -> None:
     """Start ``cmd`` in its own session, wait until ``ready()`` holds, then SIGKILL its whole process
-    group. Fails if the command ends first or ``ready()`` does not hold within ``timeout`` s
-    (``what`` names the awaited state in that message)."""
+    group. Fails if the command ends first (also when it ended as ``ready()`` came to hold: then
+    nothing was killed) or ``ready()`` does not hold within ``timeout`` s (``what`` names the
+    awaited state in that message)."""
     import signal
     import subprocess
     import time
@@ -30,6 +31,7 @@ def kill_when(cmd: list[str], ready, what: str, timeout: float, poll: float = 0.
             assert proc.poll() is None, f"the command ended before {what}: {cmd[2:4]}"
             assert time.time() - t0 < timeout, f"no {what} after {timeout:.0f} s"
             time.sleep(poll)
+        assert proc.poll() is None, f"the command ended before it could be killed at {what}: {cmd[2:4]}"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -94,6 +96,25 @@ def write_tiny_benchmark(root: str, years=(2014, 2015, 2016, 2017, 2018), per_ye
         clip_benchmark.write_eval_set(layout.eval_set("basic", "classification", year), "classification", cls,
                                       list(names), list(templates))
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temp_files_under_basetemp(tmp_path_factory):
+    """Every temporary file of the session, in this process and in the commands it starts
+    (``tempfile`` honours ``TMPDIR``), lies under pytest's basetemp, which the retention policy
+    removes: a SIGKILLed upload's spool file or a Beam temp dir cannot pile up in /tmp."""
+    import tempfile
+
+    d = str(tmp_path_factory.mktemp("tmp"))
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = d
+    tempfile.tempdir = None
+    yield d
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@
 - imports go one way, down the layers ``pipelines`` <- ``benchmark_builder`` <- ``training`` <-
   ``eval`` <- ``bench`` (docs/architecture.md): no module imports a module of a higher layer, at
   the top of the file or inside a function;
+- no function or method longer than 60 lines (a longer one is split where a name explains the piece);
 - no ``_private`` name of one package used from another, whether imported by name
   (``from training.data import _raw_samples``) or reached through an imported module
   (``data._raw_samples``). A package is a module's directory: ``training.methods`` and
@@ -235,3 +236,35 @@ def test_the_walk_passes_a_layered_graph(tmp_path):
     edges, private_uses = graph(files)
     assert edges["training.top"] == {"pipelines.sub.leaf", "pipelines.sub", "pipelines.base"}
     assert cycles(edges) == [] and private_uses == [] and upward_imports(edges, ("pipelines", "training")) == []
+
+
+MAX_FUNCTION_LINES = 60  # issue "one house": a longer function is split where a name explains the piece
+
+
+def long_functions(files: dict[str, str], limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """``path:line name (n lines)`` of every function or method longer than ``limit`` lines, from
+    its ``def`` (decorators excluded) to its last line."""
+    out = []
+    for path in files.values():
+        with open(path) as f:
+            tree = ast.parse(f.read(), path)
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > limit:
+                    out.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    return sorted(out)
+
+
+def test_no_function_over_sixty_lines():
+    assert long_functions(module_files()) == []
+
+
+def test_the_length_walk_counts_def_to_last_line(tmp_path):
+    lines = [f"x{i} = {i}" for i in range(59)]
+    ok = "@staticmethod\ndef ok():\n" + "".join(f"    {x}\n" for x in lines)  # def + 59 lines: allowed
+    long = "class C:\n    def long(self):\n" + "".join(f"        {x}\n" for x in lines) + "        return 1\n"
+    _write(tmp_path, {"pipelines/__init__.py": "", "pipelines/a.py": ok + "\n\n" + long})
+    files = module_files(str(tmp_path), ("pipelines",))
+    # ok: lines 2-61; class C at 64, def long at 65, its 61 lines end at 125
+    assert [s.rsplit(os.sep, 1)[-1] for s in long_functions(files)] == ["a.py:65 long (61 lines)"]

@@ -67,8 +67,9 @@ class Precision:
 
 def accumulates(method: Method) -> bool:
     """Whether the method's loss is the task loss of the batch's features, which accumulation
-    reproduces over the accumulated batch."""
-    cls = type(method)
+    reproduces over the accumulated batch. A wrapper (FoMo's mixture) is judged by the method it
+    wraps, its ``inner``."""
+    cls = type(getattr(method, "inner", method))
     return cls.loss is Method.loss and cls.texts is Method.texts
 
 

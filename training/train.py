@@ -17,7 +17,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import open_clip
@@ -118,12 +118,7 @@ def train(cfg: TrainConfig, resume: bool = False, sources=None, method=None) -> 
 
 def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=None, method=None) -> dict:
     method = method if method is not None else get_method(cfg.protocol, cfg.options)
-    if sources is None:
-        steps = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir).time_steps
-        sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, steps)
-    if cfg.max_steps:
-        sources = sources[: cfg.max_steps]
-    T = len(sources)
+    sources = _run_sources(cfg, sources)
     precision = scale.Precision.resolve(cfg.precision, info.device)
     batch_size = scale.micro_batch_size(cfg.batch_size, cfg.global_batch_size, info.world_size, cfg.accum_freq)
     scale.check_accumulation(method, cfg.accum_freq)
@@ -134,119 +129,183 @@ def _train(cfg: TrainConfig, info: distributed.DistInfo, resume: bool, sources=N
         _claim_run_dir(cfg, run, sources, resume)
     distributed.barrier(info)
 
-    device = info.device
     workers = default_workers() if cfg.workers < 0 else cfg.workers
-    if not device.startswith("cuda"):
+    if not info.device.startswith("cuda"):
         torch.set_num_threads(compute_threads(cfg.threads, workers))
     _seed_everything(cfg.seed)
     loaded, model, clip_loss = _model_and_loss(cfg, info, precision)
     summary, done, state = _resume_point(cfg, run, model, method, resume)
     if info.is_main:
-        accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
-        print(f"protocol {cfg.protocol}: {T} time steps ({', '.join(s.name for s in sources)}), "
-              f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
-              f"device {device}, precision {precision.name}"
-              + ("" if device.startswith("cuda") else f", {torch.get_num_threads()} compute thread(s)"))
-    point = None  # where a resumed run continues: (step, iteration) of its checkpoint
-    if resume:
-        point = (state["step"], int(state["iteration"])) if state is not None else (max(done), math.inf) if done else (-1, math.inf)
-    runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb, resume_point=point)
+        _print_start(cfg, info, sources, batch_size, precision)
+    runlog = RunLog(cfg.run_dir, info.is_main, cfg.to_json(), cfg.wandb, resume_point=_resume_log_point(resume, state, done))
+    r = _Run(cfg, info, method, sources, run, runlog, loaded, model, clip_loss, precision, batch_size, workers)
     samples_before = sum(s["samples_seen"] for s in summary["steps"] if s["step"] in done)
-    macs_cache: dict = {}  # macs_key -> MACs of one iteration over all ranks
-
-    for t in range(T):
-        if t in done or not method.trains_at(t, T):
+    for t in range(len(sources)):
+        if t in done or not method.trains_at(t, len(sources)):
             continue
-        if not method.warm_start:
-            _seed_everything(cfg.seed + 1000 * t)
-            model.load_state_dict(load_model(cfg.model, device=device).model.state_dict())  # copy_ keeps pure_bf16's dtype
-        step_sources = method.data(t, sources)
-        budget = int(cfg.samples_per_step * method.compute_multiplier(t, T))
-        overhead = method.overhead_samples(t, budget)  # samples of extra passes, on top of the budget
-        global_batch = batch_size * info.world_size  # one micro-batch on every rank
-        step_batch = global_batch * cfg.accum_freq  # samples per optimizer step
-        iterations = max(1, math.ceil(budget / step_batch))
-        ctx = StepContext(t, T, sources, device, clip_loss, iterations)
-        ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
-        method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
-
-        optimizer = _optimizer(cfg, model)
-        start_it = 0
-        if state is not None and state["step"] == t:
-            start_it = _resume_iteration(state, run, model, optimizer, method, ctx)
-            state = None
-        ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
-        forward_model = torch.compile(ddp) if cfg.torchcompile else ddp
-        stream = _step_stream(cfg, info, loaded, step_sources, t, batch_size, workers, skip_batches=start_it * cfg.accum_freq)
-        scaler = precision.scaler()
-        backward = (lambda loss: scaler.scale(loss).backward()) if scaler else (lambda loss: loss.backward())
-        macs_per_iter = None
-        t0 = time.time()
-        logs: dict = {}
-        ids_seen = []
-        model.train()
-        it = start_it
-        batches = iter(stream)
-        progress = _progress(info, iterations, start_it, f"step {t} ({sources[t].name})")
-        while it < iterations:
-            t_iter = time.time()
-            micro = _micro_batches(batches, cfg.accum_freq, device, precision)
-            data_wait = time.time() - t_iter
-            counter = key = None
-            if macs_per_iter is None:
-                macs_per_iter, counter, key = _macs_or_counter(method, ctx, cfg, ddp, model, micro, precision, info, macs_cache)
-            lr = lr_at(t, it, steps_per_task=iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
-                       meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
-                       cooldown_steps=cfg.cooldown)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with counter or contextlib.nullcontext():
-                loss, logs = scale.iteration_backward(method, ctx, forward_model, micro, precision, backward)
-            if counter is not None:
-                macs_per_iter = macs_cache[key] = counter.get_total_flops() / 2 * info.world_size
-            _apply_gradients(cfg, model, optimizer, scaler)
-            if cfg.log_ids:
-                ids_seen.extend(m[2] for m in micro)
-            it += 1
-            loss_value = float(loss.detach())
-            progress.update(1)
-            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
-            seconds_it = max(time.time() - t_iter, 1e-9)
-            runlog.log({"step": t, "name": sources[t].name, "iteration": it, "samples": samples_before + it * step_batch,
-                        "loss": loss_value, **{k: float(v) for k, v in logs.items()}, "lr": lr,
-                        **_speed(step_batch, seconds_it, data_wait, info.world_size),
-                        "logit_scale": float(model.logit_scale.detach().float().exp())})
-            if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < iterations:
-                runlog.flush()  # first: the rows up to the checkpoint a resume starts from
-                run.save_latest(ckpt.state(model, optimizer, method, t, it, cfg, sources[t].name))
-        progress.close()
-        n_extra = max(1, math.ceil(overhead / global_batch)) if overhead else 0
-        end_macs = _end_step(method, ctx, model, batches, n_extra, precision) * info.world_size
-        seconds = time.time() - t0
-        if cfg.log_ids:
-            run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
-        samples = iterations * step_batch  # samples of gradient steps; extra passes are overhead_samples
-        row = {
-            "step": t, "name": sources[t].name, "iterations": iterations, "samples_seen": samples,
-            "overhead_samples": n_extra * global_batch, "overhead_macs": end_macs,
-            "macs": (macs_per_iter or 0) * iterations + end_macs,
-            "data": {s.name: round(s.expected_size) for s in step_sources}, "seconds": round(seconds, 2),
-            "samples_per_s": round((iterations - start_it) * step_batch / max(seconds, 1e-9), 1),
-            "final_loss": {k: round(v, 4) for k, v in logs.items()},
-        }
-        summary["steps"] = [s for s in summary["steps"] if s["step"] != t] + [row]
-        samples_before += samples
-        if info.is_main:
-            runlog.flush()
-            run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, sources[t].name, final=True))
-            run.write_summary(summary)
-        distributed.barrier(info)
-        del stream, batches
+        samples_before, state = _train_step(r, t, state, summary, samples_before)
     runlog.close()
     if info.is_main:
         _finish_run(cfg, run, summary)
     return summary
+
+
+@dataclass
+class _Run:
+    """What every time step of one run shares."""
+    cfg: TrainConfig
+    info: distributed.DistInfo
+    method: object
+    sources: list
+    run: ckpt.RunDir
+    runlog: RunLog
+    loaded: object  # the model spec: its transforms, tokenizer and image size
+    model: torch.nn.Module
+    clip_loss: object
+    precision: scale.Precision
+    batch_size: int  # micro-batch size per rank
+    workers: int
+    macs_cache: dict = field(default_factory=dict)  # macs_key -> MACs of one iteration over all ranks
+
+
+@dataclass
+class _Step:
+    """One time step's training state."""
+    t: int
+    ctx: StepContext
+    optimizer: torch.optim.Optimizer
+    ddp: torch.nn.Module  # the model, wrapped in DistributedDataParallel when distributed
+    forward_model: torch.nn.Module  # ddp, compiled with --torchcompile
+    scaler: object
+    batches: object  # this rank's batch iterator
+    iterations: int
+    step_batch: int  # samples per optimizer step over all ranks
+    samples_before: int  # samples seen by the run before this step
+
+
+def _run_sources(cfg: TrainConfig, sources) -> list:
+    """The run's tasks: ``sources`` when given, else the benchmark's time steps; the first ``max_steps``."""
+    if sources is None:
+        steps = resolve_spec(cfg.benchmark, cfg.years, cfg.time_steps, cfg.data_dir).time_steps
+        sources = time_step_sources(cfg.data_dir, cfg.variant, cfg.benchmark, steps)
+    return sources[: cfg.max_steps] if cfg.max_steps else sources
+
+
+def _print_start(cfg: TrainConfig, info: distributed.DistInfo, sources, batch_size: int, precision) -> None:
+    accum = f" x {cfg.accum_freq} accumulated" if cfg.accum_freq > 1 else ""
+    print(f"protocol {cfg.protocol}: {len(sources)} time steps ({', '.join(s.name for s in sources)}), "
+          f"{cfg.samples_per_step} samples per step, batch {batch_size} x {info.world_size} ranks{accum}, "
+          f"device {info.device}, precision {precision.name}"
+          + ("" if info.device.startswith("cuda") else f", {torch.get_num_threads()} compute thread(s)"))
+
+
+def _resume_log_point(resume: bool, state: dict | None, done: set) -> tuple | None:
+    """Where a resumed run continues: (step, iteration) of its checkpoint; None for a fresh run."""
+    if not resume:
+        return None
+    return (state["step"], int(state["iteration"])) if state is not None else (max(done), math.inf) if done else (-1, math.inf)
+
+
+def _train_step(r: _Run, t: int, state: dict | None, summary: dict, samples_before: int) -> tuple[int, dict | None]:
+    """Train time step ``t`` (from ``state``, a mid-step checkpoint of it, when it is one), run the
+    method's end of step, put the step's row into ``summary`` and save the step's checkpoint.
+    Returns (samples seen before the next step, the mid-step state not used yet)."""
+    cfg, info, model, method, T = r.cfg, r.info, r.model, r.method, len(r.sources)
+    if not method.warm_start:
+        _seed_everything(cfg.seed + 1000 * t)
+        model.load_state_dict(load_model(cfg.model, device=info.device).model.state_dict())  # copy_ keeps pure_bf16's dtype
+    step_sources = method.data(t, r.sources)
+    budget = int(cfg.samples_per_step * method.compute_multiplier(t, T))
+    overhead = method.overhead_samples(t, budget)  # samples of extra passes, on top of the budget
+    global_batch = r.batch_size * info.world_size  # one micro-batch on every rank
+    step_batch = global_batch * cfg.accum_freq  # samples per optimizer step
+    iterations = max(1, math.ceil(budget / step_batch))
+    ctx = StepContext(t, T, r.sources, info.device, r.clip_loss, iterations)
+    ctx.prev_model = frozen_copy(model) if method.needs_prev_model and t > 0 and method.warm_start else None
+    method.begin_step(ctx, model)  # before the optimizer: a method may freeze or add parameters
+
+    optimizer = _optimizer(cfg, model)
+    start_it = 0
+    if state is not None and state["step"] == t:
+        start_it = _resume_iteration(state, r.run, model, optimizer, method, ctx)
+        state = None
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if info.distributed else model
+    forward_model = torch.compile(ddp) if cfg.torchcompile else ddp
+    stream = _step_stream(cfg, info, r.loaded, step_sources, t, r.batch_size, r.workers, skip_batches=start_it * cfg.accum_freq)
+    scaler = r.precision.scaler()
+    t0 = time.time()
+    model.train()
+    batches = iter(stream)
+    step = _Step(t, ctx, optimizer, ddp, forward_model, scaler, batches, iterations, step_batch, samples_before)
+    macs_per_iter, logs, ids_seen = _iterate(r, step, start_it)
+    n_extra = max(1, math.ceil(overhead / global_batch)) if overhead else 0
+    end_macs = _end_step(method, ctx, model, batches, n_extra, r.precision) * info.world_size
+    seconds = time.time() - t0
+    if cfg.log_ids:
+        r.run.save_ids(t, info.rank, torch.cat(ids_seen) if ids_seen else torch.empty(0, dtype=torch.int64), model)
+    samples = iterations * step_batch  # samples of gradient steps; extra passes are overhead_samples
+    row = {
+        "step": t, "name": r.sources[t].name, "iterations": iterations, "samples_seen": samples,
+        "overhead_samples": n_extra * global_batch, "overhead_macs": end_macs,
+        "macs": (macs_per_iter or 0) * iterations + end_macs,
+        "data": {s.name: round(s.expected_size) for s in step_sources}, "seconds": round(seconds, 2),
+        "samples_per_s": round((iterations - start_it) * step_batch / max(seconds, 1e-9), 1),
+        "final_loss": {k: round(v, 4) for k, v in logs.items()},
+    }
+    summary["steps"] = [s for s in summary["steps"] if s["step"] != t] + [row]
+    if info.is_main:
+        r.runlog.flush()
+        r.run.save_step(t, ckpt.state(model, optimizer, method, t, iterations, cfg, r.sources[t].name, final=True))
+        r.run.write_summary(summary)
+    distributed.barrier(info)
+    return samples_before + samples, state
+
+
+def _iterate(r: _Run, s: _Step, start_it: int) -> tuple[float | None, dict, list]:
+    """The step's gradient steps from iteration ``start_it`` on, with their run-log rows and
+    periodic checkpoints. Returns (MACs of one iteration over all ranks, the last iteration's
+    loss terms, the sample ids trained on with --log-ids)."""
+    cfg, info, model, method, T = r.cfg, r.info, r.model, r.method, len(r.sources)
+    backward = (lambda loss: s.scaler.scale(loss).backward()) if s.scaler else (lambda loss: loss.backward())
+    macs_per_iter = None
+    logs: dict = {}
+    ids_seen = []
+    it = start_it
+    progress = _progress(info, s.iterations, start_it, f"step {s.t} ({r.sources[s.t].name})")
+    while it < s.iterations:
+        t_iter = time.time()
+        micro = _micro_batches(s.batches, cfg.accum_freq, info.device, r.precision)
+        data_wait = time.time() - t_iter
+        counter = key = None
+        if macs_per_iter is None:
+            macs_per_iter, counter, key = _macs_or_counter(method, s.ctx, cfg, s.ddp, model, micro, r.precision, info, r.macs_cache)
+        lr = lr_at(s.t, it, steps_per_task=s.iterations, base_lr=cfg.lr, n_tasks=T, schedule=cfg.schedule,
+                   meta=cfg.meta_schedule, warmup_steps=cfg.warmup_later, first_task_warmup_steps=cfg.warmup,
+                   cooldown_steps=cfg.cooldown)
+        for g in s.optimizer.param_groups:
+            g["lr"] = lr
+        s.optimizer.zero_grad(set_to_none=True)
+        with counter or contextlib.nullcontext():
+            loss, logs = scale.iteration_backward(method, s.ctx, s.forward_model, micro, r.precision, backward)
+        if counter is not None:
+            macs_per_iter = r.macs_cache[key] = counter.get_total_flops() / 2 * info.world_size
+        _apply_gradients(cfg, model, s.optimizer, s.scaler)
+        if cfg.log_ids:
+            ids_seen.extend(m[2] for m in micro)
+        it += 1
+        loss_value = float(loss.detach())
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
+        seconds_it = max(time.time() - t_iter, 1e-9)
+        r.runlog.log({"step": s.t, "name": r.sources[s.t].name, "iteration": it, "samples": s.samples_before + it * s.step_batch,
+                      "loss": loss_value, **{k: float(v) for k, v in logs.items()}, "lr": lr,
+                      **_speed(s.step_batch, seconds_it, data_wait, info.world_size),
+                      "logit_scale": float(model.logit_scale.detach().float().exp())})
+        if info.is_main and cfg.checkpoint_every and it % cfg.checkpoint_every == 0 and it < s.iterations:
+            r.runlog.flush()  # first: the rows up to the checkpoint a resume starts from
+            r.run.save_latest(ckpt.state(model, s.optimizer, method, s.t, it, cfg, r.sources[s.t].name))
+    progress.close()
+    return macs_per_iter, logs, ids_seen
 
 
 def _step_stream(cfg: TrainConfig, info: distributed.DistInfo, loaded, step_sources, t: int, batch_size: int,

@@ -105,6 +105,26 @@ def generate_pool(out_dir: str, cfg: FixtureConfig = FixtureConfig()) -> dict:
             "bestpool_uids": pio.join(out_dir, "bestpool.npy"), "years": list(YEARS)}
     if pio.exists(marker) and pio.read_json(marker).get("config") == info["config"]:
         return pio.read_json(marker)
+    samples, listed_only = _fixture_samples(cfg)
+    pool = sorted(samples, key=lambda s: s["uid"])  # the pool: uid order, img2dataset keys, one parquet per tar
+    for i in range(0, len(pool), cfg.shard_size):
+        _write_pool_shard(out_dir, i // cfg.shard_size, pool[i:i + cfg.shard_size])
+    everything = samples + listed_only
+    _write_tic_files(info["tic_uids"], samples, everything)
+    best = [s["uid"] for s in everything if s["role"] == "train" and int(s["uid"], 16) % 2 == 0]
+    pio.write_bytes(info["bestpool_uids"], _npy(best))
+    in_pool = {s["uid"] for s in samples}
+    truth = {s["uid"]: {k: s.get(k) for k in ("year", "month", "role", "kind", "object", "download", "copies")}
+             | {"in_pool": s["uid"] in in_pool, "synset": DATACOMPNET_SYNSETS.get(s["object"]) if s["role"] == "datacompnet" else None}
+             for s in everything}
+    pio.write_json(pio.join(out_dir, "ground_truth.json"), truth)
+    info.update(pool_samples=len(pool), shards=(len(pool) + cfg.shard_size - 1) // cfg.shard_size)
+    pio.write_json(marker, info)
+    return info
+
+
+def _fixture_samples(cfg: FixtureConfig) -> tuple[list[dict], list[dict]]:
+    """(the pool's samples of every year, the samples listed in the uid files but missing from the pool)."""
     samples, listed_only = [], []
     sid = 0
     dcnet_objects = [i for i, o in enumerate(OBJECTS) if o.name in DATACOMPNET_SYNSETS]
@@ -126,35 +146,38 @@ def generate_pool(out_dir: str, cfg: FixtureConfig = FixtureConfig()) -> dict:
             samples.append(_sample(cfg, sid, y, "unlisted", "normal", r)); sid += 1
         missing = _sample(cfg, sid, y, "train", "normal", r); sid += 1
         listed_only.append(missing)
-    # the pool: uid order, img2dataset keys, one parquet per tar
-    pool = sorted(samples, key=lambda s: s["uid"])
-    for i in range(0, len(pool), cfg.shard_size):
-        shard_id = i // cfg.shard_size
-        chunk = pool[i:i + cfg.shard_size]
-        rows, tar_samples = [], []
-        for j, s in enumerate(chunk):
-            key = f"{shard_id:08d}{j:04d}"
-            ok = s.get("download") is None
-            rows.append({"uid": s["uid"], "url": s["url"], "text": s["text"], "original_width": s["original_width"] if ok else None,
-                         "original_height": s["original_height"] if ok else None, "sha256": s["sha256"] if ok else None,
-                         "clip_b32_similarity_score": s["clip_b32_similarity_score"], "clip_l14_similarity_score": s["clip_l14_similarity_score"],
-                         "face_bboxes": s["face_bboxes"], "key": key, "status": "success" if ok else s["download"],
-                         "error_message": None if ok else "HTTP Error 404: Not Found",
-                         "width": s["width"] if ok else None, "height": s["height"] if ok else None})
-            if ok:
-                meta = {k: v for k, v in rows[-1].items() if k not in ("status", "error_message")}
-                tar_samples.append({"key": key, "jpg": s["jpg"], "txt": s["text"], "json": {**meta, "status": "success"}})
-        pio.write_bytes(pio.join(out_dir, "pool", f"{shard_id:08d}.tar"), tar_bytes(tar_samples))
-        table = pa.Table.from_pylist(rows, schema=pa.schema([
-            ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("original_width", pa.int64()),
-            ("original_height", pa.int64()), ("sha256", pa.string()), ("clip_b32_similarity_score", pa.float64()),
-            ("clip_l14_similarity_score", pa.float64()), ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
-            ("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int64()),
-            ("height", pa.int64())]))
-        pio.write_parquet(pio.join(out_dir, "pool", f"{shard_id:08d}.parquet"), table)
-    # TiC's released files
-    tic = info["tic_uids"]
-    everything = samples + listed_only
+    return samples, listed_only
+
+
+_POOL_SCHEMA = pa.schema([
+    ("uid", pa.string()), ("url", pa.string()), ("text", pa.string()), ("original_width", pa.int64()),
+    ("original_height", pa.int64()), ("sha256", pa.string()), ("clip_b32_similarity_score", pa.float64()),
+    ("clip_l14_similarity_score", pa.float64()), ("face_bboxes", pa.list_(pa.list_(pa.float64()))),
+    ("key", pa.string()), ("status", pa.string()), ("error_message", pa.string()), ("width", pa.int64()),
+    ("height", pa.int64())])
+
+
+def _write_pool_shard(out_dir: str, shard_id: int, chunk: list[dict]) -> None:
+    """One pool tar (the downloaded samples) and its parquet (every sample, with its download status)."""
+    rows, tar_samples = [], []
+    for j, s in enumerate(chunk):
+        key = f"{shard_id:08d}{j:04d}"
+        ok = s.get("download") is None
+        rows.append({"uid": s["uid"], "url": s["url"], "text": s["text"], "original_width": s["original_width"] if ok else None,
+                     "original_height": s["original_height"] if ok else None, "sha256": s["sha256"] if ok else None,
+                     "clip_b32_similarity_score": s["clip_b32_similarity_score"], "clip_l14_similarity_score": s["clip_l14_similarity_score"],
+                     "face_bboxes": s["face_bboxes"], "key": key, "status": "success" if ok else s["download"],
+                     "error_message": None if ok else "HTTP Error 404: Not Found",
+                     "width": s["width"] if ok else None, "height": s["height"] if ok else None})
+        if ok:
+            meta = {k: v for k, v in rows[-1].items() if k not in ("status", "error_message")}
+            tar_samples.append({"key": key, "jpg": s["jpg"], "txt": s["text"], "json": {**meta, "status": "success"}})
+    pio.write_bytes(pio.join(out_dir, "pool", f"{shard_id:08d}.tar"), tar_bytes(tar_samples))
+    pio.write_parquet(pio.join(out_dir, "pool", f"{shard_id:08d}.parquet"), pa.Table.from_pylist(rows, schema=_POOL_SCHEMA))
+
+
+def _write_tic_files(tic: str, samples: list[dict], everything: list[dict]) -> None:
+    """TiC's released files: yearly and monthly training uids, retrieval and DataCompNet uids per year."""
     sizes, months_by_year = {}, {}
     for y in YEARS:
         train = [s["uid"] for s in everything if s["year"] == y and s["role"] == "train" for _ in range(s.get("copies", 1))]
@@ -181,13 +204,3 @@ def generate_pool(out_dir: str, cfg: FixtureConfig = FixtureConfig()) -> dict:
             dcnet.setdefault(s["year"], {}).setdefault(DATACOMPNET_SYNSETS[s["object"]], []).append(s["uid"])
     pio.write_bytes(pio.join(tic, "tic-datacomp_retrieval_evals_year2uids.pkl"), pickle.dumps(retrieval, protocol=4))
     pio.write_bytes(pio.join(tic, "tic-datacompnet_year2uids.pkl"), pickle.dumps(dcnet, protocol=4))
-    best = [s["uid"] for s in everything if s["role"] == "train" and int(s["uid"], 16) % 2 == 0]
-    pio.write_bytes(info["bestpool_uids"], _npy(best))
-    in_pool = {s["uid"] for s in samples}
-    truth = {s["uid"]: {k: s.get(k) for k in ("year", "month", "role", "kind", "object", "download", "copies")}
-             | {"in_pool": s["uid"] in in_pool, "synset": DATACOMPNET_SYNSETS.get(s["object"]) if s["role"] == "datacompnet" else None}
-             for s in everything}
-    pio.write_json(pio.join(out_dir, "ground_truth.json"), truth)
-    info.update(pool_samples=len(pool), shards=(len(pool) + cfg.shard_size - 1) // cfg.shard_size)
-    pio.write_json(marker, info)
-    return info

@@ -201,6 +201,22 @@ def load_store(web_dir: str) -> dict[tuple, memoryview]:
 
 # ---------------------------------------------------------------- serving
 
+_CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}
+_ROBOTS_TAGS = {"noai": "noai", "noimageai": "noindex, noimageai", "noai_other_agent": "otherbot: noai"}
+
+
+def _image_answer(body: bytes, row: dict) -> tuple[bytes, str, list]:
+    """(body, content type, extra headers) of a 200 answer with the image ``body`` of ``row``:
+    cut or corrupted, or with an X-Robots-Tag, as the row's fault says."""
+    fault = row["fault"]
+    if fault == "truncated":
+        body = body[: len(body) * 2 // 5]
+    elif fault == "corrupt":
+        body = body[:20] + bytes((b * 7 + 13) & 0xFF for b in body[20:600])
+    headers = [("X-Robots-Tag", _ROBOTS_TAGS[fault])] if fault in _ROBOTS_TAGS else []
+    return body, _CONTENT_TYPES[row["format"]], headers
+
+
 class SyntheticWebServer:
     def __init__(self, web_dir: str, port: int | None = None, subprocess: bool = False, workers: int = 4,
                  years=None):
@@ -289,19 +305,7 @@ class SyntheticWebServer:
                     return self._stall()
                 if fault == "too_large":
                     return self._send(200, server.body(TOO_LARGE), "image/png")
-                body = server.body(body_key(row))
-                ctype = {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp", "gif": "image/gif"}[row["format"]]
-                headers = []
-                if fault == "truncated":
-                    body = body[: len(body) * 2 // 5]
-                elif fault == "corrupt":
-                    body = body[:20] + bytes((b * 7 + 13) & 0xFF for b in body[20:600])
-                elif fault == "noai":
-                    headers.append(("X-Robots-Tag", "noai"))
-                elif fault == "noimageai":
-                    headers.append(("X-Robots-Tag", "noindex, noimageai"))
-                elif fault == "noai_other_agent":
-                    headers.append(("X-Robots-Tag", "otherbot: noai"))
+                body, ctype, headers = _image_answer(server.body(body_key(row)), row)
                 try:
                     self._send(200, body, ctype, headers)
                 except (BrokenPipeError, ConnectionResetError):

@@ -406,12 +406,7 @@ class _Reader:
             offset = s.offset_at(start)
             he = self._header_end(start)
             if he is None:
-                s.fill(start + 5)
-                looks_warc = b"WARC/".startswith(s.get(start, min(s.end, start + 5)))
-                if s.end - start < MAX_HEADER_BYTES and looks_warc:
-                    yield self._error_at_end(offset, None, "truncated_archive", f"the data ends inside the headers of the record at {offset}")
-                else:
-                    yield RecordError(offset, "malformed_record", f"no WARC record header at {offset}")
+                yield self._no_header(start, offset)
                 pos = self._resync(start + 1)
                 continue
             hend, sep = he
@@ -435,35 +430,52 @@ class _Reader:
                 if not complete and s.brk is not None:
                     s.resume()  # the same event: already reported
                 continue
-            if not s.fill(body + n):
-                yield self._error_at_end(offset, rid, "truncated_archive", f"the data ends inside the record at {offset}")
-                pos = self._resync(start + 1)
-                continue
-            if not self._trailer_ok(body + n):
-                yield RecordError(offset, "malformed_record", f"record at {offset} is followed by bytes that are not a "
-                                  "WARC record (wrong Content-Length?)", rid)
-                pos = self._resync(start + 1)
-                continue
-            if s.brk is not None and s.brk.offset == offset and s.end <= body + n + 21:
-                # the record's own gzip member is corrupt or cut after its data: its checksum failed
-                yield self._error_at_end(offset, rid, "malformed_record", "")
+            err = self._incomplete(offset, rid, body, n)
+            if err is not None:
+                yield err
                 pos = self._resync(start + 1)
                 continue
             pos = body + n
             wtype = low.get("warc-type", "").strip().lower()
-            if wtype not in self.wanted:
-                continue
-            rec = Record(offset=offset, warc_type=wtype, record_id=rid, target_uri=low.get("warc-target-uri"),
-                         date=parse_warc_date(low.get("warc-date")), headers=dict(headers))
-            block = s.get(body, body + n)
-            if wtype == "response":
-                http = _parse_http(block)
-                if http is None:
-                    rec.http_ok = False
-                else:
-                    rec.http_status, rec.http_headers, block = http
-            rec.payload = block
-            yield rec
+            if wtype in self.wanted:
+                yield self._record(offset, wtype, rid, low, headers, body, n)
+
+    def _no_header(self, start: int, offset: int) -> RecordError:
+        """The error for data at ``start`` where no record header ends: a cut archive if it looks like one."""
+        s = self.s
+        s.fill(start + 5)
+        looks_warc = b"WARC/".startswith(s.get(start, min(s.end, start + 5)))
+        if s.end - start < MAX_HEADER_BYTES and looks_warc:
+            return self._error_at_end(offset, None, "truncated_archive", f"the data ends inside the headers of the record at {offset}")
+        return RecordError(offset, "malformed_record", f"no WARC record header at {offset}")
+
+    def _incomplete(self, offset: int, rid: str | None, body: int, n: int) -> RecordError | None:
+        """The error of a record whose ``n`` content bytes at ``body`` are cut, followed by bytes that are
+        not a record, or inside a gzip member that failed its checksum; None for a whole record."""
+        s = self.s
+        if not s.fill(body + n):
+            return self._error_at_end(offset, rid, "truncated_archive", f"the data ends inside the record at {offset}")
+        if not self._trailer_ok(body + n):
+            return RecordError(offset, "malformed_record", f"record at {offset} is followed by bytes that are not a "
+                               "WARC record (wrong Content-Length?)", rid)
+        if s.brk is not None and s.brk.offset == offset and s.end <= body + n + 21:
+            # the record's own gzip member is corrupt or cut after its data: its checksum failed
+            return self._error_at_end(offset, rid, "malformed_record", "")
+        return None
+
+    def _record(self, offset: int, wtype: str, rid: str | None, low: dict, headers, body: int, n: int) -> Record:
+        """The record of type ``wtype`` with its ``n`` content bytes at ``body`` (a response's HTTP head parsed)."""
+        rec = Record(offset=offset, warc_type=wtype, record_id=rid, target_uri=low.get("warc-target-uri"),
+                     date=parse_warc_date(low.get("warc-date")), headers=dict(headers))
+        block = self.s.get(body, body + n)
+        if wtype == "response":
+            http = _parse_http(block)
+            if http is None:
+                rec.http_ok = False
+            else:
+                rec.http_status, rec.http_headers, block = http
+        rec.payload = block
+        return rec
 
 
 def iter_records(path: str, types: tuple[str, ...] = ("response", "metadata", "warcinfo"),

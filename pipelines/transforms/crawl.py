@@ -220,13 +220,9 @@ def crawl_file(path: str, source_root: str | None = None, max_record_bytes: int 
     crawl_id = crawl_id_of(path)
     n_total, years = 0, set()
 
-    def file_year():
-        m = re.search(r"CC-MAIN-(\d{4})", crawl_id)
-        return min(years) if years else (int(m.group(1)) if m else None)
-
     def _status(offset, record_id, reason):
         return {"source": source, "record_offset": offset, "record_id": record_id, "status": "error", "reason": reason,
-                "n_candidates": 0, "year": file_year()}
+                "n_candidates": 0, "year": _file_year(crawl_id, years)}
 
     records = iter_records(path, max_record_bytes=max_record_bytes, max_member_bytes=max_member_bytes)
     offset = None
@@ -268,12 +264,20 @@ def crawl_file(path: str, source_root: str | None = None, max_record_bytes: int 
         for url, text in images:
             n_total += 1
             years.add(when.year)
-            yield "candidate", {
-                "uid": make_uid(url, text), "url": url, "text": text, "page_url": page_norm, "crawl_id": crawl_id,
-                "crawl_time": when, "source": source, "record_offset": rec.offset, "year": when.year, "month": when.month,
-            }
+            yield "candidate", _candidate_row(url, text, page_norm, crawl_id, when, source, rec.offset)
     yield "status", {"source": source, "record_offset": None, "record_id": None, "status": "ok", "reason": None,
-                     "n_candidates": n_total, "year": file_year()}
+                     "n_candidates": n_total, "year": _file_year(crawl_id, years)}
+
+
+def _file_year(crawl_id: str, years: set) -> int | None:
+    """A file's year: its earliest candidate's, else its crawl's (CC-MAIN-YYYY-..), else None."""
+    m = re.search(r"CC-MAIN-(\d{4})", crawl_id)
+    return min(years) if years else (int(m.group(1)) if m else None)
+
+
+def _candidate_row(url: str, text, page_norm, crawl_id: str, when, source: str, offset: int) -> dict:
+    return {"uid": make_uid(url, text), "url": url, "text": text, "page_url": page_norm, "crawl_id": crawl_id,
+            "crawl_time": when, "source": source, "record_offset": offset, "year": when.year, "month": when.month}
 
 
 TABLE_FORMATS = {m.NAME: m.read_file for m in (yfcc, redcaps, urllist)}

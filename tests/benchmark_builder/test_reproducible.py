@@ -17,7 +17,6 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from benchmark_builder.synthetic_web import SyntheticWebServer, WebConfig, gener
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.options import RunnerConfig
+from tests.conftest import kill_when
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 YEAR = 2015  # builds 2014 and 2015
@@ -154,14 +154,9 @@ def test_sigkill_mid_build_beside_cpu_hogs_then_resume_gives_identical_bytes(col
            "--eval-retrieval-size", str(SMALL["eval_retrieval_size"]),
            "--eval-classification-size", str(SMALL["eval_classification_size"])]
     with cpu_hogs():
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         pool = data / "tic-datacomp" / "pool" / "year=2014" / "shards"
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None and not (pool.exists() and any(pool.glob("*.tar"))):
-            time.sleep(0.05)
-        assert pool.exists() and proc.poll() is None, "build never reached 2014's download stage"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_when(cmd, lambda: pool.exists() and any(pool.glob("*.tar")), "2014's download stage (a pool shard)", 300,
+                  poll=0.05, cwd=REPO)
         assert not (data / "tic-datacomp" / "years" / "2014.json").exists()
         subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     assert_same_tree(pio.local_path(ref.root), str(data / "tic-datacomp"))

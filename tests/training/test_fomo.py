@@ -153,7 +153,6 @@ def test_model_based_orders(synthetic_index, order):
         assert accs == sorted(accs)  # hard to easy
 
 
-@pytest.mark.slow
 def test_recipe_trains_and_evaluates(tiny_benchmark, tmp_path):
     from eval.fomo import evaluate_run, format_table, scatter
     from training.fomo.runner import FomoConfig, run

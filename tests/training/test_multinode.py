@@ -14,6 +14,9 @@ import time
 import pytest
 import torch
 
+# samples per time step: 20 iterations of 2 x 16, so that a node killed at step 1's first mid-step
+# checkpoint (iteration 2) dies with 18 iterations to go however fast the trainer is
+SAMPLES = 640
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -37,11 +40,40 @@ def _agents(data_dir, run_dirs, *extra, port=None):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--nproc-per-node", "1",
                "-m", "training", "--protocol", "sequential", "--data-dir", data_dir, "--run-dir", str(run_dir),
-               "--samples-per-step", "160", "--batch-size", "16", "--workers", "0", "--checkpoint-every", "2",
+               "--samples-per-step", str(SAMPLES), "--batch-size", "16", "--workers", "0", "--checkpoint-every", "2",
                "--warmup", "2", "--max-steps", "2", "--shuffle-buffer", "1", "--device", "cpu", *extra]
         procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                       start_new_session=True))
     return procs
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and every descendant, from /proc (torchrun starts its workers in sessions of their
+    own, so killing the agent's process group leaves the worker training)."""
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def _kill_node(proc) -> None:
+    """SIGKILL a node: its agent and the worker processes the agent started."""
+    for pid in _tree(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _wait(procs, timeout=300):
@@ -68,8 +100,8 @@ def test_two_nodes_disjoint_samples_identical_weights_and_resume_after_a_node_is
     for t, epoch in ((0, 144), (1, 48)):
         a = torch.load(clean / "checkpoints" / f"ids_step{t}_rank0.pt", weights_only=True)
         b = torch.load(clean / "checkpoints" / f"ids_step{t}_rank1.pt", weights_only=True)
-        assert len(a["ids"]) == len(b["ids"]) == 80  # 160 samples per step, half per node
-        n = min(80, epoch // 2)
+        assert len(a["ids"]) == len(b["ids"]) == SAMPLES // 2  # half of a step's samples per node
+        n = min(SAMPLES // 2, epoch // 2)
         assert not set(a["ids"][:n].tolist()) & set(b["ids"][:n].tolist())  # no sample read by both nodes in an epoch
         for k, v in a["state_dict"].items():
             assert torch.equal(v, b["state_dict"][k]), k
@@ -81,8 +113,8 @@ def test_two_nodes_disjoint_samples_identical_weights_and_resume_after_a_node_is
     deadline = time.time() + 240
     while time.time() < deadline and not ((killed / "checkpoints" / "step_0.pt").exists() and latest.exists()
                                           and torch.load(latest, weights_only=True)["step"] == 1):
-        time.sleep(0.05)
-    os.killpg(procs[1].pid, signal.SIGKILL)  # node 1 goes away mid-step
+        time.sleep(0.01)
+    _kill_node(procs[1])  # node 1 goes away mid-step
     codes, out = _wait(procs, timeout=120)  # node 0 notices its peer is gone and stops
     assert codes[0] != 0 and not (killed / "checkpoints" / "step_1.pt").exists(), "run finished before it could be killed"
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from pipelines.sinks import webdataset as wds
 from training.data import MixtureStream, Source, StreamConfig, sample_id, time_step_sources, uid_fraction
 from training.methods import get_method, methods
 from training.train import TrainConfig, train
+from tests.conftest import kill_when
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = dict(samples_per_step=96, batch_size=16, workers=0, buffer=32, checkpoint_every=2, warmup=2)
@@ -185,16 +184,11 @@ def test_kill_and_resume_gives_the_same_weights(tiny_benchmark, tmp_path):
     clean = tmp_path / "clean"
     _run(_cli(tiny_benchmark, clean, "lwf") + ["--max-steps", "2"])
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "training", *_cli(tiny_benchmark, killed, "lwf"), "--max-steps", "2"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = killed / "checkpoints" / "latest.pt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((killed / "checkpoints" / "step_0.pt").exists() and latest.exists()
-                                          and torch.load(latest, weights_only=True)["step"] == 1):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([sys.executable, "-m", "training", *_cli(tiny_benchmark, killed, "lwf"), "--max-steps", "2"],
+              lambda: (killed / "checkpoints" / "step_0.pt").exists() and latest.exists()
+              and torch.load(latest, weights_only=True)["step"] == 1, "checkpoint inside step 1", 300, poll=0.05,
+              cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert not (killed / "checkpoints" / "step_1.pt").exists(), "run finished before it could be killed"
     _run(_cli(tiny_benchmark, killed, "lwf") + ["--max-steps", "2", "--resume"])
     a = torch.load(clean / "checkpoints" / "step_1.pt", weights_only=True)["state_dict"]

@@ -66,16 +66,17 @@ def resolve_base(cfg: FomoConfig) -> str:
 
 
 class WithMixture:
-    """A method whose data plan is the FoMo mixture; every other hook is the method's own."""
+    """A method whose data plan is the FoMo mixture; every other hook is the method's own
+    (``inner``: the wrapped method, which class-level checks such as ``scale.accumulates`` read)."""
 
     def __init__(self, method, pool: Source | None, shares, buffer_size: int):
-        self._method, self._pool, self._shares, self._buffer = method, pool, shares, buffer_size
+        self.inner, self._pool, self._shares, self._buffer = method, pool, shares, buffer_size
 
     def data(self, t, sources):
         return mixture_sources(t, sources, self._pool, self._shares, self._buffer)
 
     def __getattr__(self, name):
-        return getattr(self._method, name)
+        return getattr(self.inner, name)
 
 
 def plan_budget(cfg: FomoConfig, base: str, methods=None) -> tuple[dict, str]:
