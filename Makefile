@@ -39,6 +39,9 @@ RUN ?= $(RUNS_ROOT)/sequential
 RUNS ?= $(RUNS_ROOT)/sequential $(RUNS_ROOT)/cumulative-all $(RUNS_ROOT)/oracle
 NPROC ?= 1
 TRAIN_ARGS ?=
+# make train/train-all without CONFIG: the LiT preset (a locked MiniLM text tower, docs/results.md), whose
+# zero-shot classification learns on the embedded web; TRAIN_MODEL=tic-tiny-32 is the trainer's own default
+TRAIN_MODEL ?= tic-lit-32
 DATASET ?= synthetic-web
 DATA ?=
 METHOD ?=
@@ -126,9 +129,9 @@ reshard: $(VENV)/.installed ## variant from a DataComp uid file or SQL: make res
 
 train: $(VENV)/.installed ## one protocol over the benchmark's time steps: make train PROTOCOL=cumulative-all [BENCHMARK=tic-yfcc] [CONFIG=configs/tic-datacomp-medium.yaml] [NPROC=2] [TRAIN_ARGS="--resume"]
 ifeq ($(NPROC),1)
-	$(PY) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(PY) -m training tic $(if $(CONFIG),--config $(CONFIG),--model $(TRAIN_MODEL)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 else
-	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training tic $(if $(CONFIG),--config $(CONFIG)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
+	$(VENV)/bin/torchrun --standalone --nproc_per_node $(NPROC) -m training tic $(if $(CONFIG),--config $(CONFIG),--model $(TRAIN_MODEL)) --protocol $(PROTOCOL) --benchmark $(BENCHMARK) --data-dir $(DATA_DIR) --variant $(VARIANT) --run-dir $(RUN_DIR) $(TRAIN_ARGS)
 endif
 
 train-all: $(VENV)/.installed ## every TiC protocol (python -m training tic --list, or PROTOCOLS=...) into runs/<protocol>, then eval + compare

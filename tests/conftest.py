@@ -5,6 +5,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# the locked text tower's caption cache (pipelines.models.locked_text) in memory only: nothing under ~/.cache
+os.environ["TIC_TEXT_CACHE"] = "none"
 # loopback only: no cloud client may probe a metadata address looking for credentials
 os.environ["NO_GCE_CHECK"] = "true"
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"

