@@ -111,9 +111,9 @@ def measure_step_cost(method_name: str, options: dict, model_spec: str, batch_si
     from training.methods.base import StepContext, frozen_copy
 
     torch.manual_seed(seed)
-    tokenizer = open_clip.get_tokenizer(load_model(model_spec, device="cpu").name)
     with PeakMemory(device) as mem:
         loaded = load_model(model_spec, device=device)
+        tokenizer = loaded.tokenizer  # the model's own (a locked text tower brings its encoder's)
         model = loaded.model.train()
         size = loaded.image_size
         images = torch.randn(batch_size, 3, size, size, device=device)
