@@ -48,15 +48,30 @@ class EWC(Method):
 
     def estimate_fisher(self, model, batches) -> dict[str, torch.Tensor]:
         """Mean over samples of squared per-sample gradients (see the module docstring), computed
-        with ``torch.func``: ``vmap`` over samples of ``grad`` of a batch-of-one loss."""
+        with ``torch.func``: ``vmap`` over samples of ``grad`` of a batch-of-one loss. The model is
+        in eval mode meanwhile: a batch-norm layer (the ResNet image tower of ``tic-lit-32``) then
+        uses its running statistics, as a sample of one has no batch statistics, and updates
+        nothing in place inside the transform; layers without train-time behaviour are unaffected."""
+        m = model.module if hasattr(model, "module") else model
+        was_training = m.training
+        m.eval()
+        try:
+            return self._fisher(m, batches)
+        finally:
+            m.train(was_training)
+
+    def _fisher(self, m, batches) -> dict[str, torch.Tensor]:
         from torch.func import functional_call, grad, vmap
 
-        m = model.module if hasattr(model, "module") else model
         named = _named(m)
         sums = {n: torch.zeros_like(p) for n, p in named}
         if not batches:
             return sums
         params = {n: p.detach() for n, p in named}
+        # a locked text tower (tic-lit-32) has no parameters: its features are constants, computed once
+        # outside the transform (it looks its outputs up by token ids, which a vmapped tensor has not)
+        text_tower = getattr(m, "text", None)
+        locked = isinstance(text_tower, torch.nn.Module) and not any(True for _ in text_tower.parameters())
         tokens = torch.cat([b[1] for b in batches])[: self.option("fisher_samples", 512)]
         images = torch.cat([b[0] for b in batches])[: len(tokens)]
         group = max(2, self.option("fisher_batch", 32))
@@ -73,9 +88,10 @@ class EWC(Method):
             at_txt = torch.arange(len(texts), device=txt_f.device)
 
             def sample_loss(p, image, text, i, r):
-                live_img, live_txt, scale = clip_features(lambda a, b: functional_call(m, p, (a, b)), image[None], text[None])
+                live_img, live_txt, scale = clip_features(lambda a, b: functional_call(m, p, (a, b)), image[None],
+                                                          None if locked else text[None])
                 img = torch.where((at_img == i)[:, None], live_img, img_f)  # only sample i's features are live
-                txt = torch.where((at_txt == r)[:, None], live_txt, txt_f)
+                txt = txt_f if locked else torch.where((at_txt == r)[:, None], live_txt, txt_f)
                 return (self.sample_losses(img, txt, scale, tok_g) * (at_img == i)).sum()
 
             with warnings.catch_warnings():  # attention has no batching rule yet: a per-sample loop there
