@@ -15,7 +15,8 @@ Every outcome is a ``FetchResult``; nothing raises out of ``Fetcher.fetch``. Rea
 
 Local images (TiC-YFCC's and TiC-RedCaps' image folders, ``--image-root``): a ``file://`` URL is
 read from disk, only under ``FetchConfig.local_root`` (``invalid_url:file_outside_image_root``
-otherwise, and for every ``file://`` URL when no root is set), with the same ``max_bytes`` cap
+otherwise, and for every ``file://`` URL when no root is set; ``invalid_url:file_path`` for a path
+with a NUL byte), with the same ``max_bytes`` cap
 (``too_large``, checked before reading); ``file_not_found``, ``unreadable_file`` (not a regular
 file, no permission). Format and decode guards are the download stage's, as for a fetched body.
 
@@ -742,6 +743,8 @@ def read_local(url: str, cfg: FetchConfig) -> FetchResult:
     import os
     import stat
 
+    if "\x00" in url:  # no file system path holds a NUL byte (realpath would raise)
+        return FetchResult(None, "invalid_url:file_path", error_message=repr(url)[:300])
     path = os.path.realpath(url[len("file://"):])
     root = os.path.realpath(cfg.local_root) if cfg.local_root else ""
     if not root or os.path.commonpath([root, path]) != root:

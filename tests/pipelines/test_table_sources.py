@@ -192,6 +192,7 @@ def test_local_image_reads_are_confined_and_capped(tmp_path):
     assert f.fetch(f"file://{root}/a").reason == "unreadable_file"
     assert f.fetch(f"file://{root}/../secret.txt").reason == "invalid_url:file_outside_image_root"
     assert Fetcher(FetchConfig()).fetch(f"file://{root}/a/ok.jpg").reason == "invalid_url:file_outside_image_root"
+    assert f.fetch("file://\x00").reason == f.fetch(f"file://{root}/a/ok\x00.jpg").reason == "invalid_url:file_path"
 
 
 def test_one_percent_held_out_is_the_first_ceil_share_in_hash_order():
