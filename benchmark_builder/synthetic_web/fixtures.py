@@ -9,8 +9,9 @@ The web behind TiC-YFCC's and TiC-RedCaps' fixtures has one year per time step
 - **TiC-YFCC**: ``yfcc15m.csv`` in YFCC15M's columns (``key``, ``dateuploaded`` as Unix seconds,
   ``title``, ``description``, ``usertags``, ``downloadurl``). The upload year is one of the step's
   years (by hash); the caption is split over title, description and usertags and written as
-  YFCC writes them: URL-quoted (``+`` for spaces), with HTML in some descriptions; about 2% of
-  the rows are uploaded in 2003 or 2015, outside TiC-YFCC, and must end as ``outside_years``.
+  YFCC writes them: URL-quoted (``+`` for spaces), with HTML in some descriptions; every fiftieth
+  of a step's other rows by crawl order (about 2% of the rows, at least one a step from eight
+  such rows on) is uploaded in 2003 or 2015, outside TiC-YFCC, and must end as ``outside_years``.
 - **TiC-RedCaps**: ``annotations/<subreddit>_<year>.json`` in RedCaps' format (``info`` and
   ``annotations``: ``image_id``, ``subreddit``, ``caption``, ``created_utc``, ``url``, ``author``,
   ``id``); years 2017..2020 by step, about 1% posted a year before their step's (2016 for the
@@ -84,9 +85,13 @@ def yfcc_rows(truth: list[dict], benchmark: str = "tic-yfcc") -> list[dict]:
     """YFCC15M's CSV rows of the web's candidates. Every tenth clean row of a time step (by crawl
     order, the same for every port) has an HTML description, and the sixth of each ten an escaped
     one, so the caption recipe is exercised whatever the URLs hash to; rows kept for that are
-    never moved outside the years."""
+    never moved outside the years. Of a step's other rows, by crawl order too, the eighth of
+    every fifty is uploaded outside TiC-YFCC's years, in 2003 or 2015 by turns (the first step's
+    first in 2003, the second step's in 2015, ...), so a fixture with eight or more such rows in
+    each step plants both years whatever the port (a URL hash deciding it planted neither in 8% of
+    the ports at 40 pairs a step)."""
     steps = get_spec(benchmark).time_steps
-    out, rank = [], collections.Counter()
+    out, rank, other = [], collections.Counter(), collections.Counter()
     for r in truth:
         k = r["year"] - FIRST_WEB_YEAR
         if not 0 <= k < len(steps):
@@ -98,7 +103,9 @@ def yfcc_rows(truth: list[dict], benchmark: str = "tic-yfcc") -> list[dict]:
             kind, rank[k] = rank[k] % 10, rank[k] + 1
         year = years[h % len(years)]
         if kind not in (0, 5):
-            year = 2003 if h % 100 == 0 else 2015 if h % 100 == 1 else year
+            if other[k] % 50 == 7:
+                year = (2003, 2015)[(k + other[k] // 50) % 2]
+            other[k] += 1
         words = r["text"].split()
         cut = max(1, len(words) - (h >> 8) % 3) if len(words) > 2 else len(words)
         title, rest = " ".join(words[:cut]), words[cut:]
