@@ -434,7 +434,9 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
     depend on another year's outputs); the steps that do (URLs and images seen before, held-out
     sets of earlier years) are keyed joins that resolve each year against the years before it,
     so every year's outputs are those of a build of that year alone after the ones before it."""
-    with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}") as opts:
+    by_year = pio.read_json(layout.candidates_marker).get("by_year", {}) if pio.exists(layout.candidates_marker) else {}
+    rows = sum(int(by_year.get(str(y), 0)) for y in years)
+    with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}", rows=rows) as opts:
         p = beam.Pipeline(options=opts)
         pool_dirs = {y: layout.pool(y) for y in years}
         stamped, downloaded, splitted = _labelled_samples(p, cfg, layout, years, earlier_years, pool_dirs, eval_refs)

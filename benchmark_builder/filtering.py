@@ -41,11 +41,8 @@ from benchmark_builder.inputs import default_input
 from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines import schema
-from pipelines.models import load_model
-from pipelines.models.encode import encode_images
 from pipelines.options import RunnerConfig, pipeline_options
 from pipelines.safe_inputs import InputError
-from pipelines.transforms import clip_score as cs
 
 CLIP_VARIANTS = ("clip_score", "image_based", "bestpool")
 DEFAULT_FILTER_MODEL = "tic-tiny-32"  # the preset the default filter model is trained from
@@ -100,6 +97,8 @@ def check_filter_model(spec: str) -> str:
     if not spec:
         raise ValueError("no filter model: pass --model (e.g. ViT-L-14:openai), or train the default first "
                          "(python -m training filter-model)")
+    from pipelines.models import load_model
+
     load_model(spec)
     return spec
 
@@ -107,6 +106,8 @@ def check_filter_model(spec: str) -> str:
 def score_job(cfg: ClipFilterConfig, layout: Layout, spec: str, files: dict[int, list[str]]) -> None:
     """The scoring job: RunInference with ``spec`` over the pool of ``files`` (year -> metadata
     files; a dry run passes their globs unexpanded), embeddings under ``layout.clip()``."""
+    from pipelines.transforms import clip_score as cs  # Beam's RunInference: imported when scoring
+
     handler = cs.ClipModelHandler(spec, cfg.device, cfg.batch_size)
     with pipeline_options(cfg.runner, job_name="tic-clip-score") as opts:
         with beam.Pipeline(options=opts) as p:
@@ -134,6 +135,8 @@ def dry_run(cfg: ClipFilterConfig, variants=CLIP_VARIANTS) -> dict:
 
 
 def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> None:
+    from pipelines.transforms import clip_score as cs  # Beam's RunInference: imported when scoring
+
     marker = layout.clip_marker
     want = {"model": spec, "years": years}
     if pio.exists(marker) and pio.read_json(marker) == want:
@@ -147,6 +150,8 @@ def score_pool(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int
 
 
 def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
+    from pipelines.models import load_model  # torch and open_clip load only when a CLIP filter runs
+
     loaded = load_model(spec, device=cfg.device)
     loaded.model.eval()
     if cfg.reference:
@@ -165,6 +170,8 @@ def reference_embeddings(cfg: ClipFilterConfig, spec: str) -> np.ndarray:
 
 
 def _embed(loaded, images, cfg) -> np.ndarray:
+    from pipelines.models.encode import encode_images
+
     return encode_images(loaded.model, images, cfg.device, cfg.batch_size).numpy()
 
 
@@ -206,6 +213,8 @@ def train_kmeans(x_pool: np.ndarray, caption_ok: np.ndarray, clusters: int, seed
 
 
 def compute_variants(cfg: ClipFilterConfig, layout: Layout, spec: str, years: list[int]) -> dict:
+    from pipelines.transforms import clip_score as cs  # Beam's RunInference: imported when scoring
+
     emb = cs.load_embeddings([f for y in years for f in pio.glob(pio.join(layout.clip(y), "*.npz"))])
     # The filters choose training data: the pool they select from (threshold quantile, k-means) is
     # the training split; held-out eval samples are scored and clustered but never selected.

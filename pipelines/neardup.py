@@ -18,6 +18,7 @@ of user-supplied evaluation sets and the scaling benchmark all run the same code
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -94,6 +95,16 @@ def parse_phash(hex_hash: str) -> int:
     return int(hex_hash, 16)
 
 
+@functools.lru_cache(maxsize=8)
+def _minhash_permutations(num_perm: int, seed: int) -> tuple[str, tuple]:
+    """The (scheme, permutations) ``MinHash(num_perm, seed)`` draws: the same for every caption,
+    drawn once (drawing them took most of a signature's time)."""
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=num_perm, seed=seed)
+    return m.scheme, m.permutations
+
+
 def caption_signature(text: str | None, cfg: NearDupConfig) -> bytes:
     """MinHash (datasketch) of the caption's word 3-shingles (words for shorter captions)."""
     words = (text or "").lower().split()
@@ -102,7 +113,8 @@ def caption_signature(text: str | None, cfg: NearDupConfig) -> bytes:
     from datasketch import MinHash
 
     shingles = {" ".join(words[i:i + 3]) for i in range(max(1, len(words) - 2))}
-    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed)
+    scheme, perms = _minhash_permutations(cfg.num_perm, cfg.seed)
+    m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, permutations=perms, scheme=scheme)
     m.update_batch([s.encode() for s in sorted(shingles)])
     return m.hashvalues.astype("<u4").tobytes()
 

@@ -177,13 +177,38 @@ def local_worker_pool() -> Iterator[str]:
         _stop(proc)
 
 
+# A local job of at least this many rows runs in worker processes, one per core (at most
+# LOCAL_MAX_WORKERS), unless --direct_running_mode or --direct_num_workers says otherwise: Beam's
+# in-process runner executes every stage but the download's thread pool on one core (measured on
+# the embedded default, 24,000 candidates on 2 cores: the job took 112.9-129.5 s in process,
+# 92.5 s in 2 worker processes, same output bytes); below it, starting the workers costs more
+# than it saves.
+LOCAL_PROCESSES_MIN_ROWS = 5000
+LOCAL_MAX_WORKERS = 4
+
+
+def local_workers(cfg: RunnerConfig, rows: int | None) -> int:
+    """Worker processes the local runner gets for a job of ``rows`` rows (1: in this process)."""
+    if cfg.runner != "DirectRunner" or cfg._has("--direct_running_mode") or cfg._has("--direct_num_workers"):
+        return 1
+    if rows is None or rows < LOCAL_PROCESSES_MIN_ROWS:
+        return 1
+    return max(1, min(LOCAL_MAX_WORKERS, os.cpu_count() or 1))
+
+
 @contextlib.contextmanager
-def pipeline_options(cfg: RunnerConfig, job_name: str | None = None) -> Iterator[PipelineOptions]:
-    """PipelineOptions for ``cfg``, with whatever local service the runner needs kept alive."""
+def pipeline_options(cfg: RunnerConfig, job_name: str | None = None, rows: int | None = None) -> Iterator[PipelineOptions]:
+    """PipelineOptions for ``cfg``, with whatever local service the runner needs kept alive.
+    ``rows``: the job's size, when known, for the local runner's choice of worker processes."""
     from apache_beam.options.pipeline_options import PipelineOptions
 
     cfg.validate()
     args = list(cfg.beam_args)
+    workers = local_workers(cfg, rows)
+    if workers > 1:
+        print(f"local runner: {workers} worker processes for {rows} rows (--direct_num_workers=1 runs in this process)",
+              flush=True)
+        args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
     if job_name and cfg.runner == "DataflowRunner" and not cfg._has("--job_name"):
         # Dataflow's job names are [-a-z0-9], a letter first (a variant name may hold '_' or '.')
         args.append(f"--job_name={re.sub(r'[^a-z0-9-]+', '-', job_name.lower()).strip('-')}")

@@ -7,6 +7,7 @@ image distinct.
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -54,14 +55,21 @@ def rng_for(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFF, *[int(k) & 0xFFFFFFFF for k in keys]])
 
 
+@functools.lru_cache(maxsize=64)
+def _year_probabilities(year: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The year's object, colour and scene distributions (the same arrays for every image of it)."""
+    pops = np.array([o.popularity(year) for o in OBJECTS]) + 1e-9
+    cw = np.array(weights([p for _, _, p in COLOURS], year))
+    sw = np.array(weights([p for _, p in SCENES], year))
+    return pops / pops.sum(), cw / cw.sum(), sw / sw.sum()
+
+
 def image_params(seed: int, image_id: int, year: int, size_kind: str = "normal") -> ImageParams:
     r = rng_for(seed, 7, image_id)
-    pops = np.array([o.popularity(year) for o in OBJECTS]) + 1e-9
-    obj = int(r.choice(len(OBJECTS), p=pops / pops.sum()))
-    cw = np.array(weights([p for _, _, p in COLOURS], year))
-    colour = int(r.choice(len(COLOURS), p=cw / cw.sum()))
-    sw = np.array(weights([p for _, p in SCENES], year))
-    scene = int(r.choice(len(SCENES), p=sw / sw.sum()))
+    p_obj, p_colour, p_scene = _year_probabilities(year)
+    obj = int(r.choice(len(OBJECTS), p=p_obj))
+    colour = int(r.choice(len(COLOURS), p=p_colour))
+    scene = int(r.choice(len(SCENES), p=p_scene))
     if size_kind == "small":
         w, h = int(r.integers(90, 190)), int(r.integers(90, 190))
     elif size_kind == "wide":
@@ -88,7 +96,7 @@ def _background(p: ImageParams, r: np.random.Generator) -> Image.Image:
     top, bottom = (np.array(c, dtype=np.float32) for c in _SCENE_COLOURS[p.scene_name])
     t = np.linspace(0, 1, p.height, dtype=np.float32)[:, None]
     column = (top * (1 - t) + bottom * t).astype(np.uint8)[:, None, :]
-    img = Image.fromarray(np.ascontiguousarray(np.broadcast_to(column, (p.height, p.width, 3))), "RGB")
+    img = Image.fromarray(column, "RGB").resize((p.width, p.height), Image.NEAREST)  # every row one colour
     if p.scene_name == "sea":
         d = ImageDraw.Draw(img)
         for y in range(int(r.integers(0, 12)), p.height, 14):
@@ -171,25 +179,30 @@ def _pattern(tex: str, w: int, h: int, r: np.random.Generator) -> Image.Image:
     if tex == "noise":
         small = (r.random((h // 3 + 1, w // 3 + 1)) > 0.85).astype(np.uint8) * 255
         return Image.fromarray(small, "L").resize((w, h), Image.NEAREST)
-    tile = _PATTERNS.get(tex)
-    if tile is None:
+    tiled = _PATTERNS.get(tex)
+    if tiled is None or tiled.width < w or tiled.height < h:
         yy, xx = np.mgrid[0:96, 0:96]
         pat = {"dots": (xx % 12 < 5) & (yy % 12 < 5), "checks": (xx // 12 + yy // 12) % 2 == 0,
                "waves": np.sin(xx / 96 * 2 * np.pi * 4 + np.sin(yy / 96 * 2 * np.pi * 2) * 2) > 0.6}[tex]
-        tile = _PATTERNS[tex] = Image.fromarray(pat.astype(np.uint8) * 255, "L")
-    out = Image.new("L", (w, h))
-    for y in range(0, h, 96):
-        for x in range(0, w, 96):
-            out.paste(tile, (x, y))
-    return out
+        reps = (-(-max(h, 1152) // 96), -(-max(w, 1152) // 96))
+        tiled = _PATTERNS[tex] = Image.fromarray(np.tile(pat.astype(np.uint8) * 255, reps), "L")
+    return tiled.crop((0, 0, w, h))  # the 96 px tile repeated from the top-left corner
 
 
 def draw(p: ImageParams) -> Image.Image:
     r = rng_for(p.noise_seed, 1)
     img = _background(p, r)
+    polys = _polygon(p)
+    colour = COLOURS[p.colour][1]
+    if p.texture_name == "plain" and p.object_name not in ("crescent", "ring"):
+        # one colour, nothing cut out: the polygons go straight onto the image (the same pixels
+        # as filling a 0/255 mask with them and pasting the colour under it)
+        d = ImageDraw.Draw(img)
+        for poly in polys:
+            d.polygon(poly, fill=colour)
+        return _add_noise(img, p, r)
     mask = Image.new("L", (p.width, p.height), 0)
     d = ImageDraw.Draw(mask)
-    polys = _polygon(p)
     if p.object_name == "crescent":
         d.polygon(polys[0], fill=255)
         d.polygon(polys[1], fill=0)
@@ -199,12 +212,18 @@ def draw(p: ImageParams) -> Image.Image:
     if p.object_name == "ring":
         inner = [(p.cx * p.width + 0.55 * (x - p.cx * p.width), p.cy * p.height + 0.55 * (y - p.cy * p.height)) for x, y in polys[0]]
         d.polygon(inner, fill=0)
-    colour = COLOURS[p.colour][1]
-    fg = Image.new("RGB", img.size, colour)
+    # masks are 0/255 only, so pasting under them is exact: the object's colour, its texture's
+    # shade over it, then the object over the background
     if p.texture_name != "plain":
-        shade = Image.new("RGB", img.size, tuple(int(c * 0.7) for c in colour))
-        fg = Image.composite(shade, fg, _pattern(p.texture_name, p.width, p.height, r))
-    img = Image.composite(fg, img, mask)
+        fg = Image.new("RGB", img.size, colour)
+        fg.paste(tuple(int(c * 0.7) for c in colour), (0, 0, p.width, p.height), _pattern(p.texture_name, p.width, p.height, r))
+        img.paste(fg, (0, 0), mask)
+    else:
+        img.paste(colour, (0, 0, p.width, p.height), mask)
+    return _add_noise(img, p, r)
+
+
+def _add_noise(img: Image.Image, p: ImageParams, r: np.random.Generator) -> Image.Image:
     noise = r.integers(120, 137, size=(p.height // 4 + 1, p.width // 4 + 1), dtype=np.uint8)
     noise = Image.fromarray(noise, "L").resize((p.width, p.height), Image.NEAREST)
     return ImageChops.add(img, Image.merge("RGB", (noise, noise, noise)), scale=1.0, offset=-128)

@@ -260,6 +260,7 @@ class SyntheticWebServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
             server_version = "synthetic-web/1.0"
+            disable_nagle_algorithm = True  # head and body are two writes: no wait for the client's delayed ACK
 
             def log_message(self, *args):
                 pass

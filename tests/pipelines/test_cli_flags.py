@@ -3,7 +3,7 @@ import pytest
 
 from benchmark_builder.__main__ import main as builder_main
 from pipelines.__main__ import main as pipelines_main
-from pipelines.options import unknown_flags
+from pipelines.options import RunnerConfig, local_workers, pipeline_options, unknown_flags
 
 
 def test_beam_options_pass_and_typos_do_not():
@@ -12,6 +12,27 @@ def test_beam_options_pass_and_typos_do_not():
     assert unknown_flags(ok) == []
     assert unknown_flags(["--direct_num_workrs=2"]) == ["--direct_num_workrs (did you mean --direct_num_workers?)"]
     assert unknown_flags(["--thread-cout", "5"], own_flags=["--thread-count"]) == ["--thread-cout (did you mean --thread-count?)"]
+
+
+def test_local_runner_uses_worker_processes_only_for_large_jobs_and_never_against_the_users_flags(monkeypatch, capsys):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    plain = RunnerConfig("DirectRunner")
+    assert [local_workers(plain, n) for n in (None, 0, 4999, 5000, 10**6)] == [1, 1, 1, 4, 4]  # at most 4 processes
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert local_workers(plain, 24000) == 2
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert local_workers(plain, 24000) == 1
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    for args in (["--direct_num_workers=1"], ["--direct_num_workers", "3"], ["--direct_running_mode=in_memory"]):
+        assert local_workers(RunnerConfig("DirectRunner", args), 10**6) == 1  # the user's choice stands
+    assert local_workers(RunnerConfig("PortableRunner"), 10**6) == 1
+    with pipeline_options(plain, rows=24000) as opts:
+        got = opts.get_all_options()
+    assert got["direct_running_mode"] == "multi_processing" and got["direct_num_workers"] == 2
+    assert "2 worker processes for 24000 rows" in capsys.readouterr().out
+    with pipeline_options(RunnerConfig("DirectRunner", ["--direct_num_workers=1"]), rows=24000) as opts:
+        got = opts.get_all_options()
+    assert got["direct_num_workers"] == 1 and got["direct_running_mode"] != "multi_processing"
 
 
 @pytest.mark.parametrize("main,argv,needle", [
