@@ -393,9 +393,23 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) != 0
 
 
+def _exit_with_parent(poll: float = 0.5) -> None:
+    """End this worker when the build that started it is gone, even SIGKILLed (it is re-parented):
+    an orphan would keep the web's port, and the re-run that resumes the build could not serve."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def main(argv=None) -> None:
     """A worker process: serve WEB_DIR on PORT (shared with the other workers), print ``ready``."""
     args = sys.argv[1:] if argv is None else argv
+    _exit_with_parent()
     server = SyntheticWebServer(args[0], int(args[1]) if len(args) > 1 else None)
     try:
         server.start()

@@ -124,6 +124,38 @@ def test_busy_port_gives_a_clear_error(web):
             SyntheticWebServer(d, subprocess=True).start()
 
 
+def test_server_workers_end_with_a_killed_build(web):
+    """A build SIGKILLed mid-download must not leave its server workers behind: they hold the web's
+    port, and the re-run that resumes the build could not serve."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from benchmark_builder.synthetic_web.server import port_is_free
+
+    d, cfg, _ = web
+    code = ("import sys, time; from benchmark_builder.synthetic_web import SyntheticWebServer; "
+            f"s = SyntheticWebServer({d!r}, subprocess=True, workers=2).start(); "
+            "print(' '.join(str(p.pid) for p in s._procs), flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert len(workers) == 2 and not port_is_free(cfg.port)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    def alive(pid):  # a zombie (not reaped yet by the init it was re-parented to) counts as gone
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (not port_is_free(cfg.port) or any(map(alive, workers))):
+        time.sleep(0.2)
+    assert port_is_free(cfg.port) and not any(map(alive, workers))
+
+
 def _draw_reference(p):
     """The procedural image drawn the plain way (a broadcast gradient, the texture tile pasted tile
     by tile, two full-size composites): the fast path in ``images.draw`` must give the same pixels."""
