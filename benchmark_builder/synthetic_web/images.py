@@ -64,12 +64,26 @@ def _year_probabilities(year: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return pops / pops.sum(), cw / cw.sum(), sw / sw.sum()
 
 
+@functools.lru_cache(maxsize=64)
+def _year_cdfs(year: int) -> tuple[np.ndarray, ...]:
+    out = []
+    for p in _year_probabilities(year):
+        cdf = p.cumsum()
+        cdf /= cdf[-1]
+        out.append(cdf)
+    return tuple(out)
+
+
+def choose(r: np.random.Generator, cdf: np.ndarray) -> int:
+    """``r.choice(len(p), p=p)`` for ``cdf`` = p's normalised cumulative sum: the same draw (one
+    uniform, searched on the right) without re-checking and re-summing ``p`` every time."""
+    return int(cdf.searchsorted(r.random(), side="right"))
+
+
 def image_params(seed: int, image_id: int, year: int, size_kind: str = "normal") -> ImageParams:
     r = rng_for(seed, 7, image_id)
-    p_obj, p_colour, p_scene = _year_probabilities(year)
-    obj = int(r.choice(len(OBJECTS), p=p_obj))
-    colour = int(r.choice(len(COLOURS), p=p_colour))
-    scene = int(r.choice(len(SCENES), p=p_scene))
+    c_obj, c_colour, c_scene = _year_cdfs(year)
+    obj, colour, scene = choose(r, c_obj), choose(r, c_colour), choose(r, c_scene)
     if size_kind == "small":
         w, h = int(r.integers(90, 190)), int(r.integers(90, 190))
     elif size_kind == "wide":

@@ -217,3 +217,15 @@ def test_drawn_images_equal_the_plain_reference_drawing():
         assert np.array_equal(np.asarray(im.draw(p)), np.asarray(_draw_reference(p))), p
     names = {n for n, _, _ in seen}
     assert {"crescent", "ring"} <= names and {t for _, t, _ in seen} == set(im.TEXTURES)
+
+
+def test_image_choices_are_numpys_weighted_choice():
+    import numpy as np
+
+    from benchmark_builder.synthetic_web import images as im
+
+    for year in range(2012, 2025):
+        for p, cdf in zip(im._year_probabilities(year), im._year_cdfs(year)):
+            for seed in range(60):
+                a, b = np.random.default_rng([seed, year]), np.random.default_rng([seed, year])
+                assert [im.choose(a, cdf) for _ in range(5)] == [int(b.choice(len(p), p=p)) for _ in range(5)]
