@@ -434,8 +434,7 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
     depend on another year's outputs); the steps that do (URLs and images seen before, held-out
     sets of earlier years) are keyed joins that resolve each year against the years before it,
     so every year's outputs are those of a build of that year alone after the ones before it."""
-    by_year = pio.read_json(layout.candidates_marker).get("by_year", {}) if pio.exists(layout.candidates_marker) else {}
-    rows = sum(int(by_year.get(str(y), 0)) for y in years)
+    rows = _candidate_count(layout, years) if cfg.runner.runner == "DirectRunner" and not cfg.runner.dry_run else None
     with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}", rows=rows) as opts:
         p = beam.Pipeline(options=opts)
         pool_dirs = {y: layout.pool(y) for y in years}
@@ -444,6 +443,13 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
         result = p.run()
         result.wait_until_finish()
     return stage_seconds(result)
+
+
+def _candidate_count(layout: Layout, years: list[int]) -> int:
+    """The crawl's candidates of ``years`` (its marker's counts): the local runner's job size."""
+    marker = layout.candidates_marker
+    by_year = pio.read_json(marker).get("by_year", {}) if pio.exists(marker) else {}
+    return sum(int(by_year.get(str(y), 0)) for y in years)
 
 
 def _labelled_samples(p, cfg: BuildConfig, layout: Layout, years: list[int], earlier_years: list[int],
