@@ -434,7 +434,7 @@ def years_pipeline_run(cfg: BuildConfig, layout: Layout, years: list[int], earli
     depend on another year's outputs); the steps that do (URLs and images seen before, held-out
     sets of earlier years) are keyed joins that resolve each year against the years before it,
     so every year's outputs are those of a build of that year alone after the ones before it."""
-    rows = _candidate_count(layout, years) if cfg.runner.runner == "DirectRunner" and not cfg.runner.dry_run else None
+    rows = _candidate_count(layout, years) if cfg.runner.picks_local_workers else None  # never a bucket read for a cluster job
     with pipeline_options(cfg.runner, job_name=f"tic-years-{years[0]}-{years[-1]}", rows=rows) as opts:
         p = beam.Pipeline(options=opts)
         pool_dirs = {y: layout.pool(y) for y in years}

@@ -52,6 +52,11 @@ class RunnerConfig:
         return any(a in ("--environment_type=EXTERNAL",) for a in self.beam_args) and not self._has("--environment_config")
 
     @property
+    def picks_local_workers(self) -> bool:
+        """Beam's local runner with no worker flags of the user's: the job's size decides (``local_workers``)."""
+        return self.runner == "DirectRunner" and not self._has("--direct_running_mode") and not self._has("--direct_num_workers")
+
+    @property
     def is_local(self) -> bool:
         return self.runner in ("DirectRunner", "PortableRunner")
 
@@ -189,9 +194,7 @@ LOCAL_MAX_WORKERS = 4
 
 def local_workers(cfg: RunnerConfig, rows: int | None) -> int:
     """Worker processes the local runner gets for a job of ``rows`` rows (1: in this process)."""
-    if cfg.runner != "DirectRunner" or cfg._has("--direct_running_mode") or cfg._has("--direct_num_workers"):
-        return 1
-    if rows is None or rows < LOCAL_PROCESSES_MIN_ROWS:
+    if not cfg.picks_local_workers or rows is None or rows < LOCAL_PROCESSES_MIN_ROWS:
         return 1
     return max(1, min(LOCAL_MAX_WORKERS, os.cpu_count() or 1))
 

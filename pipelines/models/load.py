@@ -26,9 +26,8 @@ import open_clip
 import torch
 
 from pipelines import io as pio
-from pipelines.models.errors import ModelLoadError  # noqa: F401 (raised here, defined light)
+from pipelines.models.errors import ModelLoadError
 from pipelines.models.registry import LOCKED_TEXT, PRESETS
-
 
 
 @dataclass
