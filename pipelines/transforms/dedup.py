@@ -33,6 +33,7 @@ from typing import Iterable
 import datetime as dt
 
 import apache_beam as beam
+import numpy as np
 
 from pipelines import neardup
 
@@ -184,6 +185,67 @@ def relabel_eval_overlap(row: dict, held_out: dict) -> dict:
     return {**row, "dedup_reason": f"eval_overlap:{name}"}
 
 
+class _KeyCounts:
+    """Sorted distinct LSH keys with their counts capped at 2, plus keys not yet folded in."""
+
+    def __init__(self):
+        self.keys = np.empty(0, np.uint64)
+        self.counts = np.empty(0, np.uint8)
+        self.pending: list[int] = []
+        self.chunks: list[np.ndarray] = []  # pending keys, 64k at a time, as arrays
+
+    def add(self, keys) -> None:
+        self.pending.extend(keys)
+        if len(self.pending) >= 1 << 16:
+            self.chunks.append(np.array(self.pending, np.uint64))
+            self.pending = []
+
+    def folded(self) -> "_KeyCounts":
+        if self.pending or self.chunks:
+            new = [*self.chunks, np.array(self.pending, np.uint64)]
+            self.merge(new, [np.ones(len(c), np.uint8) for c in new])
+            self.pending, self.chunks = [], []
+        return self
+
+    def merge(self, keys: list, counts: list) -> None:
+        k = np.concatenate([self.keys, *keys])
+        c = np.concatenate([self.counts, *counts]).astype(np.uint16)
+        order = np.argsort(k, kind="stable")
+        k, c = k[order], c[order]
+        starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.empty(0, np.int64)
+        self.keys = k[starts]
+        self.counts = np.minimum(np.add.reduceat(c, starts) if len(k) else c, 2).astype(np.uint8)
+
+
+class SharedKeys(beam.CombineFn):
+    """Lists of LSH keys (one list per item) -> the frozenset of keys that occur twice or more.
+
+    Each item's keys would otherwise travel once per table with the whole item (a shuffle 20
+    times the items' size, held by the local runner in one process); the partial counts are
+    compact arrays (9 bytes a distinct key), combined where the keys are computed, and only
+    the items of buckets that can match move afterwards."""
+
+    def create_accumulator(self):
+        return _KeyCounts()
+
+    def add_input(self, acc, keys):
+        acc.add(keys)
+        return acc
+
+    def merge_accumulators(self, accs):
+        accs = [a.folded() for a in accs]
+        out = _KeyCounts()
+        out.merge([a.keys for a in accs], [a.counts for a in accs])
+        return out
+
+    def compact(self, acc):
+        return acc.folded()
+
+    def extract_output(self, acc):
+        acc = acc.folded()
+        return frozenset(int(k) for k in acc.keys[acc.counts >= 2])
+
+
 class NearDedup(beam.PTransform):
     """(samples after ExactDedup, reference items of earlier years and eval sets) -> samples.
 
@@ -203,10 +265,16 @@ class NearDedup(beam.PTransform):
             | "Survivors" >> beam.Filter(lambda r: not r.get("dedup_reason"))
             | "ToItem" >> beam.Map(sample_item, cfg)
         )
+        items = (current, refs) | "AllItems" >> beam.Flatten()
+        shared = (  # the LSH keys two or more items have: the only buckets that can hold a match
+            items
+            | "ItemKeys" >> beam.Map(lambda it: neardup.band_keys(it.phash, cfg))
+            | "SharedKeys" >> beam.CombineGlobally(SharedKeys())
+        )
         resolved = (
-            (current, refs)
-            | "AllItems" >> beam.Flatten()
-            | "BandKeys" >> beam.FlatMap(lambda it: [(k, it) for k in neardup.band_keys(it.phash, cfg)])
+            items
+            | "BandKeys" >> beam.FlatMap(
+                lambda it, hot: [(k, it) for k in neardup.band_keys(it.phash, cfg) if k in hot], beam.pvalue.AsSingleton(shared))
             | "Buckets" >> beam.GroupByKey()
             | "Matches" >> beam.FlatMap(lambda kv: neardup.bucket_matches(kv[1], cfg))
             | "PerSample" >> beam.GroupByKey()

@@ -81,3 +81,32 @@ def test_beam_stage_matches_local_computation():
         out = (p | "Rows" >> beam.Create(rows), p | "Refs" >> beam.Create(refs)) | dedup.NearDedup(CFG)
         assert_that(out | beam.Map(lambda r: (r["uid"], r["dedup_reason"])), equal_to(
             [(r["uid"], nd.reason_for(want[r["uid"]]) if r["uid"] in want else None) for r in rows]))
+
+
+def test_shared_keys_are_the_keys_two_items_have_however_the_input_is_split():
+    """``SharedKeys`` (the LSH keys that can hold a match; only their items move to the bucket
+    shuffle) against a plain count, for the partial accumulators Beam's lifted combine makes
+    from any split of the input, merged in any grouping."""
+    import collections
+
+    fn = dedup.SharedKeys()
+    r = random.Random(3)
+    for n, spread in ((50, 40), (3000, 1 << 17)):  # dense (most keys shared) and sparse keys
+        lists = [[(t << 24) | r.randrange(spread) for t in range(CFG.tables)] for _ in range(n)]
+        counts = collections.Counter(k for keys in lists for k in keys)
+        want = {k for k, c in counts.items() if c >= 2}
+        assert want and len(want) < len(counts)
+        for size in (1, 7, n):
+            accs = []
+            for i in range(0, n, size):
+                acc = fn.create_accumulator()
+                for keys in lists[i:i + size]:
+                    acc = fn.add_input(acc, keys)
+                accs.append(fn.compact(acc))
+            r.shuffle(accs)
+            merged = fn.merge_accumulators([fn.merge_accumulators(accs[:len(accs) // 2]), *accs[len(accs) // 2:]])
+            assert fn.extract_output(merged) == want, (n, size)
+    assert fn.extract_output(fn.merge_accumulators([fn.create_accumulator()])) == frozenset()
+    # a key twice in one item's list counts twice, as two bucket entries do
+    acc = fn.add_input(fn.create_accumulator(), [5, 5, 6])
+    assert fn.extract_output(acc) == {5}
