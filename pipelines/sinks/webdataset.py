@@ -38,10 +38,10 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def tar_bytes(samples: Iterable[dict]) -> bytes:
-    """Samples -> tar bytes. Each sample: ``key`` plus extension -> bytes/str/dict entries."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+def write_tar(fileobj, samples: Iterable[dict]) -> None:
+    """Samples -> a tar written to ``fileobj`` as they come (one sample in memory at a time).
+    Each sample: ``key`` plus extension -> bytes/str/dict entries."""
+    with tarfile.open(fileobj=fileobj, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for s in samples:
             key = s["key"]
             for ext in sorted(k for k in s if k != "key"):
@@ -55,14 +55,22 @@ def tar_bytes(samples: Iterable[dict]) -> bytes:
                 elif isinstance(v, int):
                     v = str(v).encode()
                 _add(tar, f"{key}.{ext}", v)
+
+
+def tar_bytes(samples: Iterable[dict]) -> bytes:
+    """Samples -> tar bytes (``write_tar`` into memory)."""
+    buf = io.BytesIO()
+    write_tar(buf, samples)
     return buf.getvalue()
 
 
-def write_shard(out_dir: str, shard_id: int, samples: list[dict], stats: dict) -> str:
-    """Write one shard and its stats atomically; returns the tar path."""
+def write_shard(out_dir: str, shard_id: int, samples: Iterable[dict], stats: dict) -> str:
+    """Write one shard and its stats atomically; returns the tar path. ``samples`` may be a
+    generator: the tar is streamed to its temp file, never held whole in memory."""
     name = shard_name(shard_id)
     tar_path = pio.join(out_dir, f"{name}.tar")
-    pio.write_bytes(tar_path, tar_bytes(samples))
+    with pio.atomic_open(tar_path) as f:
+        write_tar(f, samples)
     pio.write_json(pio.join(out_dir, f"{name}_stats.json"), stats)
     return tar_path
 

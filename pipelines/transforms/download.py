@@ -147,13 +147,16 @@ def pool_status_row(row: dict, shard: str) -> dict:
     return {**schema.project(row, schema.POOL_STATUS), "pool_shard": shard}
 
 
-def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfig, fetcher: Fetcher | None = None):
-    """Download one pool shard (or read it back when a finished copy exists) -> (rows, images)."""
+def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfig, fetcher: Fetcher | None = None,
+                  with_images: bool = True):
+    """Download one pool shard (or read it back when a finished copy exists) -> (rows, images);
+    images is None with ``with_images`` false: the shard's tar holds them, and a caller that
+    reads them back later does not keep every shard's images until its bundle ends."""
     status_path, tar_path = _status_path(out_dir, shard), _tar_path(out_dir, shard)
     if pio.exists(status_path) and pio.exists(tar_path):
         table = pio.read_parquet(status_path)
         if sorted(table.column("uid").to_pylist()) == sorted(r["uid"] for r in rows):
-            images = {s["key"]: s["jpg"] for s in wds.iter_samples(tar_path)}
+            images = {s["key"]: s["jpg"] for s in wds.iter_samples(tar_path)} if with_images else None
             return table.to_pylist(), images
     rows = sorted(rows, key=lambda r: r["uid"])
     results = download_rows(rows, cfg, fetcher)
@@ -162,7 +165,7 @@ def process_shard(out_dir: str, shard: str, rows: list[dict], cfg: DownloadConfi
     samples = [pool_sample(row, images[row["uid"]]) for row, _ in results if row["uid"] in images]
     pio.write_bytes(tar_path, wds.tar_bytes(samples))  # the tar first: a status file means the shard is complete
     pio.write_parquet(status_path, table)
-    return table.to_pylist(), images  # round-tripped through the table: identical to a read-back shard
+    return table.to_pylist(), images if with_images else None  # round-tripped through the table: identical to a read-back shard
 
 
 class _DownloadShard(beam.DoFn):
@@ -183,7 +186,8 @@ class _DownloadShard(beam.DoFn):
     def process(self, element):
         (year, shard), rows = element
         mark(None, STAGE)  # busy from the first shard submitted ...
-        self.pending.append(self.shards.submit(process_shard, self.out_dirs[year], shard, list(rows), self.cfg, self.fetcher))
+        self.pending.append(self.shards.submit(process_shard, self.out_dirs[year], shard, list(rows), self.cfg, self.fetcher,
+                                              self.with_images))
 
     def finish_bundle(self):
         from concurrent.futures import as_completed

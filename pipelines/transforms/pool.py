@@ -9,7 +9,7 @@ touch each file once.
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from pipelines import io as pio
 from pipelines import schema
@@ -42,6 +42,25 @@ def images_of(rows: Iterable[dict], pool_dirs: dict) -> dict[str, bytes]:
             if s["key"] in uids:
                 out[s["key"]] = s["jpg"]
     return out
+
+
+def images_in_order(rows: list[dict], pool_dirs: dict) -> Iterator[bytes]:
+    """The jpg bytes of each of ``rows`` in order, read back from their pool shards like
+    ``images_of``, holding one pool shard's wanted images at a time: rows in uid order (a
+    variant's order) visit each pool shard once, since a year's pool shards are cut by uid."""
+    want: dict[tuple, set] = {}
+    for r in rows:
+        want.setdefault((r["year"], r["pool_shard"]), set()).add(r["uid"])
+    at, images = None, {}
+    for r in rows:
+        where = (r["year"], r["pool_shard"])
+        if where != at:
+            at, images = where, {}  # the shard before is released first
+            year, shard = where
+            for s in wds.iter_samples(pio.join(pool_dirs[year], "shards", f"{shard}.tar"), keys=("jpg",)):
+                if s["key"] in want[where]:
+                    images[s["key"]] = s["jpg"]
+        yield images[r["uid"]]
 
 
 def update_metadata(metadata_path: str, updates: dict[str, dict]) -> int:

@@ -79,11 +79,12 @@ def shard_sample(row: dict) -> dict:
 
 def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str, pool_dirs: dict | None = None) -> tuple[str, int]:
     rows = sorted(rows, key=lambda r: (r["uid"], r.get("copy") or 0))  # the variant's order: uid, then copy
-    if pool_dirs is not None:  # rows without image bytes: read them from the pool shards
-        from pipelines.transforms.pool import images_of
+    if pool_dirs is not None:  # rows without image bytes: read them from the pool shards as the tar is written
+        from pipelines.transforms.pool import images_in_order
 
-        images = images_of(rows, pool_dirs)
-        rows = [{**r, "jpg": images[r["uid"]]} for r in rows]
+        samples = (shard_sample({**r, "jpg": jpg}) for r, jpg in zip(rows, images_in_order(rows, pool_dirs)))
+    else:
+        samples = (shard_sample(r) for r in rows)
     stats = {
         "count": len(rows),
         "successes": len(rows),
@@ -92,7 +93,7 @@ def write_shard_group(out_dir: str, shard: str, rows: list[dict], variant: str, 
         "variant": variant,
         "years": sorted({r.get("year") for r in rows if r.get("year") is not None}),
     }
-    wds.write_shard(out_dir, int(shard), [shard_sample(r) for r in rows], stats)
+    wds.write_shard(out_dir, int(shard), samples, stats)
     return f"{shard}.tar", len(rows)
 
 
