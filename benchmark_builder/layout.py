@@ -63,6 +63,11 @@ class Layout:
     def partition(self, table: str, year: int) -> str:
         return join(self.table(table), f"year={year}")
 
+    def status_parts(self, year: int) -> str:
+        """``status/year=YYYY/_parts``: the job's status parts, merged into the year's one file
+        after the job (below the year's partition, so no reader of the table globs them)."""
+        return join(self.partition("status", year), "_parts")
+
     candidates = _year_partition("candidates")
     crawl_status = _year_partition("crawl_status")
     pool = _year_partition("pool")
