@@ -31,6 +31,18 @@ import pyarrow.parquet as pq
 from benchmark_builder.synthetic_web.concepts import COLOURS, FOREIGN, OBJECTS, TEMPLATES, era
 from benchmark_builder.synthetic_web.images import ImageParams, image_params, rng_for
 
+CATALOGUE_SCHEMA = pa.schema([  # catalogue.parquet: every path the server answers
+    ("path", pa.string()), ("image_id", pa.int64()), ("img_year", pa.int64()), ("size_kind", pa.string()),
+    ("format", pa.string()), ("quality", pa.int64()), ("scale", pa.float64()), ("mode", pa.string()),
+    ("fault", pa.string()), ("target", pa.string()), ("rehost_of", pa.int64()), ("rehost_kind", pa.string()),
+])
+TRUTH_SCHEMA = pa.schema([  # ground_truth.parquet: every image slot of every page
+    ("year", pa.int64()), ("page_url", pa.string()), ("url", pa.string()), ("text", pa.string()), ("lang", pa.string()),
+    ("text_kind", pa.string()), ("url_kind", pa.string()), ("concept", pa.string()), ("image_id", pa.int64()),
+    ("fault", pa.string()), ("format", pa.string()), ("rehost_of", pa.int64()), ("rehost_kind", pa.string()),
+    ("repeated_url_from", pa.int64()), ("crawl_id", pa.string()), ("crawl_time", pa.timestamp("us", tz="UTC")),
+    ("private", pa.bool_()),
+])
 SNAPSHOT_WEEKS = (4, 17, 30, 43)  # four crawl snapshots a year, as Common Crawl roughly publishes
 
 
@@ -402,8 +414,33 @@ def _same_files(old: dict, new: dict) -> bool:
     return {k: v for k, v in old.items() if k not in SERVER_ONLY} == {k: v for k, v in new.items() if k not in SERVER_ONLY}
 
 
-def generate_web(out_dir: str, cfg: WebConfig = WebConfig()) -> dict:
-    """Generate (or reuse) the synthetic web under ``out_dir``; returns ``web.json``'s content."""
+def generate_web(out_dir: str, cfg: WebConfig = WebConfig(), in_subprocess: bool = False) -> dict:
+    """Generate (or reuse) the synthetic web under ``out_dir``; returns ``web.json``'s content.
+
+    ``in_subprocess``: generate in a child process (a build does), whose memory (a year's pages
+    as Python objects, about 1 GB at 100k pairs a year) goes back to the system when it ends
+    instead of staying in the build's process for the whole job."""
+    web = _existing_web(out_dir, cfg)
+    if web is not None:
+        return web
+    if in_subprocess:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(_generate_web_child, out_dir, cfg).result()
+    return _generate_web(out_dir, cfg)
+
+
+def _generate_web_child(out_dir: str, cfg: WebConfig) -> dict:
+    from benchmark_builder.synthetic_web.server import _exit_with_parent
+
+    _exit_with_parent()  # a killed build's generation must not go on and race its re-run's
+    return _generate_web(out_dir, cfg)
+
+
+def _existing_web(out_dir: str, cfg: WebConfig) -> dict | None:
+    """``web.json`` of the web already under ``out_dir`` when it is ``cfg``'s, None when there is none."""
     manifest_path = os.path.join(out_dir, "web.json")
     if os.path.exists(manifest_path):
         with open(manifest_path) as f:
@@ -420,31 +457,37 @@ def generate_web(out_dir: str, cfg: WebConfig = WebConfig()) -> dict:
             return web
         raise ValueError(f"{out_dir} holds a synthetic web with another config ({web.get('config_hash')}); "
                          "use another --data-dir or delete it")
+    return None
+
+
+def _generate_web(out_dir: str, cfg: WebConfig) -> dict:
     tmp = out_dir.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     history = {"ok_images": [], "urls": []}
-    catalogue, truth, files, malformed = [], [], {}, []
-    for y in cfg.years:
+    catalogue, truth, files, malformed, counts = [], [], {}, [], {}
+    for y in cfg.years:  # each year's rows become Arrow tables at once: a Python dict per row for one year, not for the web
         gen = _Year(cfg, y, history)
         gen.build()
-        catalogue += gen.catalogue
-        for p in gen.pages:
-            truth += [{k: s.get(k) for k in ("year", "page_url", "url", "text", "lang", "text_kind", "url_kind", "concept", "image_id",
-                                              "fault", "format", "rehost_of", "rehost_kind", "repeated_url_from", "crawl_id", "crawl_time", "private")}
-                      for s in p["slots"]]
+        catalogue.append(pa.Table.from_pylist(gen.catalogue, schema=CATALOGUE_SCHEMA))
+        rows = [{k: s.get(k) for k in TRUTH_SCHEMA.names} for p in gen.pages for s in p["slots"]]
+        # sorted as the whole truth is, by (year, url, text): a year's rows are all of year y
+        assert all(r["year"] == y for r in rows), "a page slot of another year"
+        truth.append(pa.Table.from_pylist(sorted(rows, key=lambda t: (t["year"], t["url"], t["text"])), schema=TRUTH_SCHEMA))
+        counts[str(y)] = len(rows)
         files[str(y)] = _warc_files(cfg, y, gen.pages, gen, tmp, malformed)
+        del gen, rows
     # fixed assets
-    catalogue.append(dict(path="/pixel.gif", image_id=0, img_year=0, size_kind="pixel", format="gif", quality=0, scale=1.0, mode="",
-                          fault="", target="", rehost_of=None, rehost_kind=""))
-    cat = pa.Table.from_pylist(catalogue)
+    catalogue.append(pa.Table.from_pylist([dict(path="/pixel.gif", image_id=0, img_year=0, size_kind="pixel", format="gif", quality=0,
+                                                scale=1.0, mode="", fault="", target="", rehost_of=None, rehost_kind="")],
+                                          schema=CATALOGUE_SCHEMA))
+    cat = pa.concat_tables(catalogue).combine_chunks()
     pq.write_table(cat, os.path.join(tmp, "catalogue.parquet"))
-    gt = pa.Table.from_pylist(sorted(truth, key=lambda t: (t["year"], t["url"], t["text"])))
-    pq.write_table(gt, os.path.join(tmp, "ground_truth.parquet"))
+    pq.write_table(pa.concat_tables(truth).combine_chunks(), os.path.join(tmp, "ground_truth.parquet"))
     web = {
         "config": cfg.to_json(), "config_hash": cfg.hash(), "port": cfg.port, "host": cfg.host,
         "warc_files": files, "malformed": malformed,
-        "counts": {str(y): int(sum(1 for t in truth if t["year"] == y)) for y in cfg.years},
+        "counts": counts,
         "catalogue_paths": cat.num_rows,
     }
     with open(os.path.join(tmp, "web.json"), "w") as f:

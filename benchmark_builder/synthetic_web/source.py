@@ -35,7 +35,7 @@ class EmbeddedWeb:
         web_years = fixtures.web_years(cfg.benchmark, cfg.fmt)
         web_cfg = WebConfig(seed=cfg.seed, pairs_per_year=cfg.pairs_per_year, port=cfg.web_port,
                             **({"years": web_years} if web_years else {}))
-        web = generate_web(layout.web, web_cfg)
+        web = generate_web(layout.web, web_cfg, in_subprocess=True)
         served = [int(y) for y in web["warc_files"] if web_years or int(y) <= cfg.year]
         if cfg.fmt == "warc":
             files = sorted(pio.join(layout.web, f) for y, fs in web["warc_files"].items() if int(y) <= cfg.year for f in fs)
