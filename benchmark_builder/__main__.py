@@ -384,6 +384,9 @@ COMMANDS = {"build": _build, "reshard": _reshard, "filter": _filter, "caption": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.process_memory import cap_malloc_arenas
+
+    cap_malloc_arenas()  # before any thread starts: the runner and its workers are many-threaded
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _build_parser()
     args, beam_args = parser.parse_known_args(argv)
