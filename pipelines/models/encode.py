@@ -11,10 +11,18 @@ FoMo concept orderings (``training.fomo.streams``).
 """
 from __future__ import annotations
 
+import functools
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import Compose, Normalize, ToTensor
+from torchvision.transforms.functional import to_tensor
 
 BATCH_SIZE = 256
 
@@ -26,6 +34,49 @@ def fill(template: str, classname: str) -> str:
     except (IndexError, KeyError) as e:
         raise ValueError(f"zero-shot template {template!r}: write the class name as {{c}}, the one template "
                          "format (e.g. 'a photo of a {c}.')") from e
+
+
+@functools.lru_cache(maxsize=1)
+def _image_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="preprocess")
+
+
+def _split_to_tensor(preprocess) -> tuple[Callable, Normalize] | None:
+    """(the PIL steps, the final Normalize) of a torchvision ``Compose`` that ends with
+    ToTensor then Normalize (open_clip's, timm's); None for any other preprocess."""
+    steps = getattr(preprocess, "transforms", None)
+    if not steps or len(steps) < 2 or not isinstance(steps[-2], ToTensor) or not isinstance(steps[-1], Normalize):
+        return None
+    if steps[-1].inplace:
+        return None
+    return Compose(list(steps[:-2])), steps[-1]
+
+
+def preprocess_encoded(preprocess, datas: Sequence[bytes], size: int) -> torch.Tensor:
+    """[N, C, H, W]: each encoded image decoded (a JPEG at reduced scale when ``size`` allows:
+    Pillow's ``draft``), converted to RGB and preprocessed, the same values as stacking
+    ``preprocess(image)`` image by image. The decode and PIL steps of the images run on a thread
+    per core (Pillow releases the GIL while it decodes and resizes); the tensor conversion and
+    the normalisation run once on the stacked batch (the same elementwise float ops)."""
+    split = _split_to_tensor(preprocess)
+
+    def pil(data: bytes):
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+        return split[0](img) if split else preprocess(img)
+
+    images = list(_image_threads().map(pil, datas)) if len(datas) > 1 else [pil(d) for d in datas]
+    if not split:
+        return torch.stack(images)
+    if any(getattr(img, "mode", None) != "RGB" for img in images) or len({img.size for img in images}) != 1:
+        return torch.stack([split[1](to_tensor(img)) for img in images])  # not one RGB size: image by image
+    batch = torch.from_numpy(np.stack([np.asarray(img) for img in images])).permute(0, 3, 1, 2).contiguous()
+    batch = batch.to(dtype=torch.get_default_dtype()).div(255)
+    norm = split[1]
+    mean = torch.as_tensor(norm.mean, dtype=batch.dtype).view(1, -1, 1, 1)
+    std = torch.as_tensor(norm.std, dtype=batch.dtype).view(1, -1, 1, 1)
+    return batch.sub_(mean).div_(std)
 
 
 def normalize(features: torch.Tensor) -> torch.Tensor:

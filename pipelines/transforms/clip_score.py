@@ -49,19 +49,11 @@ class ClipModelHandler(ModelHandler[dict, PredictionResult, Any]):
         return loaded
 
     def run_inference(self, batch: Sequence[dict], model, inference_args=None) -> Iterable[PredictionResult]:
-        from PIL import Image
-
-        from pipelines.models.encode import encode_images, encode_texts
-
-        size = model.image_size
-
-        def pixels(data: bytes):
-            img = Image.open(io.BytesIO(data))
-            img.draft("RGB", (size, size))
-            return model.preprocess_val(img.convert("RGB"))
+        from pipelines.models.encode import encode_images, encode_texts, preprocess_encoded
 
         n = len(batch)  # Beam's batch is one forward pass
-        img = encode_images(model.model, [pixels(r["jpg"]) for r in batch], self.device, batch_size=n)
+        pixels = preprocess_encoded(model.preprocess_val, [r["jpg"] for r in batch], model.image_size)
+        img = encode_images(model.model, pixels, self.device, batch_size=n)
         txt = encode_texts(model.model, model.tokenizer, [r.get("text") or "" for r in batch], self.device, batch_size=n)
         scores = (img * txt).sum(dim=-1)
         img, txt, scores = img.numpy(), txt.numpy(), scores.numpy()

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.models import NO_PRETRAINED, OncePerProcess
-from pipelines.models.encode import encode_images, encode_texts, fill, zero_shot_classifier
+from pipelines.models.encode import encode_images, encode_texts, fill, preprocess_encoded, zero_shot_classifier
 from pipelines.sinks import webdataset as wds
 
 
@@ -28,6 +28,47 @@ def test_encode_images_batches_and_normalises_each_image_as_alone(tiny_clip):
     half = torch.stack(images).half()
     assert torch.allclose(encode_images(model, half, batch_size=4), encode_images(model, half.float(), batch_size=7), atol=1e-6)
     assert encode_images(model, []).shape == (0, 0)
+
+
+def test_preprocess_encoded_equals_preprocessing_image_by_image():
+    """The batched preprocessing (PIL steps on threads, ToTensor and Normalize on the stacked
+    batch) against open_clip's own transform applied image by image: the same float32 values,
+    bit for bit, for JPEGs decoded at reduced scale, every PIL mode and format the pool may
+    hold, sizes that differ, and a preprocess that is not a ToTensor/Normalize Compose."""
+    import numpy as np
+    import open_clip
+    from PIL import Image
+
+    r = np.random.default_rng(0)
+    datas = []
+    for i, (mode, fmt, w, h) in enumerate([("RGB", "JPEG", 300, 200), ("RGB", "JPEG", 64, 96), ("L", "PNG", 40, 40),
+                                           ("RGBA", "PNG", 50, 30), ("P", "GIF", 33, 77), ("RGB", "WEBP", 128, 128),
+                                           ("CMYK", "JPEG", 70, 70), ("RGB", "JPEG", 1000, 20)]):
+        img = Image.fromarray(r.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+        buf = io.BytesIO()
+        img.save(buf, fmt)
+        datas.append(buf.getvalue())
+    for size in (32, 64):
+        preprocess = open_clip.image_transform(size, is_train=False)
+
+        def one(data):
+            img = Image.open(io.BytesIO(data))
+            img.draft("RGB", (size, size))
+            return preprocess(img.convert("RGB"))
+
+        want = torch.stack([one(d) for d in datas])
+        got = preprocess_encoded(preprocess, datas, size)
+        assert got.dtype == torch.float32 and got.shape == (len(datas), 3, size, size)
+        assert torch.equal(got, want)
+        assert torch.equal(preprocess_encoded(preprocess, datas[:1], size), want[:1])
+    plain = lambda img: torch.from_numpy(np.asarray(img.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)  # noqa: E731
+
+    def drafted(data):
+        img = Image.open(io.BytesIO(data))
+        img.draft("RGB", (8, 8))
+        return img.convert("RGB")
+
+    assert torch.equal(preprocess_encoded(plain, datas[:3], 8), torch.stack([plain(drafted(d)) for d in datas[:3]]))
 
 
 def test_encode_texts_matches_one_text_at_a_time(tiny_clip):
