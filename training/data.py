@@ -16,7 +16,6 @@ augmentations included.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import random
@@ -24,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
-from PIL import Image
 
 from benchmark_builder.layout import Layout
 from benchmark_builder.specs import TimeStep, parse_time_steps, resolve_spec  # noqa: F401 (parse_time_steps re-exported)
 from pipelines import io as pio
+from pipelines.models.encode import decode_image
 from pipelines.sinks import webdataset as wds
 
 TEXT_FIELDS = ("alt", "generated", "both")
@@ -176,12 +175,6 @@ def choose_text(meta: dict, field: str, rng: random.Random) -> str:
     if field == "generated":
         return gen
     return alt if rng.random() < 0.5 else gen
-
-
-def decode_image(data: bytes, size: int) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    img.draft("RGB", (size, size))  # libjpeg decodes at 1/2..1/8 scale when that still covers ``size``
-    return img.convert("RGB")
 
 
 def sample_id(uid: str) -> int:

@@ -105,8 +105,7 @@ class Catalogue:
             self.write_index(web_dir)
         self.table = pa.ipc.open_file(pa.memory_map(path)).read_all()
         self.hashes = self.table.column("path_hash").to_numpy()
-        self.columns = [n for n in self.table.column_names if n != "path_hash"]
-        self._cols = {n: self.table.column(n) for n in self.columns}
+        self._cols = {n: self.table.column(n) for n in self.table.column_names if n != "path_hash"}
 
     @staticmethod
     def write_index(web_dir: str) -> None:

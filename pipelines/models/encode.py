@@ -52,6 +52,14 @@ def _split_to_tensor(preprocess) -> tuple[Callable, Normalize] | None:
     return Compose(list(steps[:-2])), steps[-1]
 
 
+def decode_image(data: bytes, size: int) -> Image.Image:
+    """An encoded image as RGB; a JPEG decoded at 1/2..1/8 scale when that still covers ``size``
+    (libjpeg's DCT scaling, Pillow's ``draft``)."""
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (size, size))
+    return img.convert("RGB")
+
+
 def preprocess_encoded(preprocess, datas: Sequence[bytes], size: int) -> torch.Tensor:
     """[N, C, H, W]: each encoded image decoded (a JPEG at reduced scale when ``size`` allows:
     Pillow's ``draft``), converted to RGB and preprocessed, the same values as stacking
@@ -61,9 +69,7 @@ def preprocess_encoded(preprocess, datas: Sequence[bytes], size: int) -> torch.T
     split = _split_to_tensor(preprocess)
 
     def pil(data: bytes):
-        img = Image.open(io.BytesIO(data))
-        img.draft("RGB", (size, size))
-        img = img.convert("RGB")
+        img = decode_image(data, size)
         return split[0](img) if split else preprocess(img)
 
     images = list(_image_threads().map(pil, datas)) if len(datas) > 1 else [pil(d) for d in datas]

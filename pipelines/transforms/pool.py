@@ -38,10 +38,14 @@ def images_of(rows: Iterable[dict], pool_dirs: dict) -> dict[str, bytes]:
         want.setdefault((r["year"], r["pool_shard"]), set()).add(r["uid"])
     out = {}
     for (year, shard), uids in sorted(want.items()):
-        for s in wds.iter_samples(pio.join(pool_dirs[year], "shards", f"{shard}.tar"), keys=("jpg",)):
-            if s["key"] in uids:
-                out[s["key"]] = s["jpg"]
+        out.update(_shard_images(pool_dirs, year, shard, uids))
     return out
+
+
+def _shard_images(pool_dirs: dict, year, shard: str, uids: set) -> dict[str, bytes]:
+    """uid -> jpg bytes of ``uids`` in one pool shard's tar."""
+    return {s["key"]: s["jpg"] for s in wds.iter_samples(pio.join(pool_dirs[year], "shards", f"{shard}.tar"), keys=("jpg",))
+            if s["key"] in uids}
 
 
 def images_in_order(rows: list[dict], pool_dirs: dict) -> Iterator[bytes]:
@@ -56,10 +60,7 @@ def images_in_order(rows: list[dict], pool_dirs: dict) -> Iterator[bytes]:
         where = (r["year"], r["pool_shard"])
         if where != at:
             at, images = where, {}  # the shard before is released first
-            year, shard = where
-            for s in wds.iter_samples(pio.join(pool_dirs[year], "shards", f"{shard}.tar"), keys=("jpg",)):
-                if s["key"] in want[where]:
-                    images[s["key"]] = s["jpg"]
+            images = _shard_images(pool_dirs, *where, want[where])
         yield images[r["uid"]]
 
 

@@ -39,7 +39,8 @@ from benchmark_builder.layout import Layout
 from pipelines import io as pio
 from pipelines.models.encode import encode_images, encode_texts, fill, zero_shot_classifier
 from pipelines.sinks import webdataset as wds
-from training.data import Source, decode_image
+from pipelines.models.encode import decode_image
+from training.data import Source
 
 ORDERS = ("random", "semantic", "frequency", "performance", "time", "time-interleaved")
 ALL_ORDERS = ORDERS + tuple(f"reverse-{o}" for o in ORDERS)
